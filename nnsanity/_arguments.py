@@ -1,0 +1,135 @@
+"""Validate the arguments every check shares, with errors that name the problem and the fix.
+
+Checks call these before doing any work, so misuse raises ``TypeError``/``ValueError`` at the
+user's call instead of a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+Step = Callable[[Any], Any]
+
+
+def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam at 3e-4, Karpathy's "safe and forgiving" default."""
+    return torch.optim.Adam(params, lr=3e-4)
+
+
+def check_model(model: Any) -> torch.nn.Module:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameters (none with requires_grad=True); "
+            "a sanity check needs something to train. Did you freeze the whole model?"
+        )
+    return model
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+    """Return ``(inputs, targets)`` on the model's device; reject non-pairs and NaN/Inf inputs."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(
+            batch, (tuple, list)) else f"a {type(batch).__name__}"
+        raise TypeError(
+            f"batch must be an (inputs, targets) pair, got {got}. "
+            "Pass e.g. batch=(x, y), or next(iter(loader)) if your loader yields pairs."
+        )
+    inputs, targets = batch
+    if not _tensors(inputs):
+        raise TypeError(f"batch inputs must be a tensor (or a container of tensors), "
+                        f"got {type(inputs).__name__}.")
+    for name, part in (("inputs", inputs), ("targets", targets)):
+        for t in _tensors(part):
+            if t.is_floating_point() or t.is_complex():
+                bad = ~torch.isfinite(t)
+                if bad.any():
+                    n = int(bad.sum())
+                    where = tuple(int(i) for i in bad.nonzero()[0])
+                    raise ValueError(
+                        f"batch {name} contain {n} NaN/Inf value(s) (first at index {where}); "
+                        "the check would measure garbage. Clean or impute the data first."
+                    )
+    device = model_device(model)
+    return _to(inputs, device), _to(targets, device)
+
+
+def batch_size(inputs: Any) -> int:
+    return _tensors(inputs)[0].shape[0]
+
+
+def forward(model: torch.nn.Module, inputs: Any) -> Any:
+    """Call the model, turning a shape error inside it into a ValueError that names the input."""
+    try:
+        return model(inputs)
+    except RuntimeError as e:
+        shapes = [tuple(t.shape) for t in _tensors(inputs)]
+        shown = shapes[0] if len(shapes) == 1 else shapes
+        raise ValueError(
+            f"{type(model).__name__} failed on inputs of shape {shown}:"
+            f" {str(e).splitlines()[0]}. Check that the batch matches what the model expects."
+        ) from e
+
+
+def compute_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> torch.Tensor:
+    """Call ``loss_fn(outputs, targets)`` and insist on a finite-typed scalar tensor."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), "
+                        f"got {type(loss_fn).__name__}.")
+    try:
+        loss = loss_fn(outputs, targets)
+    except (RuntimeError, IndexError) as e:
+        out_shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
+        tgt_shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets)
+        raise ValueError(
+            f"loss_fn failed on outputs of shape {out_shape} and targets of shape {tgt_shape}: "
+            f"{str(e).splitlines()[0]}. Check the target shape and dtype the loss expects."
+        ) from e
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}.")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar. "
+            "Reduce it (reduction='mean' or .mean()) so it can be minimised."
+        )
+    if not loss.is_floating_point():
+        raise TypeError(f"loss_fn returned a {loss.dtype} tensor; it must be floating point.")
+    return loss.reshape(())
+
+
+def check_step(step: Any) -> Step | None:
+    if step is not None and not callable(step):
+        raise TypeError(f"step must be callable as step(batch) -> loss, got {type(step).__name__}.")
+    return step

@@ -1,0 +1,84 @@
+"""Save and restore everything a check may touch, so checks have no side effects."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the torch (CPU and every CUDA device), numpy and ``random`` RNG states on exit."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextlib.contextmanager
+def preserved_globals() -> Iterator[None]:
+    """Restore the RNG states, grad mode and the deterministic-algorithms flags on exit."""
+    grad_enabled = torch.is_grad_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with preserved_rng():
+            yield
+    finally:
+        torch.set_grad_enabled(grad_enabled)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def preserved_module(model: torch.nn.Module) -> Iterator[None]:
+    """Restore a module's parameters, buffers, gradients and train/eval modes on exit.
+
+    Values are restored in place (``copy_``), so the caller's parameter objects, and the
+    optimizers that hold them, stay valid.
+    """
+    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    grads = {n: None if p.grad is None else p.grad.detach().clone()
+             for n, p in model.named_parameters()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in model.state_dict(keep_vars=True).items():
+                if k in saved:
+                    v.copy_(saved[k])
+        for n, p in model.named_parameters():
+            p.grad = grads.get(n)
+            p.requires_grad_(requires.get(n, p.requires_grad))
+        for name, m in model.named_modules():
+            m.training = modes.get(name, m.training)
+
+
+@contextlib.contextmanager
+def isolated(model: torch.nn.Module | None = None) -> Iterator[None]:
+    """Everything a check may touch: the globals and, if given, the model."""
+    with preserved_globals():
+        if model is None:
+            yield
+        else:
+            with preserved_module(model):
+                yield
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy to train without touching the caller's model."""
+    return copy.deepcopy(model)

@@ -1,0 +1,229 @@
+"""The pytest plugin: options, fixtures, the header, the rerun hint and the claim table.
+
+Loaded by every pytest run in an environment where nnsanity is installed, so it imports no
+torch at module level: torch comes in when a fixture is first used.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nnsanity import _report
+from nnsanity.errors import SanityError
+
+BUDGETS = ("smoke", "full")
+_SEED = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nnsanity", "neural-network sanity checks and reproductions")
+
+    def add(name: str, help: str, **kw: Any) -> None:
+        group.addoption(f"--nnsanity-{name}", dest=f"nnsanity_{name.replace('-', '_')}",
+                        default=None, help=help, **kw)
+        parser.addini(f"nnsanity_{name.replace('-', '_')}", help)
+
+    add("seed", "seed for torch, numpy and random in the nnsanity_seed fixture: an integer, "
+        "'random' for a fresh one, or 'last' to reuse the previous run's (default: 0)")
+    add("device", "torch device for the nnsanity_device fixture, e.g. cpu, cuda, cuda:1 "
+        "(default: cpu)")
+    add("budget", "work budget for tests that scale: smoke or full (default: smoke)",
+        choices=BUDGETS)
+    add("data-dir", "folder holding MNIST/raw/ to read (never written); also NNSANITY_DATA_DIR "
+        "(default: download into ~/.cache/nnsanity)")
+    add("report", "write the reproduction claim table as JSON to this path (default: none)")
+    add("plots", "save the reproductions' figures as PNG into this folder; needs matplotlib "
+        "(default: none)")
+
+
+def _option(config: pytest.Config, name: str, default: str | None = None) -> str | None:
+    value = config.getoption(f"nnsanity_{name}")
+    if value is None:
+        value = config.getini(f"nnsanity_{name}") or None
+    return default if value is None else str(value)
+
+
+def _resolve_seed(config: pytest.Config) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "nnsanity_seed" in workerinput:
+        return int(workerinput["nnsanity_seed"])  # xdist: the controller chose it
+    raw = _option(config, "seed", "0")
+    if raw == "random":
+        return random.Random().getrandbits(32)
+    if raw == "last":
+        return int(config.cache.get("nnsanity/seed", 0)) if config.cache else 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(
+            f"--nnsanity-seed must be an integer, 'random' or 'last', got {raw!r}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SEED] = _resolve_seed(config)
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_ClaimTable(config), "nnsanity-claims")
+    if config.cache is not None and not hasattr(config, "workerinput"):
+        config.cache.set("nnsanity/seed", config.stash[_SEED])
+    budget = _option(config, "budget", "smoke")
+    if budget not in BUDGETS:
+        raise pytest.UsageError(f"nnsanity_budget must be one of {BUDGETS}, got {budget!r}")
+    if _option(config, "plots") is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                "--nnsanity-plots needs matplotlib: pip install 'nnsanity[repro]'") from None
+
+
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker uses the controller's seed (one seed per run, as pytest-randomly)."""
+    node.workerinput["nnsanity_seed"] = node.config.stash[_SEED]
+
+
+def _seed_flag(config: pytest.Config) -> str:
+    return f"--nnsanity-seed={config.stash[_SEED]}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (f"nnsanity: {_seed_flag(config)} --nnsanity-budget={_option(config, 'budget', 'smoke')}"
+            f" --nnsanity-device={_option(config, 'device', 'cpu')}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    if report.failed and call.excinfo is not None and call.excinfo.errisinstance(SanityError):
+        report.sections.append(
+            ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_seed_flag(item.config)}"))
+    return report
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nnsanity_seed(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Seed torch (and CUDA), numpy and random with the run's seed; restore their states after."""
+    from nnsanity.reproducibility import seeded
+
+    seed = request.config.stash[_SEED]
+    with seeded(seed):
+        yield seed
+
+
+@pytest.fixture
+def nnsanity_device(request: pytest.FixtureRequest):
+    """The torch.device from --nnsanity-device; skips when CUDA is asked for and absent."""
+    import torch
+
+    name = _option(request.config, "device", "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"--nnsanity-device={name} asked for CUDA, but torch sees no CUDA device")
+    return device
+
+
+@pytest.fixture(scope="session")
+def nnsanity_budget(pytestconfig: pytest.Config) -> str:
+    """'smoke' (default, CI-sized) or 'full' (the faithful setting), from --nnsanity-budget."""
+    return _option(pytestconfig, "budget", "smoke")
+
+
+@pytest.fixture(scope="session")
+def nnsanity_data_dir(pytestconfig: pytest.Config) -> Path | None:
+    """The MNIST folder from --nnsanity-data-dir, NNSANITY_DATA_DIR or the ini file, if any."""
+    value = (pytestconfig.getoption("nnsanity_data_dir") or os.environ.get("NNSANITY_DATA_DIR")
+             or pytestconfig.getini("nnsanity_data_dir") or None)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(pytestconfig.rootpath, path).resolve()
+
+
+@pytest.fixture(scope="session")
+def nnsanity_mnist(nnsanity_data_dir: Path | None):
+    """MNIST in network2's split (50k train / 10k validation / 10k test), loaded once."""
+    from nnsanity.datasets import mnist
+
+    return mnist(nnsanity_data_dir)
+
+
+@pytest.fixture
+def nnsanity_claim(request: pytest.FixtureRequest) -> Callable[[Any], None]:
+    """``record(claim)``: add a Claim to the end-of-run table and the JSON report."""
+
+    def record(claim: Any) -> None:
+        request.node.user_properties.append(("nnsanity_claim", claim.to_dict()))
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def nnsanity_plots(pytestconfig: pytest.Config) -> Path | None:
+    """The folder for figures from --nnsanity-plots, created; None when plots are not asked for."""
+    value = _option(pytestconfig, "plots")
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def nnsanity_progress(request: pytest.FixtureRequest) -> Callable[[str, int, int], None]:
+    """``progress(label, done, total)``: a throttled progress line for long runs; quiet under -q."""
+    config = request.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    start = time.monotonic()
+    last = [-1e9]
+
+    def progress(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if reporter is None or config.get_verbosity() < 0:
+            return
+        if now - last[0] < 10 and done < total:
+            return
+        last[0] = now
+        elapsed = now - start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        reporter.write_line(f"  [nnsanity] {label}: {done}/{total} model-epochs, "
+                            f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+
+    return progress
+
+
+# -- the claim table ---------------------------------------------------------------------------
+
+
+class _ClaimTable:
+    """Collects claims from test reports (so xdist workers' claims reach the controller)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.claims: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.claims += [v for k, v in report.user_properties if k == "nnsanity_claim"]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.claims:
+            return
+        terminalreporter.write_sep("=", "nnsanity claims")
+        for line in _report.table(self.claims):
+            terminalreporter.write_line(line)
+        path = _option(self.config, "report")
+        if path is not None:
+            meta = {"seed": self.config.stash[_SEED],
+                    "budget": _option(self.config, "budget", "smoke"),
+                    "device": _option(self.config, "device", "cpu")}
+            written = _report.write_json(Path(path), self.claims, meta)
+            terminalreporter.write_line(f"nnsanity: claim report written to {written}")

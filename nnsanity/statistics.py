@@ -1,0 +1,59 @@
+"""The few statistics the reproductions need, done right for small samples of seeds.
+
+A published number from one run is compared with the distribution of single runs (a prediction
+interval), not with the mean of ours; an ordering is tested for significance before it is
+asserted; a Monte Carlo estimate carries its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    sd: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.sd:.2g} (n={self.n})"
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("summarize needs at least one value.")
+    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
+
+
+def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Interval that holds one further single run with probability ``level`` (normal model).
+
+    mean ± t_{n-1, (1+level)/2} · s · sqrt(1 + 1/n): wider than a confidence interval for the
+    mean, because a published number is one run, not an average.
+    """
+    s = summarize(values)
+    if s.n < 2:
+        raise ValueError("a prediction interval needs at least two runs.")
+    half = stats.t.ppf((1 + level) / 2, s.n - 1) * s.sd * math.sqrt(1 + 1 / s.n)
+    return s.mean - half, s.mean + half
+
+
+def welch_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided Welch t-test p-value for mean(a) > mean(b)."""
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    if a_.std(ddof=1) == 0 and b_.std(ddof=1) == 0:
+        return 0.0 if a_.mean() > b_.mean() else 1.0
+    return float(stats.ttest_ind(a_, b_, equal_var=False, alternative="greater").pvalue)
+
+
+def binomial_se(successes: int, trials: int) -> float:
+    """Standard error of a Monte Carlo proportion."""
+    p = successes / trials
+    return math.sqrt(p * (1 - p) / trials)
