@@ -58,7 +58,8 @@ def _resolve_seed(config: pytest.Config) -> int:
     if raw == "random":
         return random.Random().getrandbits(32)
     if raw == "last":
-        return int(config.cache.get("nnsanity/seed", 0)) if config.cache else 0
+        cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+        return int(cache.get("nnsanity/seed", 0)) if cache is not None else 0
     try:
         return int(raw)
     except ValueError:
@@ -70,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SEED] = _resolve_seed(config)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(_ClaimTable(config), "nnsanity-claims")
-    if config.cache is not None and not hasattr(config, "workerinput"):
+    if getattr(config, "cache", None) is not None and not hasattr(config, "workerinput"):
         config.cache.set("nnsanity/seed", config.stash[_SEED])
     budget = _option(config, "budget", "smoke")
     if budget not in BUDGETS:
@@ -83,6 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 "--nnsanity-plots needs matplotlib: pip install 'nnsanity[repro]'") from None
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist: every worker uses the controller's seed (one seed per run, as pytest-randomly)."""
     node.workerinput["nnsanity_seed"] = node.config.stash[_SEED]
@@ -153,7 +155,10 @@ def nnsanity_mnist(nnsanity_data_dir: Path | None):
     """MNIST in network2's split (50k train / 10k validation / 10k test), loaded once."""
     from nnsanity.datasets import mnist
 
-    return mnist(nnsanity_data_dir)
+    try:
+        return mnist(nnsanity_data_dir)
+    except (FileNotFoundError, ImportError) as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture

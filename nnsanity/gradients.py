@@ -1,0 +1,287 @@
+"""Per-layer gradient norms: measured once, recorded during training, and checked for spread.
+
+Nielsen (ch. 5) measures a layer's "speed of learning" as the norm of its bias gradient; deep
+sigmoid nets show early layers learning ~100 times slower than late ones (vanishing gradients),
+and large weights make the product of per-layer factors blow up (exploding gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward
+from nnsanity._messages import failure
+from nnsanity._state import isolated
+
+# Modules whose weight rows are looked up, not multiplied: a row's gradient is zero when its
+# token is absent from the batch, so their RMS is taken over the rows that got a gradient.
+_LOOKUPS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class LayerGradient:
+    """Gradient norms of one module's own parameters (not its children's).
+
+    Parameters whose name ends in ``bias`` form the bias group, all others the weight group;
+    ``*_rms`` is ``norm / sqrt(numel)``, so layers of different size compare. A group the module
+    lacks is ``None``. A trainable parameter without a gradient counts as zeros.
+    """
+
+    name: str  # module path as in named_modules(); "" is the model itself
+    module: str  # class name
+    weight_norm: float | None
+    weight_rms: float | None
+    bias_norm: float | None
+    bias_rms: float | None
+    matrix_rms: float | None  # RMS of a weight of dim >= 2 (lookups: over touched rows)
+
+
+def _own_trainable(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+
+
+def _grad_stats(model: torch.nn.Module) -> dict[str, LayerGradient]:
+    """Read the current ``.grad`` of every module owning trainable parameters, in registration
+    order. All squared sums go to the CPU in one transfer per device (one sync, not hundreds)."""
+    entries: list[tuple[str, torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]] = [
+        (name, m, own) for name, m in model.named_modules() if (own := _own_trainable(m))
+    ]
+    sums: list[torch.Tensor] = []  # per parameter: sum of squares, then touched-row count
+    for _, m, own in entries:
+        for _, p in own:
+            g = torch.zeros((), device=p.device) if p.grad is None else p.grad.detach()
+            sums.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
+            rows = (g.reshape(g.shape[0], -1) != 0).any(1).sum() if isinstance(m, _LOOKUPS) and (
+                g.dim() == 2) else torch.zeros((), device=p.device, dtype=torch.int64)
+            sums.append(rows.to(torch.float64))
+    values = iter(torch.stack([s.cpu() for s in sums]).tolist() if sums else [])
+
+    out: dict[str, LayerGradient] = {}
+    for name, m, own in entries:
+        groups = {"weight": [0.0, 0], "bias": [0.0, 0]}
+        matrix_rms = None
+        for pname, p in own:
+            sq, rows = next(values), next(values)
+            group = groups["bias" if pname.endswith("bias") else "weight"]
+            group[0] += sq
+            group[1] += p.numel()
+            if p.dim() >= 2 and matrix_rms is None:
+                n = rows * p[0].numel() if isinstance(m, _LOOKUPS) else p.numel()
+                matrix_rms = math.sqrt(sq / n) if n else 0.0
+        (ws, wn), (bs, bn) = groups["weight"], groups["bias"]
+        out[name] = LayerGradient(
+            name, type(m).__name__,
+            math.sqrt(ws) if wn else None, math.sqrt(ws / wn) if wn else None,
+            math.sqrt(bs) if bn else None, math.sqrt(bs / bn) if bn else None,
+            matrix_rms,
+        )
+    return out
+
+
+def _backward(model: torch.nn.Module, batch: Any, loss_fn: LossFn) -> float:
+    """One forward/backward in training mode on fresh gradients; returns the loss."""
+    inputs, targets = check_batch(batch, model)
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    torch.set_grad_enabled(True)
+    loss = compute_loss(loss_fn, forward(model, inputs), targets)
+    loss.backward()
+    return float(loss.detach())
+
+
+def layer_gradient_norms(
+    model: torch.nn.Module, batch: Any, loss_fn: LossFn, *, seed: int = 0
+) -> dict[str, LayerGradient]:
+    """Gradient norms of ``loss_fn(model(inputs), targets)`` per module, in registration order.
+
+    One entry per module that directly owns trainable parameters (a ``Linear``, a norm layer,
+    a ``MultiheadAttention``'s input projection...). Computed in training mode on fresh gradients;
+    the model, its ``.grad``s and all global state are left as they were. Nielsen's speed of
+    learning of a layer is its ``bias_norm``.
+    """
+    check_model(model)
+    with isolated(model):
+        torch.manual_seed(seed)
+        _backward(model, batch, loss_fn)
+        return _grad_stats(model)
+
+
+Kind = Literal["bias", "weight"]
+Statistic = Literal["norm", "rms"]
+
+
+class GradientMonitor:
+    """Record per-layer gradient norms at every optimiser step while the ``with`` block runs.
+
+    ``with GradientMonitor(model) as monitor: train(...)`` needs no change to the loop: a step
+    pre-hook common to all ``torch.optim`` optimisers reads the gradients just before each
+    ``optimizer.step()`` of an optimiser that holds any of ``model``'s parameters (so after
+    gradient accumulation, unscaling by ``GradScaler`` and clipping: what the update uses). Pass
+    ``optimizer=`` to watch only that one. Call ``record()`` yourself for optimisers outside
+    ``torch.optim`` or to record without stepping. Hooks are removed on exit.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer | None = None):
+        check_model(model)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer instance (not a factory), "
+                            f"got {type(optimizer).__name__}.")
+        self.model = model
+        self.optimizer = optimizer
+        self.history: list[dict[str, LayerGradient]] = []
+        self._handle: Any = None
+
+    def _hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if any(id(p) in self._ids for group in opt.param_groups for p in group["params"]):
+            self.record()
+
+    def __enter__(self) -> GradientMonitor:
+        if self._handle is not None:
+            raise RuntimeError("this GradientMonitor is already active; use one per with block.")
+        self._ids = {id(p) for p in self.model.parameters()}
+        if self.optimizer is not None:
+            self._handle = self.optimizer.register_step_pre_hook(self._hook)
+        else:
+            self._handle = register_optimizer_step_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def record(self) -> dict[str, LayerGradient]:
+        """Append the norms of the model's current gradients to ``history`` and return them."""
+        entry = _grad_stats(self.model)
+        self.history.append(entry)
+        return entry
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of every layer seen so far, in registration order."""
+        seen: dict[str, None] = {}
+        for entry in self.history:
+            seen.update(dict.fromkeys(entry))
+        return list(seen)
+
+    def as_array(self, kind: Kind = "bias", statistic: Statistic = "norm",
+                 layers: Iterable[str] | None = None) -> np.ndarray:
+        """Array of shape (steps, layers), columns in the order of ``layers`` (default: all).
+
+        A layer without that kind of parameter (a ``bias=False`` conv) gives NaN.
+        """
+        if kind not in ("bias", "weight") or statistic not in ("norm", "rms"):
+            raise ValueError(f"kind must be 'bias' or 'weight' and statistic 'norm' or 'rms', "
+                             f"got kind={kind!r}, statistic={statistic!r}.")
+        names = self.layers if layers is None else list(layers)
+        field = f"{kind}_{statistic}"
+        out = np.full((len(self.history), len(names)), np.nan)
+        for i, entry in enumerate(self.history):
+            for j, name in enumerate(names):
+                value = getattr(entry[name], field) if name in entry else None
+                if value is not None:
+                    out[i, j] = value
+        return out
+
+
+@dataclass(frozen=True)
+class GradientRatioResult:
+    """RMS of the weight gradient of each weight-matrix layer, and their spread."""
+
+    layers: tuple[str, ...]  # registration order: the first is nearest the input, usually
+    rms: tuple[float, ...]
+    ratio: float  # largest / smallest (inf if a layer's gradient is exactly zero)
+    first_last_ratio: float  # first / last: > 1 when gradients grow toward the input
+    largest: str
+    smallest: str
+    loss: float
+
+    @property
+    def direction(self) -> Literal["vanishing", "exploding"]:
+        """Vanishing when the smallest gradient sits before the largest in the network."""
+        small, large = self.layers.index(self.smallest), self.layers.index(self.largest)
+        return "vanishing" if small < large else "exploding"
+
+
+def measure_gradient_ratio(
+    model: torch.nn.Module, batch: Any, loss_fn: LossFn, *, seed: int = 0
+) -> GradientRatioResult:
+    """Measure the spread of per-layer gradient RMS at the current weights (see the assert)."""
+    check_model(model)
+    with isolated(model):
+        torch.manual_seed(seed)
+        loss = _backward(model, batch, loss_fn)
+        stats = _grad_stats(model)
+    layers = [(n, s.matrix_rms) for n, s in stats.items() if s.matrix_rms is not None]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no trainable weight matrix (a parameter of "
+                         "dim >= 2, as in Linear, Conv or Embedding) to compare.")
+    names, rms = zip(*layers)
+    largest, smallest = names[int(np.argmax(rms))], names[int(np.argmin(rms))]
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else (math.inf if a > 0 else 1.0)
+
+    return GradientRatioResult(tuple(names), tuple(rms), ratio(max(rms), min(rms)),
+                               ratio(rms[0], rms[-1]), largest, smallest, loss)
+
+
+def assert_gradient_ratio(
+    model: torch.nn.Module, batch: Any, loss_fn: LossFn, *, max_ratio: float = 100.0,
+    seed: int = 0,
+) -> GradientRatioResult:
+    """Check that no layer's gradient is over ``max_ratio`` times smaller than another's.
+
+    Compares the RMS of the weight gradient of every layer owning a weight of dim >= 2 (Linear,
+    Conv, Embedding over the rows in the batch, attention projections). Norm layers' gains are
+    left out: their gradient scale is set by the normalisation, not by the depth. The default of
+    100 is Nielsen's "about 100 times slower": healthy nets in the test zoo measure 1.1 to 40.
+
+    Proves: one backward pass at the current weights has no vanishing or exploding spread.
+    Does not prove: the spread stays healthy during training (use ``GradientMonitor``), or that
+    a uniformly too small/large gradient is fine (all layers could be off by the same factor).
+    """
+    __tracebackhide__ = True
+    if not isinstance(max_ratio, (int, float)) or not max_ratio >= 1:
+        raise ValueError(f"max_ratio must be a number >= 1, got {max_ratio!r}.")
+    result = measure_gradient_ratio(model, batch, loss_fn, seed=seed)
+    if result.ratio <= max_ratio:
+        return result
+    rms = dict(zip(result.layers, result.rms))
+    small, large = result.smallest, result.largest
+    measured = (f"layer '{small}' has gradient RMS {rms[small]:.3g}, layer '{large}' {rms[large]:.3g}"
+                f" (ratio {result.ratio:.3g}, up to {max_ratio:g} allowed; first/last layer "
+                f"{result.first_last_ratio:.3g})")
+    relax = f"Pass max_ratio= above {result.ratio:.3g} to accept this spread."
+    if rms[small] == 0:
+        raise failure(
+            f"Layer '{small}' gets an exactly zero gradient", measured,
+            ["it is cut from the loss (.detach(), no_grad, unused) or its units are dead: "
+             "run assert_params_update to find which parameters",
+             "a zero-initialised layer downstream blocks the gradient: initialise it randomly"],
+            relax, result)
+    if result.direction == "vanishing":
+        raise failure(
+            "Gradients vanish toward the input", measured,
+            ["saturating activations (sigmoid, tanh) stacked deep: use ReLU-family activations "
+             "with He (kaiming) init",
+             "weights initialised too small: use 1/sqrt(fan_in) scaling",
+             "a deep plain stack: add normalisation (BatchNorm, LayerNorm) or residual connections"],
+            relax, result)
+    raise failure(
+        "Gradients explode toward the input", measured,
+        ["weights initialised too large: check the init scale (1/sqrt(fan_in), He or Glorot)",
+         "once training, a learning rate too high: lower it or clip gradients "
+         "(torch.nn.utils.clip_grad_norm_)",
+         "a deep plain stack: add normalisation or residual connections"],
+        relax, result)
