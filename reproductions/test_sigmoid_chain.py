@@ -1,0 +1,293 @@
+"""N4. sigma' <= 1/4 and the one-neuron chain: why the first layer's gradient vanishes.
+
+Source: Nielsen, *Neural Networks and Deep Learning*, ch. 5, "What's causing the vanishing
+gradient problem?", eq. (122), and "Unstable gradients in more complex networks", eq. (124).
+
+Claim: in a chain of one sigmoid neuron per layer, dC/db1 = sigma'(z1) w2 sigma'(z2) w3
+sigma'(z3) w4 sigma'(z4) dC/da4; sigma' peaks at sigma'(0) = 1/4; with N(0,1) weights
+|w_j sigma'(z_j)| < 1/4 usually, so dC/db1 is usually 16 times or more smaller than dC/db3. In a
+wide network the same product reads delta^l = Sigma'(z^l) (w^{l+1})^T ... Sigma'(z^L) grad_a C.
+
+Measured: sigma' on a dense grid and its derivative's sign; autograd's dC/db_j (float64) against
+the product formula, for chains whose weights span vanishing and exploding scales and for three
+costs; autograd's delta^l against the literal matrix product of eq. (124) in wide networks; and a
+Monte Carlo over random chains of how often |w_j sigma'(z_j)| < 1/4 and |dC/db1| <= |dC/db3|/16.
+
+Assumptions the book leaves open (Monte Carlo): weights and biases N(0,1) (the book names the
+weights; its chapter-3 "large" init draws the biases the same way), input a0 ~ U(0,1) like a
+pixel. The ratio dC/db1 / dC/db3 = sigma'(z1) w2 sigma'(z2) w3 does not involve the cost; it
+also holds sigma'(z1)/sigma'(z3), which the book's "two extra terms" reading leaves out.
+dC/da_L enters both sides of each identity from autograd: the claims are about the factors
+between the bias and the output, which no cost changes.
+
+Pass criteria: identities hold to RTOL = 1e-12 relative (normwise per layer for eq. 124): a
+product of <= 9 float64 factors differs by a few ulps (~1e-15), a wrong or missing factor by O(1).
+"Usually" means more than half: the proportion's lower 99% bound (p - 2.576 SE) must exceed 1/2.
+
+Smoke budget: 10^5 Monte Carlo chains instead of 10^6 (SE about 1.2e-3 instead of 4e-4); the
+exact checks are the same at every budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from nnsanity.chains import Cost, chain_gradients, sigmoid_prime
+from nnsanity.claims import Claim, Verdict
+from nnsanity.statistics import binomial_se
+
+SOURCE = "Nielsen ch. 5, 'What's causing the vanishing gradient problem?'"
+
+# -- the faithful setting ---------------------------------------------------------------------
+LAYERS = 4  # the book's chain: four neurons in a row, one per layer
+MC_CHAINS = {"full": 10**6, "smoke": 10**5}  # Monte Carlo chains; vectorised, seconds either way
+USUALLY = 0.5  # "usually" = in more than half of the random chains
+Z99 = 2.576  # two-sided 99% normal quantile for a proportion's interval
+
+# -- exact checks -----------------------------------------------------------------------------
+RTOL = 1e-12  # float64 eps is 2.2e-16: two orders above rounding, ten below a wrong factor
+GRID = np.arange(-400_000, 400_001) / 10_000  # z in [-40, 40] step 1e-4, z = 0 exactly on it
+FORMULA_CHAINS = 2000  # random chains per cost for eq. (122)
+# Per-chain scale of the N(0,1) weights, log-uniform: from vanishing chains to exploding ones
+# (|w| up to ~20, so w sigma'(z) up to ~5), yet no sigma(z) rounds to 1 (that needs z > 36.7).
+WEIGHT_SCALES = (0.1, 5.0)
+WIDE_SIZES = (12, 30, 30, 30, 10)  # a wide sigmoid network for eq. (124)
+WIDE_NETS = 4  # random networks per init; a few examples each
+WIDE_EXAMPLES = 3
+
+
+def _costs(y: torch.Tensor) -> dict[str, Cost]:
+    """Three costs of a_L with target y: the book's two and an arbitrary smooth one."""
+    return {
+        "quadratic": lambda a: 0.5 * (a - y) ** 2,
+        "cross-entropy": lambda a: -(y * torch.log(a) + (1 - y) * torch.log1p(-a)),
+        "logcosh+a^4": lambda a: torch.log(torch.cosh(a - y)) + a**4,
+    }
+
+
+def _verdict_exact(errors: dict[str, float], tol: float = RTOL) -> Verdict:
+    ok = all(e <= tol for e in errors.values())  # a NaN fails too
+    return Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED
+
+
+def _worst(errors: list[float]) -> float:
+    return max(errors, key=lambda e: (math.isnan(e), e))  # a NaN is the worst, not skipped
+
+
+def _relative_error(autograd: torch.Tensor, formula: torch.Tensor) -> float:
+    """max |autograd - formula| / |formula|; entries equal on both sides (both 0) count as 0."""
+    diff = (autograd - formula).abs()
+    return float(torch.where(autograd == formula, 0.0, diff / formula.abs()).max())
+
+
+def _usually(successes: int, trials: int) -> tuple[float, float, tuple[float, float], Verdict]:
+    """Proportion, its SE, its 99% interval, and whether it is 'usually' (> 1/2) for sure."""
+    p, se = successes / trials, binomial_se(successes, trials)
+    lo, hi = p - Z99 * se, p + Z99 * se
+    if lo > USUALLY:
+        return p, se, (lo, hi), Verdict.REPRODUCED
+    if hi < USUALLY:
+        return p, se, (lo, hi), Verdict.NOT_REPRODUCED
+    return p, se, (lo, hi), Verdict.WITHIN_NOISE
+
+
+def _random_chains(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, LAYERS, generator=g, dtype=torch.float64)
+    b = torch.randn(n, LAYERS, generator=g, dtype=torch.float64)
+    a0 = torch.rand(n, generator=g, dtype=torch.float64)
+    # The ratios below do not depend on the cost; the quadratic one with y = 0 never has a
+    # zero dC/da4 (a4 > 0).
+    return w, chain_gradients(w, b, a0, lambda a: 0.5 * a**2)
+
+
+def test_sigma_prime_peaks_at_one_quarter_at_zero(nnsanity_claim):
+    z = torch.from_numpy(GRID)
+    s = torch.sigmoid(z)
+    d1 = s * (1 - s)
+    d2 = d1 * (1 - 2 * s)  # sigma'' = sigma' (1 - 2 sigma): >= 0 left of 0, <= 0 right of it
+    z0 = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (autograd_at_zero,) = torch.autograd.grad(torch.sigmoid(z0), z0)
+    peak, at = float(d1.max()), float(z[d1.argmax()])
+    one_peak = bool((d2[z < 0] >= 0).all() and (d2[z > 0] <= 0).all())
+    holds = peak == 0.25 and at == 0.0 and float(autograd_at_zero) == 0.25 and one_peak
+    claim = Claim(
+        id="N4.sigma-prime-max",
+        source=SOURCE,
+        statement="sigma'(z) <= 1/4 for every z, with the maximum at z = 0",
+        published=0.25,
+        measured=[peak],
+        statistic=f"max of sigma' over {GRID.size} grid points in [-40, 40] (float64)",
+        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
+        interval=(0.25, 0.25),
+        details={
+            "argmax_z": at,
+            "autograd_sigma_prime_at_0": float(autograd_at_zero),
+            "sigma_second_derivative_changes_sign_only_at_0": one_peak,
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(
+    nnsanity_claim, nnsanity_seed
+):
+    g = torch.Generator().manual_seed(nnsanity_seed)
+    lo, hi = (math.log10(s) for s in WEIGHT_SCALES)
+    scale = 10 ** (lo + (hi - lo) * torch.rand(FORMULA_CHAINS, 1, generator=g, dtype=torch.float64))
+    w = scale * torch.randn(FORMULA_CHAINS, LAYERS, generator=g, dtype=torch.float64)
+    b = torch.randn(FORMULA_CHAINS, LAYERS, generator=g, dtype=torch.float64)
+    a0 = torch.rand(FORMULA_CHAINS, generator=g, dtype=torch.float64)
+    y = torch.rand(FORMULA_CHAINS, generator=g, dtype=torch.float64)
+    errors = {}
+    for name, cost in _costs(y).items():
+        r = chain_gradients(w, b, a0, cost)
+        sp = sigmoid_prime(r.z)
+        # eq. (122) for every j: dC/db_j = sigma'(z_j) * prod_{k > j} w_k sigma'(z_k) * dC/da_L
+        formula = torch.stack(
+            [
+                sp[:, j] * torch.prod(w[:, j + 1 :] * sp[:, j + 1 :], 1) * r.dC_da[:, -1]
+                for j in range(LAYERS)
+            ],
+            1,
+        )
+        errors[name] = _relative_error(r.dC_db, formula)
+    claim = Claim(
+        id="N4.chain-product-formula",
+        source=SOURCE + ", eq. (122)",
+        statement="dC/db1 = sigma'(z1) w2 sigma'(z2) w3 sigma'(z3) w4 sigma'(z4) dC/da4 "
+        "(and likewise for every b_j), whatever the cost",
+        published="eq. (122)",
+        measured=list(errors.values()),
+        statistic=f"max relative error, autograd vs product formula, {FORMULA_CHAINS} chains "
+        f"x {LAYERS} biases, one value per cost",
+        verdict=_verdict_exact(errors),
+        interval=(0.0, RTOL),
+        details={"per_cost": errors, "weight_scales": WEIGHT_SCALES},
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def _eq124_error(weights, biases, x, y, cost) -> float:
+    """Worst per-layer normwise error of eq. (124)'s matrix product against autograd."""
+    bs = [b.clone().requires_grad_(True) for b in biases]
+    a, zs = x, []
+    for w, b in zip(weights, bs):
+        zs.append(w @ a + b)
+        a = torch.sigmoid(zs[-1])
+    a.retain_grad()
+    cost(a).sum().backward()
+    sigma = [torch.diag(sigmoid_prime(z.detach())) for z in zs]  # Sigma'(z^l)
+    worst = []
+    for lay in range(len(zs)):
+        # Sigma'(z^l) (w^{l+1})^T Sigma'(z^{l+1}) ... (w^L)^T Sigma'(z^L) grad_a C, literally
+        factors = [sigma[lay]]
+        for k in range(lay + 1, len(zs)):
+            factors += [weights[k].T, sigma[k]]
+        delta = torch.linalg.multi_dot([*factors, a.grad[:, None]])[:, 0]
+        auto = bs[lay].grad
+        worst.append(float((auto - delta).abs().max() / auto.abs().max()))
+    return _worst(worst)
+
+
+def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(nnsanity_claim, nnsanity_seed):
+    g = torch.Generator().manual_seed(nnsanity_seed)
+    errors: dict[str, float] = {}
+    for init in ("N(0,1/n_in)", "N(0,1)"):  # network2's default and "large" inits
+        for _ in range(WIDE_NETS):
+            ws = [
+                torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
+                / (math.sqrt(n_in) if init == "N(0,1/n_in)" else 1.0)
+                for n_in, n_out in itertools.pairwise(WIDE_SIZES)
+            ]
+            bs = [torch.randn(n, generator=g, dtype=torch.float64) for n in WIDE_SIZES[1:]]
+            for _ in range(WIDE_EXAMPLES):
+                x = torch.rand(WIDE_SIZES[0], generator=g, dtype=torch.float64)
+                y = torch.rand(WIDE_SIZES[-1], generator=g, dtype=torch.float64)
+                for name, cost in _costs(y).items():
+                    key = f"{init}, {name}"
+                    error = _eq124_error(ws, bs, x, y, cost)
+                    errors[key] = _worst([errors.get(key, 0.0), error])
+    claim = Claim(
+        id="N4.matrix-form-eq124",
+        source="Nielsen ch. 5, 'Unstable gradients in more complex networks', eq. (124)",
+        statement="delta^l = Sigma'(z^l) (w^{l+1})^T Sigma'(z^{l+1}) ... Sigma'(z^L) grad_a C",
+        published="eq. (124)",
+        measured=list(errors.values()),
+        statistic=f"max over layers of max|autograd - product| / max|autograd|, network "
+        f"{list(WIDE_SIZES)}, one value per (init, cost)",
+        verdict=_verdict_exact(errors),
+        interval=(0.0, RTOL),
+        details={
+            "per_init_and_cost": errors,
+            "networks_per_init": WIDE_NETS,
+            "examples_per_network": WIDE_EXAMPLES,
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(
+    nnsanity_claim, nnsanity_seed, nnsanity_budget
+):
+    n = MC_CHAINS[nnsanity_budget]
+    w, r = _random_chains(n, nnsanity_seed)
+    below = (w * sigmoid_prime(r.z)).abs() < 0.25  # (chains, layers)
+    # The terms of eq. (122) are j = 2, 3, 4; each is a proportion over independent chains.
+    per_term = {j + 1: _usually(int(below[:, j].sum()), n) for j in range(1, LAYERS)}
+    worst = min(per_term.values(), key=lambda t: t[0])
+    small_weights = int((w.abs() < 1).sum())
+    claim = Claim(
+        id="N4.mc-term-below-quarter",
+        source=SOURCE,
+        statement="with N(0,1) weights, |w_j sigma'(z_j)| < 1/4 usually",
+        published="usually (> 1/2)",
+        measured=[t[0] for t in per_term.values()],
+        statistic=f"proportion of {n} random chains with |w_j sigma'(z_j)| < 1/4, one value per "
+        "term j = 2, 3, 4; interval: 99% interval of the smallest",
+        verdict=worst[3],
+        interval=worst[2],
+        details={
+            "per_term": {f"j={j}": {"p": p, "se": se} for j, (p, se, _, _) in per_term.items()},
+            "P(|w|<1) measured": small_weights / w.numel(),
+            "P(|w|<1) exact": math.erf(1 / math.sqrt(2)),
+            "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def test_first_bias_gradient_is_usually_16x_or_more_smaller_than_the_third(
+    nnsanity_claim, nnsanity_seed, nnsanity_budget
+):
+    n = MC_CHAINS[nnsanity_budget]
+    _, r = _random_chains(n, nnsanity_seed)
+    ratio = (r.dC_db[:, 0] / r.dC_db[:, 2]).abs()  # = |sigma'(z1) w2 sigma'(z2) w3|
+    p, se, interval, verdict = _usually(int((ratio <= 1 / 16).sum()), n)
+    claim = Claim(
+        id="N4.mc-16x-smaller",
+        source=SOURCE,
+        statement="with N(0,1) weights, dC/db1 is usually a factor of 16 or more smaller than "
+        "dC/db3",
+        published="usually (> 1/2)",
+        measured=[p],
+        statistic=f"proportion of {n} random chains with |dC/db1| <= |dC/db3| / 16 (autograd); "
+        "interval: 99%",
+        verdict=verdict,
+        interval=interval,
+        details={
+            "se": se,
+            "median_ratio": float(ratio.median()),
+            "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
