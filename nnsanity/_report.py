@@ -18,7 +18,7 @@ def _fmt(x: Any) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{x:.6g}"
     return str(x)
 
 
@@ -28,7 +28,7 @@ def _row(c: dict[str, Any]) -> tuple[str, ...]:
     if not values:
         measured = "-"
     elif len(values) == 1:
-        measured = f"{values[0]:.4g}{unit}"
+        measured = f"{values[0]:.6g}{unit}"
     else:
         s = summarize(values)
         measured = f"{s.mean:.4g} ± {s.sd:.2g}{unit} (n={s.n})"
