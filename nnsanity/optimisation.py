@@ -283,8 +283,9 @@ def assert_loss_decreases(
         )
     if r.accumulates_gradients:
         raise failure(
-            header.replace("did not decrease", "cannot be trusted"),
-            "the step adds each new gradient to the previous one left in .grad",
+            "Training step accumulates gradients across calls",
+            "after its 2nd call .grad held the previous gradient plus the new one "
+            "(compared with a gradient computed independently)",
             [
                 "optimizer.zero_grad() is never called: call it before loss.backward()",
                 "gradient accumulation that never zeroes .grad after optimizer.step()",
@@ -489,7 +490,7 @@ def assert_can_overfit(
     if r.accuracy == 1.0:  # right answers, but the loss cannot become confident
         causes = [floor, other_floor, noise]
     elif recent < 0.01:  # flat: a floor, not a budget problem
-        causes = [floor, noise, small, other_floor, slow]
+        causes = [noise, small, floor, other_floor, slow]
     else:  # still falling
         causes = [slow, small, floor]
     raise failure(header, measured, causes, relax, r)

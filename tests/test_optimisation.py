@@ -122,7 +122,7 @@ def test_fails_with_the_divergence_step_when_the_learning_rate_is_far_too_high(n
 
 def test_fails_when_the_training_step_never_calls_zero_grad():
     model, batch, loss_fn = healthy("mlp")
-    with pytest.raises(SanityError, match=r"adds each new gradient to the previous one"):
+    with pytest.raises(SanityError, match=r"accumulates gradients.*previous gradient plus the new one"):
         assert_loss_decreases(model, batch, loss_fn, step=user_step(model, "no_zero_grad"))
 
 
