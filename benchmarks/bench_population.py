@@ -17,6 +17,7 @@ in the same process.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def load(synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 def flops_per_model_epoch(sizes: tuple[int, ...], n: int = N_TRAIN) -> int:
     """Matmul FLOPs of forward + weight gradient + input gradient (not for the input layer)."""
-    macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+    macs = [i * o for i, o in itertools.pairwise(sizes)]
     return 2 * n * (2 * sum(macs) + sum(macs[1:]))
 
 
@@ -79,15 +80,24 @@ def profile_step(configs, x, y) -> None:
                 step(idx)
     events = prof.key_averages()
     top_level = sum(e.count for e in events if e.key in _TOP_OPS) / 100
-    print(f"ops per population step (top-level aten calls): {top_level:.0f}")
+    print(f"compute ops per population step: {top_level:.0f}")
     print(events.table(sort_by="self_cpu_time_total", row_limit=14))
 
 
 _TOP_OPS = {
-    "aten::index_select", "aten::baddbmm", "aten::sigmoid", "aten::sigmoid_", "aten::sub_",
-    "aten::bmm", "aten::baddbmm_", "aten::add_", "aten::sum", "aten::mul", "aten::addcmul_",
-    "aten::copy_", "aten::transpose", "aten::select", "aten::slice", "aten::view",
-}  # fmt: skip
+    "aten::index_select",
+    "aten::baddbmm",
+    "aten::sigmoid",
+    "aten::sigmoid_",
+    "aten::sub_",
+    "aten::bmm",
+    "aten::baddbmm_",
+    "aten::add_",
+    "aten::sum",
+    "aten::mul",
+    "aten::addcmul_",
+    "aten::copy_",
+}  # fmt: skip  (compute ops; views such as slice and transpose are not counted)
 
 
 def main() -> None:
@@ -105,8 +115,10 @@ def main() -> None:
     configs = grid(SIZES, SEEDS)
     k = len(configs)
     flops = sum(flops_per_model_epoch(c.sizes) for c in configs)  # one epoch of all K models
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, K = {k} models, "
-          f"data: {'synthetic' if args.synthetic else 'MNIST'} {tuple(x.shape)}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, K = {k} models, "
+        f"data: {'synthetic' if args.synthetic else 'MNIST'} {tuple(x.shape)}"
+    )
     peak = matmul_rate()
     print(f"float32 torch.mm 4096^3: {peak / 1e9:.1f} GFLOP/s")
 
@@ -129,20 +141,30 @@ def main() -> None:
     eval_s = min(_timed(lambda: _evaluate(stack, vx, vy, LMBDA)) for _ in range(args.repeats))
 
     gflops = flops / min(pop_s) / 1e9
-    print(f"work: {flops / k / 1e9:.2f} GFLOP per model-epoch on average "
-          f"({flops / 1e9:.1f} GFLOP per population epoch)")
-    print(f"population ({args.pop_images} images timed): {pop_rate:.2f} model-epochs/s, "
-          f"{min(pop_s):.2f} s per epoch of all {k}; {gflops:.1f} GFLOP/s = "
-          f"{gflops * 1e9 / peak:.1%} of the torch.mm rate")
-    print(f"plain loop ({args.baseline_images} images timed, scaled): {base_rate:.3f} "
-          f"model-epochs/s, {min(base_s) / k:.2f} s per model-epoch; "
-          f"{flops / min(base_s) / 1e9:.1f} GFLOP/s")
-    print(f"speed-up: {pop_rate / base_rate:.1f}x (target >= 10x); all timings s: "
-          f"population {[round(t, 2) for t in pop_s]}, plain {[round(t, 1) for t in base_s]}")
+    print(
+        f"work: {flops / k / 1e9:.2f} GFLOP per model-epoch on average "
+        f"({flops / 1e9:.1f} GFLOP per population epoch)"
+    )
+    print(
+        f"population ({args.pop_images} images timed): {pop_rate:.2f} model-epochs/s, "
+        f"{min(pop_s):.2f} s per epoch of all {k}; {gflops:.1f} GFLOP/s = "
+        f"{gflops * 1e9 / peak:.1%} of the torch.mm rate"
+    )
+    print(
+        f"plain loop ({args.baseline_images} images timed, scaled): {base_rate:.3f} "
+        f"model-epochs/s, {min(base_s) / k:.2f} s per model-epoch; "
+        f"{flops / min(base_s) / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"speed-up: {pop_rate / base_rate:.1f}x (target >= 10x); all timings s: "
+        f"population {[round(t, 2) for t in pop_s]}, plain {[round(t, 1) for t in base_s]}"
+    )
     full = EPOCHS_N1 * (min(pop_s) + eval_s)
-    print(f"one N1 run ({k} models x {EPOCHS_N1} epochs x {N_TRAIN} images, validating every "
-          f"epoch, {eval_s:.2f} s per validation): about {full / 60:.1f} min; the plain loop: "
-          f"about {EPOCHS_N1 * k / base_rate / 3600:.1f} h")
+    print(
+        f"one N1 run ({k} models x {EPOCHS_N1} epochs x {N_TRAIN} images, validating every "
+        f"epoch, {eval_s:.2f} s per validation): about {full / 60:.1f} min; the plain loop: "
+        f"about {EPOCHS_N1 * k / base_rate / 3600:.1f} h"
+    )
     if args.profile:
         profile_step(configs, x, y)
 

@@ -1,7 +1,85 @@
-"""nnsanity: "A Recipe for Training Neural Networks" as assertions, and Nielsen ch. 5 as tests."""
+"""nnsanity: "A Recipe for Training Neural Networks" as assertions, and Nielsen ch. 5 as tests.
 
+Every ``assert_*`` check raises :class:`SanityError` (an ``AssertionError``) with what it
+measured, the bound, the likely causes and the argument that relaxes it; its ``measure_*`` twin
+returns the same measurement as a result object without judging it.
+"""
+
+from nnsanity.dependencies import (
+    BatchIndependenceResult,
+    CausalResult,
+    assert_batch_independence,
+    assert_causal,
+    measure_batch_independence,
+    measure_causal,
+)
 from nnsanity.errors import SanityError
+from nnsanity.finite import FiniteResult, assert_finite, measure_finite
+from nnsanity.gradients import (
+    GradientMonitor,
+    GradientRatioResult,
+    LayerGradient,
+    assert_gradient_ratio,
+    layer_gradient_norms,
+    measure_gradient_ratio,
+)
+from nnsanity.initialisation import InitLossResult, assert_init_loss, measure_init_loss
+from nnsanity.optimisation import (
+    LossDecreaseResult,
+    OverfitResult,
+    UsesInputsResult,
+    assert_can_overfit,
+    assert_loss_decreases,
+    assert_uses_inputs,
+    measure_loss_decrease,
+    measure_overfit,
+    measure_uses_inputs,
+)
+from nnsanity.parameters import ParamsUpdateResult, assert_params_update, measure_params_update
+from nnsanity.reproducibility import (
+    ReproducibilityResult,
+    assert_reproducible,
+    measure_reproducibility,
+    seeded,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["SanityError", "__version__"]
+__all__ = [
+    "BatchIndependenceResult",
+    "CausalResult",
+    "FiniteResult",
+    "GradientMonitor",
+    "GradientRatioResult",
+    "InitLossResult",
+    "LayerGradient",
+    "LossDecreaseResult",
+    "OverfitResult",
+    "ParamsUpdateResult",
+    "ReproducibilityResult",
+    "SanityError",
+    "UsesInputsResult",
+    "__version__",
+    "assert_batch_independence",
+    "assert_can_overfit",
+    "assert_causal",
+    "assert_finite",
+    "assert_gradient_ratio",
+    "assert_init_loss",
+    "assert_loss_decreases",
+    "assert_params_update",
+    "assert_reproducible",
+    "assert_uses_inputs",
+    "layer_gradient_norms",
+    "measure_batch_independence",
+    "measure_causal",
+    "measure_finite",
+    "measure_gradient_ratio",
+    "measure_init_loss",
+    "measure_loss_decrease",
+    "measure_overfit",
+    "measure_params_update",
+    "measure_reproducibility",
+    "measure_uses_inputs",
+    "seeded",
+]

@@ -43,8 +43,26 @@ class InitLossResult:
         return self.lower <= self.loss <= self.upper
 
 
-def _reference_loss(loss_fn: LossFn, outputs: torch.Tensor, targets: Any) -> float:
-    return float(compute_loss(loss_fn, outputs, targets))
+def _references(
+    loss_fn: LossFn, outputs: Any, targets: Any, seed: int
+) -> tuple[float, float, float] | None:
+    """Loss of all-zero outputs, mean loss of N(0, 1) outputs, and the outputs' std; or None
+    where they do not apply (outputs not one float tensor, or loss_fn not finite on them)."""
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+        return None
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every device
+    draws = [
+        torch.randn(outputs.shape, generator=g, dtype=outputs.dtype).to(outputs.device)
+        for _ in range(NOISE_DRAWS)
+    ]
+    try:
+        zero = float(compute_loss(loss_fn, torch.zeros_like(outputs), targets))
+        noise = sum(float(compute_loss(loss_fn, d, targets)) for d in draws) / NOISE_DRAWS
+    except ValueError:  # e.g. a loss that insists on probabilities in [0, 1]
+        return None
+    if not (math.isfinite(zero) and math.isfinite(noise)):
+        return None
+    return zero, noise, float(outputs.double().std()) if outputs.numel() > 1 else 0.0
 
 
 def _classes(zero_loss: float, outputs: torch.Tensor) -> int | None:
@@ -94,50 +112,21 @@ def measure_init_loss(
         model.train()  # the loss the first training step sees
         with torch.no_grad():
             outputs = forward(model, inputs)
-            loss = _reference_loss(loss_fn, outputs, targets)
-            if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
-                if expected is None or rtol is None:
-                    raise TypeError(
-                        f"the default reference needs the model to return one floating-point "
-                        f"tensor of logits, got {type(outputs).__name__}; pass expected= and "
-                        "rtol= to compare with your own value."
-                    )
-                return InitLossResult(
-                    loss,
-                    float(expected),
-                    expected - rtol * abs(expected),
-                    expected + rtol * abs(expected),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    float(rtol),
-                )
-            zero_loss = _reference_loss(loss_fn, torch.zeros_like(outputs), targets)
-            g = torch.Generator().manual_seed(seed)  # on the CPU: same draws on every device
-            draws = [
-                torch.randn(outputs.shape, generator=g, dtype=outputs.dtype)
-                for _ in range(NOISE_DRAWS)
-            ]
-            noise_loss = (
-                sum(_reference_loss(loss_fn, d.to(outputs.device), targets) for d in draws)
-                / NOISE_DRAWS
-            )
-            output_std = float(outputs.double().std()) if outputs.numel() > 1 else 0.0
-    if not (math.isfinite(zero_loss) and math.isfinite(noise_loss)):
+            loss = float(compute_loss(loss_fn, outputs, targets))
+            refs = _references(loss_fn, outputs, targets, seed)
+    if refs is None and (expected is None or rtol is None):
         raise ValueError(
-            f"loss_fn gives a non-finite loss on all-zero or unit-noise outputs ({zero_loss:.4g}, "
-            f"{noise_loss:.4g}), so they cannot serve as the reference: does the model output "
-            "probabilities rather than logits? Pass expected= and rtol= instead."
+            "the default reference, the loss of all-zero and of unit-noise outputs, is not "
+            "available: the model must return one floating-point tensor of logits for which "
+            "loss_fn is finite (not probabilities). Pass expected= and rtol= instead."
         )
+    zero_loss, noise_loss, output_std = refs or (None, None, None)
     ref = zero_loss if expected is None else float(expected)
-    if rtol is None:
-        # Allow what unit-scale random outputs add over "no preference at all".
+    if rtol is None:  # allow what unit-scale random outputs add over "no preference at all"
         lower, upper = -math.inf, ref + (noise_loss - zero_loss)
     else:
         lower, upper = ref - rtol * abs(ref), ref + rtol * abs(ref)
-    n_classes = _classes(zero_loss, outputs)
+    n = _classes(zero_loss, outputs) if refs else None
     return InitLossResult(
         loss,
         ref,
@@ -145,8 +134,8 @@ def measure_init_loss(
         upper,
         zero_loss,
         noise_loss,
-        n_classes,
-        math.log(n_classes) if n_classes else None,
+        n,
+        math.log(n) if n else None,
         output_std,
         None if rtol is None else float(rtol),
     )
@@ -188,13 +177,17 @@ def assert_init_loss(
         bound = f"outside [{r.lower:.4g}, {r.upper:.4g}] (expected {r.expected:.4g} ± {r.rtol:g})"
         relax = "Pass a larger rtol= (or a different expected=) to relax."
     else:
-        what = "all-zero outputs" if expected is None else "expected"
-        bound = (
-            f"above {r.upper:.4g}, the loss of unit-scale random outputs ({what}: "
-            f"{r.expected:.4g}"
-            + (f" = ln {r.n_classes}" if r.n_classes and expected is None else "")
-            + ")"
-        )
+        if expected is None:
+            ln_c = f" = ln {r.n_classes}" if r.n_classes else ""
+            bound = (
+                f"above {r.upper:.4g}, the loss of unit-scale random outputs (all-zero "
+                f"outputs: {r.expected:.4g}{ln_c})"
+            )
+        else:
+            bound = (
+                f"above {r.upper:.4g}, the expected {r.expected:.4g} plus the "
+                f"{r.upper - r.expected:.3g} that unit-scale random outputs add"
+            )
         relax = "Pass expected= and rtol= to compare with your own reference instead."
     std = f"; outputs have std {r.output_std:.3g}" if r.output_std is not None else ""
     too_low = r.loss < r.lower

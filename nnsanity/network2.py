@@ -21,6 +21,7 @@ tested against. ``bias_gradients`` and ``gradient_descent_speeds`` are N2's and 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ class Network2(nn.Module):
         device = "cpu" if device is None else device  # skip_init would leave None on "meta"
         self.layers = nn.ModuleList(
             nn.utils.skip_init(nn.Linear, i, o, dtype=dtype, device=device)
-            for i, o in zip(sizes[:-1], sizes[1:])
+            for i, o in itertools.pairwise(sizes)
         )
         weights, biases = init_parameters(config, dtype=dtype, device=device)
         self.load_parameters(weights, biases)

@@ -160,8 +160,8 @@ class _Step:
         y3 = torch.index_select(self.onehot, 0, idx, out=self.yb).view(k, m, s.n_out)
         acts = self.acts
         # forward
-        torch.baddbmm(s.b_in, x3, s.w_in.transpose(1, 2), out=self.z1)
-        torch.sigmoid(self.z1[:, :, : s.width], out=acts[0])
+        torch.baddbmm(s.b_in, x3, s.w_in.transpose(1, 2), out=self.z1).sigmoid_()
+        acts[0].copy_(self.z1[:, :, : s.width])  # elementwise ops on the strided view are slow
         for j, (w, b) in enumerate(zip(s.w_mid, s.b_mid), 1):
             c = len(w)
             torch.baddbmm(b, acts[j - 1, :c], w.transpose(1, 2), out=acts[j, :c]).sigmoid_()
@@ -186,7 +186,7 @@ class _Step:
             b.add_(d.sum(1, keepdim=True), alpha=lr)
             torch.mul(t, a, out=d).addcmul_(d, a, value=-1)
         d1 = self.delta1
-        d1[:, :, : s.width] = delta
+        d1[:, :, : s.width].copy_(delta)
         s.w_in.baddbmm_(d1.transpose(1, 2), x3, beta=decay, alpha=lr)
         s.b_in.add_(d1.sum(1, keepdim=True), alpha=lr)
 

@@ -398,15 +398,21 @@ def test_batch_norm_noise_shrinks_like_one_over_sqrt_batch_size(
     g = torch.Generator().manual_seed(nnsanity_seed)
     mean_sd, norm_sd = [], []
     for b in BATCH_SIZES:
+        # Batches as an epoch makes them: consecutive slices of fresh permutations.
+        per = len(rest) // b
+        perms = -(-budget.repeats // per)
+        rows = torch.cat(
+            [torch.randperm(len(rest), generator=g)[: per * b].view(per, b) for _ in range(perms)]
+        )[: budget.repeats]
         means, normed = [], []
-        for _ in range(budget.repeats):
-            others = rest[torch.randperm(len(rest), generator=g)[:b]]  # (b, 100)
-            means.append(others.mean(0))  # a batch of b random images
-            batch = torch.cat([probe[None], others[1:]])  # the probe among b - 1 of them
-            mu, var = batch.mean(0), batch.var(0, unbiased=False)
+        for chunk in rows.split(64):  # 64 batches at a time bounds the memory
+            others = rest[chunk]  # (64, b, 100)
+            means.append(others.mean(1))  # batches of b random images
+            batch = torch.cat([probe.expand(len(chunk), 1, -1), others[:, 1:]], 1)
+            mu, var = batch.mean(1), batch.var(1, unbiased=False)  # the probe among b - 1 others
             normed.append((probe - mu) / torch.sqrt(var + BN_EPS))
-        mean_sd.append(float(torch.stack(means).std(0).mean()))
-        norm_sd.append(float(torch.stack(normed).std(0).mean()))
+        mean_sd.append(float(torch.cat(means).std(0).mean()))
+        norm_sd.append(float(torch.cat(normed).std(0).mean()))
     sizes = np.array(BATCH_SIZES, dtype=float)
     slope, se = loglog_slope(sizes, mean_sd)
     pop = len(rest)  # the finite population the batches are drawn from

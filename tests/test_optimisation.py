@@ -36,15 +36,15 @@ def healthy(name):
     return model_factory(), batch_factory(), loss_fn
 
 
-def user_step(model, bug=None, lr=3e-4):
+def user_step(model, bug=None, loss_fn=F.cross_entropy):
     """A user's training step, optionally with one classic bug planted in it."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def step(batch):
         x, y = batch
         if bug != "no_zero_grad":
             opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         (-loss if bug == "flipped_sign" else loss).backward()
         if bug != "no_optimizer_step":
             opt.step()
@@ -75,11 +75,12 @@ def test_loss_decreases_on_every_healthy_model_with_default_arguments(name):
     assert len(r.trace) == 25 and r.trace[0] == pytest.approx(r.initial_loss, rel=1e-5)
 
 
-def test_a_correct_user_training_step_passes_loss_decrease_and_overfit():
-    model, batch, loss_fn = healthy("mlp")
-    r = assert_loss_decreases(model, batch, loss_fn, step=user_step(model))
+@pytest.mark.parametrize("name", ["mlp", "causal_lm"])
+def test_a_correct_user_training_step_passes_loss_decrease_and_overfit(name):
+    model, batch, loss_fn = healthy(name)
+    r = assert_loss_decreases(model, batch, loss_fn, step=user_step(model, None, loss_fn))
     assert r.accumulates_gradients is False
-    r = assert_can_overfit(model, batch, loss_fn, step=user_step(model))
+    r = assert_can_overfit(model, batch, loss_fn, step=user_step(model, None, loss_fn))
     assert r.steps < 5000
 
 
@@ -120,10 +121,12 @@ def test_fails_with_the_divergence_step_when_the_learning_rate_is_far_too_high(n
     assert "(1) the learning rate is too high" in str(e.value)
 
 
-def test_fails_when_the_training_step_never_calls_zero_grad():
-    model, batch, loss_fn = healthy("mlp")
-    with pytest.raises(SanityError, match=r"accumulates gradients.*previous gradient plus the new one"):
-        assert_loss_decreases(model, batch, loss_fn, step=user_step(model, "no_zero_grad"))
+@pytest.mark.parametrize("name", zoo.HEALTHY)
+def test_fails_when_the_training_step_never_calls_zero_grad(name):
+    model, batch, loss_fn = healthy(name)
+    bad_step = user_step(model, "no_zero_grad", loss_fn)
+    with pytest.raises(SanityError, match=r"accumulates gradients.*previous gradient plus the new"):
+        assert_loss_decreases(model, batch, loss_fn, step=bad_step)
 
 
 def test_a_step_without_zero_grad_still_lowers_the_loss_so_only_the_gradient_probe_catches_it():
@@ -145,7 +148,8 @@ def test_dropout_noise_raises_the_required_decrease_above_the_relative_margin():
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
     batch = zoo.classification_batch()
     r = measure_loss_decrease(model, batch, F.cross_entropy, min_decrease=0.0)
-    assert r.noise_sd > 0 and r.required > 0
+    assert r.noise_sd > 0 and r.required == pytest.approx(3 * r.noise_sd * 0.5)  # sqrt(2/8)
+    assert r.required > 0.01 * r.initial_loss and r.passed
     assert measure_loss_decrease(*healthy("mlp")).noise_sd == 0  # deterministic: no noise floor
 
 
@@ -247,8 +251,12 @@ def test_a_non_numeric_target_raises_a_type_error():
 
 
 def global_state():
-    return (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(),
-            torch.is_grad_enabled())
+    return (
+        torch.get_rng_state(),
+        np.random.get_state()[1].copy(),
+        random.getstate(),
+        torch.is_grad_enabled(),
+    )
 
 
 @pytest.mark.parametrize("check", [measure_loss_decrease, measure_overfit, measure_uses_inputs])
