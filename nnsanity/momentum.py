@@ -1,7 +1,7 @@
 """Momentum as Sutskever, Martens, Dahl & Hinton (2013) wrote it: the schedule and both updates.
 
-Classical momentum (CM), their eq. (1)-(2):   v <- mu v - eps grad f(theta);        theta <- theta + v
-Nesterov (NAG), their eq. (3)-(4):            v <- mu v - eps grad f(theta + mu v); theta <- theta + v
+- classical momentum (CM), eqs. (1)-(2): v <- mu v - eps grad f(theta); theta <- theta + v
+- Nesterov (NAG), eqs. (3)-(4):  v <- mu v - eps grad f(theta + mu v); theta <- theta + v
 
 ``torch.optim.SGD(nesterov=True)`` implements NAG in Bengio et al.'s reparametrisation: its
 parameters are this module's ``theta + mu v`` (the look-ahead point), which is the same method
@@ -61,8 +61,8 @@ def momentum_step(
     velocities: Sequence[torch.Tensor],
     grad_fn: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
     *,
-    lr: float,
-    mu: float,
+    lr: float | torch.Tensor,
+    mu: float | torch.Tensor,
     nesterov: bool,
 ) -> None:
     """One CM or NAG update of ``params`` and ``velocities``, in place.
@@ -70,7 +70,8 @@ def momentum_step(
     ``grad_fn(point)`` returns the gradient of the objective at ``point``, a list of fresh
     tensors shaped like ``params`` (``theta`` for CM, ``theta + mu v`` for NAG); it may call
     ``requires_grad_()`` on them and use autograd (grad mode is on inside it). ``mu = 0`` is
-    plain SGD.
+    plain SGD. ``lr`` and ``mu`` may be tensors that broadcast against every parameter, e.g.
+    shaped ``(runs, 1, 1)`` for runs stacked along a leading dimension.
     """
     if len(params) != len(velocities):
         raise ValueError(f"{len(params)} params but {len(velocities)} velocities.")
@@ -83,5 +84,5 @@ def momentum_step(
     if len(grads) != len(params):
         raise ValueError(f"grad_fn returned {len(grads)} gradients for {len(params)} params.")
     for p, v, g in zip(params, velocities, grads):
-        v.mul_(mu).sub_(g, alpha=lr)
+        v.mul_(mu).sub_(lr * g)
         p.add_(v)

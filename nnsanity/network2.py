@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -161,7 +162,7 @@ def total_cost(net: Network2, x: Tensor, y: Tensor, lmbda: float) -> float:
         return float(network2_cost(net(x), y)) + 0.5 * lmbda / len(x) * sq
 
 
-def check_data(x: Tensor, y: Tensor, n_in: int, n_out: int, name: str) -> None:
+def _check_data(x: Tensor, y: Tensor, n_in: int, n_out: int, name: str) -> None:
     """ValueError/TypeError unless ``x`` is (N, n_in) floats and ``y`` (N,) labels < n_out."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"{name} data must be tensors x (N, {n_in}) and y (N,)")
@@ -175,7 +176,7 @@ def check_data(x: Tensor, y: Tensor, n_in: int, n_out: int, name: str) -> None:
         raise ValueError(f"{name} labels must lie in [0, {n_out}), got [{y.min()}, {y.max()}]")
 
 
-def check_hyper(epochs: int, mini_batch_size: int, eta: float, lmbda: float, n: int) -> None:
+def _check_hyper(epochs: int, mini_batch_size: int, eta: float, lmbda: float, n: int) -> None:
     if not _is_int(epochs) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if not _is_int(mini_batch_size) or mini_batch_size < 1:
@@ -211,13 +212,13 @@ def train_single(
     if dtype not in _FLOATS:
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     n_in, n_out = config.sizes[0], config.sizes[-1]
-    check_data(train_x, train_y, n_in, n_out, "training")
+    _check_data(train_x, train_y, n_in, n_out, "training")
     if (eval_x is None) != (eval_y is None):
         raise ValueError("pass both eval_x and eval_y, or neither")
     if eval_x is not None:
-        check_data(eval_x, eval_y, n_in, n_out, "evaluation")
+        _check_data(eval_x, eval_y, n_in, n_out, "evaluation")
     n = len(train_x)
-    check_hyper(epochs, mini_batch_size, eta, lmbda, n)
+    _check_hyper(epochs, mini_batch_size, eta, lmbda, n)
 
     x, y = train_x.to(device, dtype), train_y.to(device)
     onehot = F.one_hot(y, n_out).to(dtype)
@@ -228,6 +229,8 @@ def train_single(
         [{"params": weights, "weight_decay": lmbda / n}, {"params": biases, "weight_decay": 0.0}],
         lr=eta,
     )
+    if eval_x is not None:
+        ex, ey = eval_x.to(x.device, dtype), eval_y.to(x.device)
     order = order_generator(config.seed)
     correct, eval_cost, train_cost = [], [], []
     for _ in range(epochs):
@@ -240,7 +243,6 @@ def train_single(
             loss.backward()
             optimizer.step()
         if eval_x is not None:
-            ex, ey = eval_x.to(x.device, dtype), eval_y.to(x.device)
             with torch.no_grad():
                 correct.append(int((net(ex).argmax(1) == ey).sum()))
             eval_cost.append(total_cost(net, ex, ey, lmbda))
@@ -285,7 +287,7 @@ def _check_stack(sizes, x, y, seeds) -> Network2Config:
     config = Network2Config(tuple(sizes))
     if config.n_hidden < 1:
         raise ValueError(f"sizes needs at least one hidden layer, got {config.sizes}")
-    check_data(x, y, config.sizes[0], config.sizes[-1], "gradient")
+    _check_data(x, y, config.sizes[0], config.sizes[-1], "gradient")
     if len(x) < 1 or len(seeds) < 1 or not all(_is_int(s) for s in seeds):
         raise ValueError("need at least one image and a non-empty sequence of int seeds")
     return config
@@ -344,7 +346,7 @@ def gradient_descent_speeds(
     recording each hidden layer's bias-gradient norm before every step, as generate_gradient.py
     does. Returns (len(seeds), epochs, n_hidden); entry 0 is the untrained network."""
     _check_stack(sizes, x, y, seeds)
-    check_hyper(epochs, 1, eta, lmbda, len(x))
+    _check_hyper(epochs, 1, eta, lmbda, len(x))
     weights, biases = _stacked_init(tuple(sizes), seeds, init, dtype, device)
     x = x.to(weights[0].device, dtype)
     onehot = F.one_hot(y.to(x.device), sizes[-1]).to(dtype)
@@ -367,4 +369,4 @@ def gradient_descent_speeds(
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

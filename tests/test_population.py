@@ -22,7 +22,7 @@ from nnsanity.network2 import (
 from nnsanity.population import grid, train_population
 
 DEPTHS = [(784, 30, 10), (784, 30, 30, 10), (784, 30, 30, 30, 10), (784, 30, 30, 30, 30, 10)]
-TIGHT = {"rtol": 1e-10, "atol": 1e-12}  # float64; measured differences are about 3e-15
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}  # float64; measured differences are at most 1e-14
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +71,15 @@ def test_population_gives_each_model_what_training_it_alone_gives():
         assert_same_model(single, pop.model(k))
         assert_close(pop.training_cost[k], single.training_cost, **TIGHT)
     assert pop.accuracy[0].max() > 0.25  # the shallow model left chance (0.1) behind
+
+
+@pytest.mark.parametrize("width", [12, 70])  # padded to 16 in the first layer; not padded
+def test_population_matches_the_plain_loop_at_other_hidden_widths(width):
+    configs = grid([(784, width, 10), (784, width, width, 10)], [0])
+    pop = train_population(configs, *TRAIN, epochs=1, dtype=torch.float64, **HYPER)
+    for k, config in enumerate(configs):
+        single = train_single(config, *TRAIN, epochs=1, dtype=torch.float64, **HYPER)
+        assert_same_model(single, pop.model(k))
 
 
 def test_a_models_result_does_not_depend_on_the_population_around_it():
@@ -269,3 +278,12 @@ def test_bad_sizes_raise_value_error(configs, match):
 def test_bad_arguments_raise_before_any_work(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_a_training_set_smaller_than_one_mini_batch_is_one_short_step_per_epoch():
+    x, y = TRAIN[0][:7], TRAIN[1][:7]
+    config = Network2Config(DEPTHS[1], 1)
+    pop = train_population([config], x, y, epochs=2, eta=0.3, dtype=torch.float64)
+    single = train_single(config, x, y, epochs=2, eta=0.3, dtype=torch.float64)
+    for a, b in zip(single.weights, pop.weights[0]):
+        assert_close(b, a, **TIGHT)

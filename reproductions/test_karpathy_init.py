@@ -1,0 +1,294 @@
+"""K2: Karpathy's "verify loss @ init" and "init well", on real MNIST with nnsanity's own check.
+
+Source: A. Karpathy, "A Recipe for Training Neural Networks" (2019), "Set up the end-to-end
+training/evaluation skeleton": "verify loss @ init" and "init well". Real MNIST in network2's split
+(the 10,000 validation images); a 784-100-10 ReLU MLP with PyTorch's default init and softmax
+cross-entropy, and network2's [784, 30, 10] sigmoid net with summed binary cross-entropy
+(nnsanity.network2). Every loss is measured with nnsanity's measure_init_loss / assert_init_loss.
+
+Claim: -ln(1/10) = ln 10 at init for a softmax head; 10 ln 2 for network2's head at outputs of
+0.5. Pass criteria: a zeroed final layer gives ln 10 (and 10 ln 2) to within 1e-6 relative (float32
+rounding of a mean of 10,000 equal terms; a wrong formula is off by O(1)); a default-init MLP is
+"close" when every seed is within 1% of ln 10 (its logits have sd ~0.1, which predicts an excess
+of ~0.005 nats, 0.2%). network2's default init (biases N(0, 1)) "starts at 10 ln 2" when 10 ln 2
+lies in the 95% confidence interval of the mean over 100 inits: the claim is about the
+level the init produces, and single inits scatter by ~1.3 nats (a first run judged it by the
+prediction interval of one init over 5 seeds, [4.1, 12.4], which says only that one init can land
+anywhere; that interval is reported too). We expect it NOT to reproduce: an output pre-activation
+z ~ N(0, 1 + |a|^2/30) costs 10 E[softplus(z)] > 10 ln 2, which is reported as the prediction.
+
+Claim ("init well"): a final bias of logit(0.1) = -2.1972 on a 1:9 task (digit 0 vs the rest,
+9.9% of the validation images) starts at the prior's loss H(p), the entropy of the labels. Pass:
+with the final weights zeroed the loss is H(p) + KL(p || 0.1) to 1e-6 (and KL < 1e-4 H(p)); with
+default-init weights, every seed within 1% of H(p) (vs ln 2 = +115% with a zero bias).
+
+Smoke budget (derived from FULL below): 5 inits instead of 10 (network2: 30 instead of 100); the
+criteria are the same. Verdicts hold at both budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+from torch.nn import functional as F
+
+from nnsanity.claims import Claim, Verdict
+from nnsanity.initialisation import assert_init_loss, measure_init_loss
+from nnsanity.network2 import Network2, Network2Config, network2_cost
+from nnsanity.statistics import prediction_interval, summarize
+
+SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
+LN10 = math.log(10)
+TEN_LN2 = 10 * math.log(2)
+
+
+# -- the full setting; the smoke budget is derived from it ------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    init_seeds: int = 10  # fresh inits per claim
+    network2_inits: int = 100  # network2's init loss scatters by ~1.3 nats: many inits
+
+
+FULL = Budget()
+SMOKE = dataclasses.replace(FULL, init_seeds=5, network2_inits=30)
+
+HIDDEN = 100
+EXACT = 1e-6  # relative: float32 rounding, far below any wrong formula
+CLOSE = 0.01  # "close to ln 10" (and to H(p)): 1% relative
+INIT_WELL_P = 0.1  # Karpathy's 1:10 example; digit 0 is 9.9% of the validation images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def budget(nnsanity_budget: str) -> Budget:
+    return FULL if nnsanity_budget == "full" else SMOKE
+
+
+def mlp(seed: int, n_out: int = 10) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, n_out))
+
+
+def zero_final_layer(net: nn.Module) -> nn.Module:
+    final = net[-1] if isinstance(net, nn.Sequential) else net.layers[-1]
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.zero_()
+    return net
+
+
+def within(value: float, reference: float, rtol: float) -> bool:
+    return abs(value - reference) <= rtol * abs(reference)
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    s = summarize(values)
+    half = stats.t.ppf((1 + level) / 2, s.n - 1) * s.sd / math.sqrt(s.n)
+    return s.mean - half, s.mean + half
+
+
+# -- verify loss @ init ------------------------------------------------------------------------
+def test_a_softmax_head_starts_at_ln_10_exactly_when_zeroed_and_closely_by_default(
+    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
+):
+    batch = (nnsanity_mnist.validation_x, nnsanity_mnist.validation_y)
+    seeds = [nnsanity_seed + i for i in range(budget.init_seeds)]
+    zeroed = [measure_init_loss(zero_final_layer(mlp(s)), batch, F.cross_entropy) for s in seeds]
+    default = [measure_init_loss(mlp(s), batch, F.cross_entropy) for s in seeds]
+    exact_ok = all(within(r.loss, LN10, EXACT) and r.n_classes == 10 for r in zeroed)
+    nnsanity_claim(
+        Claim(
+            id="K2.init-loss-softmax-zeroed",
+            source=SOURCE + ", 'verify loss @ init'",
+            statement="a zeroed softmax head starts at -ln(1/10) = ln 10",
+            published=LN10,
+            measured=[r.loss for r in zeroed],
+            statistic=f"loss on 10,000 validation images; "
+            f"pass: every seed within {EXACT:g} relative",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if exact_ok else Verdict.NOT_REPRODUCED,
+            interval=(LN10 * (1 - EXACT), LN10 * (1 + EXACT)),
+        )
+    )
+    close_ok = all(within(r.loss, LN10, CLOSE) for r in default)
+    nnsanity_claim(
+        Claim(
+            id="K2.init-loss-softmax-default",
+            source=SOURCE + ", 'verify loss @ init'",
+            statement="a default-init 784-100-10 MLP starts close to ln 10",
+            published=LN10,
+            measured=[r.loss for r in default],
+            statistic=f"loss on 10,000 validation images; pass: every seed within {CLOSE:.0%}",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if close_ok else Verdict.NOT_REPRODUCED,
+            interval=(LN10 * (1 - CLOSE), LN10 * (1 + CLOSE)),
+            details={
+                "output_std": [r.output_std for r in default],
+                "plugin_bound": default[0].upper,
+            },
+        )
+    )
+    assert exact_ok and close_ok, (zeroed, default)
+    for s in seeds[:2]:  # nnsanity's check with its defaults agrees
+        assert_init_loss(mlp(s), batch, F.cross_entropy)
+        assert_init_loss(zero_final_layer(mlp(s)), batch, F.cross_entropy)
+
+
+# -- network2 ----------------------------------------------------------------------------------
+def expected_softplus(variance: float) -> float:
+    """E[softplus(sqrt(variance) xi)] for xi ~ N(0, 1), by Gauss-Hermite quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    z = math.sqrt(variance) * nodes
+    return float((np.logaddexp(0, z) * weights).sum() / weights.sum())
+
+
+def test_network2_starts_at_10_ln_2_only_at_outputs_of_one_half_not_at_its_default_init(
+    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
+):
+    x, y = nnsanity_mnist.validation_x, nnsanity_mnist.validation_y
+    seeds = [nnsanity_seed + i for i in range(budget.network2_inits)]
+    nets = [Network2(Network2Config((784, 30, 10), seed=s)) for s in seeds]
+    default = [measure_init_loss(net, (x, y), network2_cost) for net in nets]
+    half = [
+        measure_init_loss(
+            zero_final_layer(Network2(Network2Config((784, 30, 10), seed=s))), (x, y), network2_cost
+        )
+        for s in seeds[: budget.init_seeds]
+    ]
+    half_ok = all(within(r.loss, TEN_LN2, EXACT) for r in half)
+    nnsanity_claim(
+        Claim(
+            id="K2.init-loss-sigmoid-half",
+            source=SOURCE + ", 'verify loss @ init'; network2",
+            statement="network2's summed BCE at outputs of 0.5 is 10 ln 2",
+            published=TEN_LN2,
+            measured=[r.loss for r in half],
+            statistic=f"loss on 10,000 validation images, final "
+            f"layer zeroed; pass: every seed within {EXACT:g} relative",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if half_ok else Verdict.NOT_REPRODUCED,
+            interval=(TEN_LN2 * (1 - EXACT), TEN_LN2 * (1 + EXACT)),
+        )
+    )
+    # The prediction: given hidden activations a, z = w.a + b ~ N(0, |a|^2/30 + 1) over inits.
+    with torch.no_grad():
+        sq = [float(torch.sigmoid(net.layers[0](x)).square().sum(1).mean()) for net in nets]
+    predicted = 10 * expected_softplus(1 + float(np.mean(sq)) / 30)
+    losses = [r.loss for r in default]
+    interval = mean_interval(losses)
+    at_ten_ln2 = interval[0] <= TEN_LN2 <= interval[1]
+    nnsanity_claim(
+        Claim(
+            id="K2.init-loss-network2-default",
+            source=SOURCE + ", 'verify loss @ init'; network2",
+            statement="network2's default init (biases N(0,1)) starts at 10 ln 2",
+            published=TEN_LN2,
+            measured=losses,
+            statistic=f"loss on 10,000 validation images, {len(seeds)} inits; interval: 95% "
+            "confidence interval of the mean",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if at_ten_ln2 else Verdict.NOT_REPRODUCED,
+            interval=interval,
+            details={
+                "predicted_10_E_softplus": predicted,
+                "prediction_interval_of_one_init": prediction_interval(losses),
+                "share_of_inits_within_1pct": float(
+                    np.mean([within(v, TEN_LN2, CLOSE) for v in losses])
+                ),
+                "bias_alone_10_E_softplus": 10 * expected_softplus(1.0),
+                "plugin_bound": default[0].upper,
+                "assert_init_loss_passes": [r.passed for r in default],
+            },
+        )
+    )
+    assert half_ok, half
+    assert all(r.zero_output_loss == pytest.approx(TEN_LN2, rel=EXACT) for r in default)
+    # The honest verdict: N(0, 1) output biases put the loss well above 10 ln 2 on average
+    # (~8.4), though single inits scatter by ~1.4 nats around that.
+    assert not at_ten_ln2, (losses, interval)
+
+
+# -- init well ---------------------------------------------------------------------------------
+def test_a_final_bias_of_logit_one_tenth_starts_a_one_in_ten_task_at_the_prior_loss(
+    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
+):
+    x = nnsanity_mnist.validation_x
+    t = (nnsanity_mnist.validation_y == 0).float()[:, None]  # digit 0 vs the rest
+    p = float(t.mean())
+    prior_loss = -(p * math.log(p) + (1 - p) * math.log(1 - p))  # H(p)
+    bias = math.log(INIT_WELL_P / (1 - INIT_WELL_P))  # logit(0.1) = -2.1972
+    bce = F.binary_cross_entropy_with_logits
+    seeds = [nnsanity_seed + i for i in range(budget.init_seeds)]
+    exact, well, plain = [], [], []
+    for s in seeds:
+        net = mlp(s, n_out=1)
+        with torch.no_grad():
+            net[-1].bias.fill_(0.0)
+        plain.append(measure_init_loss(net, (x, t), bce).loss)
+        with torch.no_grad():
+            net[-1].bias.fill_(bias)
+        well.append(assert_init_loss(net, (x, t), bce).loss)  # nnsanity's check passes too
+        with torch.no_grad():
+            net[-1].weight.zero_()  # every output exactly logit(0.1)
+        exact.append(measure_init_loss(net, (x, t), bce).loss)
+    # With the weights zeroed the loss is the cross-entropy H(p) + KL(p || 0.1) of the prior.
+    cross = -(p * math.log(INIT_WELL_P) + (1 - p) * math.log(1 - INIT_WELL_P))
+    exact_ok = all(within(v, cross, EXACT) for v in exact) and within(cross, prior_loss, 1e-4)
+    details = {
+        "zero_bias_loss": f"{summarize(plain)}",
+        "ln2": math.log(2),
+        "kl_p_to_one_tenth": cross - prior_loss,
+        "hockey_stick_saved_nats": float(np.mean(plain) - np.mean(well)),
+        "default_init_mean_95ci": mean_interval(well),
+    }
+    nnsanity_claim(
+        Claim(
+            id="K2.init-well-bias-exact",
+            source=SOURCE + ", 'init well'",
+            statement=f"outputs of logit(0.1) = {bias:.4f} give the 1:9 task the prior's loss H(p)",
+            published=prior_loss,
+            measured=exact,
+            statistic=f"BCE on 10,000 validation images, digit 0 vs rest (p = {p:.4f}), final "
+            f"weights zeroed; pass: = H(p) + KL(p || 0.1) within {EXACT:g}, KL < 1e-4 H(p)",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if exact_ok else Verdict.NOT_REPRODUCED,
+            interval=(cross * (1 - EXACT), cross * (1 + EXACT)),
+            details=details,
+        )
+    )
+    close_ok = all(within(v, prior_loss, CLOSE) for v in well)
+    nnsanity_claim(
+        Claim(
+            id="K2.init-well-bias-default-init",
+            source=SOURCE + ", 'init well'",
+            statement=f"a default-init 784-100-1 net with final bias {bias:.4f} starts at H(p)",
+            published=prior_loss,
+            measured=well,
+            statistic=f"BCE on 10,000 validation images, digit 0 vs rest (p = {p:.4f}); "
+            f"pass: every seed within {CLOSE:.0%} of H(p)",
+            unit=" nats",
+            verdict=Verdict.REPRODUCED if close_ok else Verdict.NOT_REPRODUCED,
+            interval=(prior_loss * (1 - CLOSE), prior_loss * (1 + CLOSE)),
+            details=details,
+        )
+    )
+    assert exact_ok, (exact, cross, prior_loss)
+    # Honest verdict: the random hidden features correlate with "is a 0" by chance, so a seed's
+    # loss lands up to ~1.2% from H(p), either side (vs +115% for a zero bias, at ln 2): the
+    # declared 1% misses some seeds, though the mean over seeds sits at H(p) (+0.1%) and the bias
+    # removes the whole hockey stick.
+    assert not close_ok, (well, prior_loss)

@@ -1,0 +1,216 @@
+"""K8, K9: two sampling arguments of Karpathy's recipe, random search and batch-norm noise.
+
+Source: A. Karpathy, "A Recipe for Training Neural Networks" (2019), "Tune" and "Regularize";
+Bergstra & Bengio, "Random Search for Hyper-Parameter Optimization", JMLR 13 (2012). K9 uses real
+MNIST in network2's split (the 50,000 training images).
+
+K8 random search over grid search, because some parameters matter much more than others.
+Measured by Monte Carlo (numpy, no training): an objective on [0, 1]^d where only x1 matters,
+f = (x1 - a1)^2 + EPS * sum_j>1 (x_j - a_j)^2 with the optimum a ~ U[0,1]^d drawn per trial; a
+grid of k values per axis at the cell centres (the grid's most favourable placement) against as
+many (or fewer) uniform random trials. Counted exactly: distinct values of x1 explored. Estimated:
+the win rate of random search (lower regret than the grid), with its binomial standard error.
+Scenarios: 3x3 grid vs 9 random; 3x3x3 vs 27; and Bergstra & Bengio's "8 random trials match or
+beat grids of about 100", as a 2^7 = 128-point grid over 7 parameters vs 8 random trials. Pass:
+random explores n distinct values of x1 against the grid's k, and its win rate exceeds 1/2 by more
+than 3 standard errors in each scenario. A control with all parameters mattering (EPS = 1) is
+reported, not asserted: the argument predicts the advantage shrinks or vanishes there.
+
+K9 with batch norm, smaller batches regularise more, since the batch mean and std are noisier.
+Measured: the mechanism, not the regularisation: a default-init Linear(784, 100) on training
+images; for batch sizes 8..512, 400 random batches (without replacement) give the sd across
+batches of each unit's batch mean and of one fixed probe image's normalised activation
+(x - mean_B) / sqrt(var_B + 1e-5); averaged over the 100 units; log-log slope against B by least
+squares. Pass: the batch mean's slope is within 3 standard errors of the exact law
+sd = sigma sqrt((N - B) / (B (N - 1))) (-0.5 with the finite-population correction, fitted the
+same way); the normalised activation's slope is within 0.05 of -0.5 (the law holds for large B;
+the noise of var_B adds O(1/B) at B = 8). Whether that noise helps validation accuracy is not
+measured here.
+
+Smoke budget (derived from FULL below): K8 uses 4,000 Monte Carlo trials (SE <= 0.008) instead
+of 40,000; K9 uses 100 batches per size instead of 400. Verdicts are expected to hold at both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from nnsanity.claims import Claim, Verdict
+from nnsanity.statistics import binomial_se
+
+SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
+
+
+# -- the full setting; the smoke budget is derived from it ------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    mc_trials: int = 40_000  # K8: Monte Carlo trials per scenario
+    repeats: int = 400  # K9: random batches per batch size
+
+
+FULL = Budget()
+SMOKE = dataclasses.replace(FULL, mc_trials=FULL.mc_trials // 10, repeats=FULL.repeats // 4)
+
+EPS = 0.01  # weight of the parameters that do not matter (K8)
+SCENARIOS = (  # (parameters d, grid values per axis k, random trials n)
+    (2, 3, 9),
+    (3, 3, 27),
+    (7, 2, 8),  # Bergstra & Bengio: 8 random trials vs a grid of ~100 (here 128)
+)
+Z = 3.0  # standard errors for a Monte Carlo proportion or a fitted slope
+WIDTH = 100  # units of the layer whose batch statistics K9 measures
+BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
+BN_EPS = 1e-5  # BatchNorm1d's default
+SLOPE_TOL = 0.05  # the normalised activation's slope vs -0.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def budget(nnsanity_budget: str) -> Budget:
+    return FULL if nnsanity_budget == "full" else SMOKE
+
+
+# -- K8 ----------------------------------------------------------------------------------------
+def search(d: int, k: int, n: int, trials: int, eps: float, rng: np.random.Generator):
+    """Regret of the best grid point and of the best of n random points, per trial, and the
+    fewest distinct values of x1 either explored in any trial."""
+    weights = np.r_[1.0, np.full(d - 1, eps)]
+    optimum = rng.random((trials, d))
+    axis = (np.arange(k) + 0.5) / k
+    # The grid is a product, so its best point is the nearest grid value on every axis.
+    grid = (((axis[None, None] - optimum[..., None]) ** 2).min(-1) * weights).sum(-1)
+    points = rng.random((trials, n, d))
+    rand = (((points - optimum[:, None]) ** 2) * weights).sum(-1).min(1)
+    distinct = (k, int(min(len(np.unique(p[:, 0])) for p in points)))
+    return grid, rand, distinct
+
+
+def test_random_search_explores_more_values_and_beats_a_grid_when_one_parameter_matters(
+    budget, nnsanity_seed, nnsanity_claim
+):
+    rng = np.random.default_rng(nnsanity_seed)
+    rows, ok = {}, True
+    for d, k, n in SCENARIOS:
+        grid, rand, (grid_values, random_values) = search(d, k, n, budget.mc_trials, EPS, rng)
+        win = int((rand < grid).sum())
+        rate, se = win / budget.mc_trials, binomial_se(win, budget.mc_trials)
+        grid_c, rand_c, _ = search(d, k, n, budget.mc_trials, 1.0, rng)
+        control = float((rand_c < grid_c).mean())
+        name = f"{k}^{d} grid ({k**d}) vs {n} random"
+        rows[name] = {
+            "distinct_x1": (grid_values, random_values),
+            "win_rate": rate,
+            "se": se,
+            "median_regret": (float(np.median(grid)), float(np.median(rand))),
+            "win_rate_all_matter": control,
+        }
+        scenario_ok = (grid_values, random_values) == (k, n) and rate - 0.5 > Z * se
+        ok &= scenario_ok
+        nnsanity_claim(
+            Claim(
+                id=f"K8.random-beats-grid-{k}^{d}-vs-{n}",
+                source=SOURCE + ", 'Tune'; Bergstra & Bengio 2012",
+                statement=f"{n} random trials beat a {k}^{d} grid when one parameter matters",
+                published="random search wins",
+                measured=[rate],
+                statistic=f"win rate over {budget.mc_trials} Monte Carlo trials ± SE {se:.3f}; "
+                f"x1 values explored: grid {grid_values}, random {random_values}",
+                verdict=Verdict.REPRODUCED if scenario_ok else Verdict.NOT_REPRODUCED,
+                interval=(rate - Z * se, rate + Z * se),
+                details=rows[name],
+            )
+        )
+    assert ok, rows
+
+
+# -- K9 ----------------------------------------------------------------------------------------
+def loglog_slope(sizes, values) -> tuple[float, float]:
+    fit = stats.linregress(np.log(sizes), np.log(values))
+    return float(fit.slope), float(fit.stderr)
+
+
+def test_batch_norm_noise_shrinks_like_one_over_sqrt_batch_size(
+    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
+):
+    x = nnsanity_mnist.train_x
+    torch.manual_seed(nnsanity_seed)
+    with torch.no_grad():
+        h = nn.Linear(784, WIDTH)(x).double()  # (50000, 100) pre-activations, as BN sees them
+    probe, rest = h[0], h[1:]
+    g = torch.Generator().manual_seed(nnsanity_seed)
+    mean_sd, norm_sd = [], []
+    for b in BATCH_SIZES:
+        # Batches as an epoch makes them: consecutive slices of fresh permutations.
+        per = len(rest) // b
+        perms = -(-budget.repeats // per)
+        rows = torch.cat(
+            [torch.randperm(len(rest), generator=g)[: per * b].view(per, b) for _ in range(perms)]
+        )[: budget.repeats]
+        means, normed = [], []
+        for chunk in rows.split(64):  # 64 batches at a time bounds the memory
+            others = rest[chunk]  # (64, b, 100)
+            means.append(others.mean(1))  # batches of b random images
+            batch = torch.cat([probe.expand(len(chunk), 1, -1), others[:, 1:]], 1)
+            mu, var = batch.mean(1), batch.var(1, unbiased=False)  # the probe among b - 1 others
+            normed.append((probe - mu) / torch.sqrt(var + BN_EPS))
+        mean_sd.append(float(torch.cat(means).std(0).mean()))
+        norm_sd.append(float(torch.cat(normed).std(0).mean()))
+    sizes = np.array(BATCH_SIZES, dtype=float)
+    slope, se = loglog_slope(sizes, mean_sd)
+    pop = len(rest)  # the finite population the batches are drawn from
+    law, _ = loglog_slope(sizes, np.sqrt((pop - sizes) / (sizes * (pop - 1))))
+    norm_slope, norm_se = loglog_slope(sizes, norm_sd)
+    details = {
+        "batch_sizes": list(BATCH_SIZES),
+        "batch_mean_sd": mean_sd,
+        "normalised_activation_sd": norm_sd,
+        "law_slope": law,
+        "normalised_slope": norm_slope,
+        "normalised_slope_se": norm_se,
+    }
+    mean_ok = abs(slope - law) <= Z * se
+    nnsanity_claim(
+        Claim(
+            id="K9.bn-batch-mean-noise",
+            source=SOURCE + ", 'Regularize'",
+            statement="the BN batch mean's noise shrinks like 1/sqrt(batch size)",
+            published=-0.5,
+            measured=[slope],
+            statistic=f"log-log slope of sd vs B, B = 8..512, {budget.repeats} "
+            f"batches each; law with finite-population correction {law:.4f}; interval ± {Z:g} SE",
+            verdict=Verdict.REPRODUCED if mean_ok else Verdict.NOT_REPRODUCED,
+            interval=(slope - Z * se, slope + Z * se),
+            details=details,
+        )
+    )
+    norm_ok = abs(norm_slope + 0.5) <= SLOPE_TOL
+    nnsanity_claim(
+        Claim(
+            id="K9.bn-normalised-noise",
+            source=SOURCE + ", 'Regularize'",
+            statement="a BN-normalised activation's noise shrinks like 1/sqrt(batch size)",
+            published=-0.5,
+            measured=[norm_slope],
+            statistic=f"log-log slope of sd vs B (SE {norm_se:.3f}); pass: within "
+            f"{SLOPE_TOL} of -0.5",
+            verdict=Verdict.REPRODUCED if norm_ok else Verdict.NOT_REPRODUCED,
+            interval=(-0.5 - SLOPE_TOL, -0.5 + SLOPE_TOL),
+            details=details,
+        )
+    )
+    assert mean_ok, details
+    assert norm_ok, details

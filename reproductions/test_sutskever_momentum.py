@@ -1,0 +1,463 @@
+"""S1: Sutskever, Martens, Dahl & Hinton (2013), momentum and initialisation, scaled down.
+
+Source: I. Sutskever, J. Martens, G. Dahl and G. Hinton, "On the importance of initialization
+and momentum in deep learning", ICML 2013: section 2 (eqs. 1-5, Theorem 2.1), section 3.1 (the
+sparse init, the schedule's final phase), Table 1 (MNIST autoencoder) and Table 3 (init scale).
+Here on MNIST in network2's split (50k training images), float32, through nnsanity.momentum
+(their CM and NAG, in their own variables) and nnsanity.initialisers.sparse_.
+
+S1.schedule: eq. (5) mu_t = min(1 - 2^(-1 - log2(floor(t/250) + 1)), mu_max) gives 0.5, 0.75,
+0.833.., 0.875, 0.9 in the first five blocks of 250 updates, is capped at mu_max, and mu drops to
+0.9 for the last 1,000 updates. Exact: the closed form 1 - 1/(2(k+1)) against the formula as
+printed (within 4 ulp, every t below 20,000), the cap and the final phase.
+S1.sparse-init: every unit gets exactly 15 non-zero incoming weights, drawn from N(0, 1), biases
+0. Exact count; the non-zero weights' variance within 4 standard errors of 1.
+S1.theorem-*: Theorem 2.1: on a quadratic, a NAG step is a CM step with momentum mu(1 - eps
+lambda) along an eigendirection of curvature lambda. Measured: 100 steps of NAG against CM with
+that momentum, per eigendirection, on a diagonal quadratic and on a rotated one with a linear
+term; float64. Pass: the largest difference, relative to the largest starting coordinate, is
+below 1e-12 (diagonal) and 1e-10 (rotated, where forming A theta + b and theta* adds rounding):
+the identity is exact, so only rounding may separate them. As a control, CM with the
+uncorrected mu is reported: it must differ at O(1).
+
+S1.momentum: a deep sigmoid autoencoder trained with NAG and the schedule (mu_max = 0.99, their
+best MNIST setting) from the sparse init reaches a much lower training error than plain SGD in
+the same number of updates (Table 1, MNIST: SGD 2.1 vs 0.99N 0.73, after 750,000 updates).
+Measured: the per-example sum of squared errors on the first 10,000 training images after
+UPDATES updates on batches of 200, one value per seed; SGD and NAG share each seed's init and
+data order. Pass (declared before any run): one-sided Welch p < 0.05 and the mean NAG/SGD ratio
+<= 0.5 ("much lower": Table 1 gives 0.35 for 0.99N and 0.48 for 0.9N) -> reproduced; p >= 0.05
+-> within noise; lower but by a ratio above 0.5 -> not reproduced.
+S1.bad-init: the same NAG run from the sparse init scaled by 0.25 fails (Table 3: error 16 at
+0.25 against 0.074 at 1). Measured: its final training error over that of predicting the
+training set's mean image (the plateau every such autoencoder starts on). Pass: >= 0.9 in every
+seed ("stuck high").
+
+Architecture: encoder 784-250-100-50-30, decoder mirrored: the paper's depth (784-1000-500-250-30,
+8 weight layers) at about a quarter of its width; logistic units except the linear 30-unit code
+layer (as in Hinton & Salakhutdinov 2006, whose autoencoders these are); squared error as the
+objective and the reported error; no regularisation. The sparse init fixes each unit's fan-in at
+15, so width changes the signal's propagation little while its cost grows linearly; depth is what
+the init claims turn on, so both budgets keep the paper's depth. (A first try with a 3-layer
+encoder, 784-250-100-30, left the x0.25 init unstuck: 31.4 against the mean image's 52.4 after
+1,000 updates, seed 0. That is why the depth is the paper's; it is a finding, not a failure.)
+
+Learning rates, picked once at the smoke setting (seed 0, 1,000 updates, lowest final training
+error) from {0.01, 0.05, 0.1, 0.2}, extended by one step when the best was on the edge: SGD
+47.7, 33.6, 31.2, 30.4 and 0.4 -> 32.9 (stuck until ~1,400 updates): 0.2; NAG 30.4, 19.7, 52.5
+(stuck), 52.5: 0.05. The x0.25 arm uses NAG's rate. The paper also took each method's best rate.
+
+Smoke budget (derived from FULL below): 1,000 updates instead of 3,000 and 2 seeds per arm
+instead of 3. At 1,000 updates the final low-momentum phase covers the whole run, but the schedule
+is still below 0.9 there, so it changes nothing; at 3,000 it caps the last third at 0.9 (the
+paper's last 1,000 of 750,000).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+
+from nnsanity.claims import Claim, Verdict
+from nnsanity.initialisers import sparse_
+from nnsanity.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
+from nnsanity.statistics import summarize, welch_p_greater
+
+SOURCE = "Sutskever, Martens, Dahl & Hinton, ICML 2013"
+
+
+# -- the full setting; the smoke budget is derived from it ------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    updates: int = 3_000  # on batches of 200 (paper: 750,000)
+    seeds: int = 3  # per arm
+    record_every: int = 100  # updates between training-curve points
+
+
+FULL = Budget()
+SMOKE = dataclasses.replace(FULL, updates=1_000, seeds=2)
+
+ENCODER = (784, 250, 100, 50, 30)  # paper: 784-1000-500-250-30; the decoder mirrors it
+BATCH = 200
+NONZERO = 15  # incoming weights per unit in the sparse init
+MU_MAX = 0.99  # Table 1's best MNIST setting (0.99N)
+FINAL_MU, FINAL_UPDATES = 0.9, 1_000
+ARMS = {  # name: (learning rate from the sweep in the docstring, mu_max, init scale)
+    "SGD": (0.2, 0.0, 1.0),
+    "NAG": (0.05, MU_MAX, 1.0),
+    "NAG x0.25 init": (0.05, MU_MAX, 0.25),
+}
+EVAL = 10_000  # training images the final error is measured on
+CURVE = 1_000  # training images for the training curve
+ALPHA = 0.05
+MUCH_LOWER = 0.5  # NAG / SGD ratio for "much lower"
+STUCK = 0.9  # final error / mean-image error for "stuck high"
+PUBLISHED_TABLE1 = {"SGD": 2.1, "0.99N": 0.73}  # training squared error, MNIST
+THEOREM_STEPS = 100
+THEOREM_TOL = {"diagonal": 1e-12, "rotated": 1e-10}
+
+
+@pytest.fixture(scope="module")
+def budget(nnsanity_budget: str) -> Budget:
+    return FULL if nnsanity_budget == "full" else SMOKE
+
+
+# -- S1.schedule ------------------------------------------------------------------------------
+def test_momentum_schedule_is_eq_5_with_its_cap_and_final_phase(nnsanity_claim):
+    first_blocks = [sutskever_momentum(k * BLOCK, MU_MAX) for k in range(5)]
+    expected = [1 - 1 / (2 * (k + 1)) for k in range(5)]  # 0.5, 0.75, 0.833.., 0.875, 0.9
+    within_blocks = all(
+        sutskever_momentum(k * BLOCK + j, MU_MAX) == first_blocks[k]
+        for k in range(5)
+        for j in (0, 1, BLOCK - 1)
+    )
+    as_printed = max(
+        abs(sutskever_momentum(t, MU_MAX) - eq5(t, MU_MAX)) for t in range(0, 20_000, 7)
+    )
+    cap = sutskever_momentum(100_000, MU_MAX) == MU_MAX and sutskever_momentum(999, 0.8) == 0.8
+    total = 5_000
+    final = [sutskever_momentum(t, MU_MAX, total_updates=total) for t in range(total)]
+    final_phase = all(m == FINAL_MU for m in final[-FINAL_UPDATES:]) and final[
+        -FINAL_UPDATES - 1
+    ] > (FINAL_MU)
+    exact = first_blocks == expected and within_blocks and as_printed <= 4 * 2**-53
+    claim = Claim(
+        id="S1.schedule",
+        source=f"{SOURCE}, eq. (5), section 3.1",
+        statement="mu_t = 0.5, 0.75, 0.833, 0.875, 0.9 in the first blocks of 250 updates, "
+        "capped at mu_max, and 0.9 for the last 1,000 updates",
+        published="0.5, 0.75, 0.833, 0.875, 0.9",
+        measured=first_blocks,
+        statistic="mu at the start of each of the first five blocks; exact comparison",
+        verdict=Verdict.REPRODUCED if exact and cap and final_phase else Verdict.NOT_REPRODUCED,
+        details={
+            "closed_form_vs_printed_max_abs": as_printed,
+            "constant_within_blocks": within_blocks,
+            "capped": cap,
+            "final_phase_0.9": final_phase,
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+# -- S1.sparse-init ---------------------------------------------------------------------------
+def decoder_widths() -> tuple[int, ...]:
+    return ENCODER + ENCODER[-2::-1]
+
+
+def init_params(gens, scales, device) -> list[torch.Tensor]:
+    """[W1, b1, ...] stacked over runs: W (runs, n_in, n_out) sparse per run; b (runs, 1, n_out) = 0."""
+    params = []
+    for n_in, n_out in itertools.pairwise(decoder_widths()):
+        w = torch.stack(
+            [
+                sparse_(torch.empty(n_out, n_in), NONZERO, scale=s, generator=g).T
+                for g, s in zip(gens, scales)
+            ]
+        )
+        params += [w.contiguous().to(device), torch.zeros(len(gens), 1, n_out, device=device)]
+    return params
+
+
+def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nnsanity_claim):
+    params = init_params(
+        [torch.Generator().manual_seed(s) for s in seeds], [1.0] * len(seeds), "cpu"
+    )
+    weights, biases = params[0::2], params[1::2]
+    counts = torch.cat([(w != 0).sum(dim=1).flatten() for w in weights])  # per (run, unit)
+    values = torch.cat([w[w != 0] for w in weights]).double()
+    var, se = float(values.var()), float((values**2).std()) / math.sqrt(values.numel())
+    holds = (
+        bool((counts == NONZERO).all())
+        and abs(var - 1) <= 4 * se
+        and all(bool((b == 0).all()) for b in biases)
+    )
+    claim = Claim(
+        id="S1.sparse-init",
+        source=f"{SOURCE}, section 3.1",
+        statement="each unit gets exactly 15 non-zero incoming weights drawn from N(0, 1); "
+        "biases 0",
+        published=NONZERO,
+        measured=counts.float().tolist(),
+        statistic=f"non-zero incoming weights per unit, every unit of {len(seeds)} inits of "
+        f"{'-'.join(map(str, decoder_widths()))}",
+        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
+        interval=(NONZERO, NONZERO),
+        details={"nonzero_mean": float(values.mean()), "nonzero_var": var, "var_se": se},
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+# -- S1.theorem -------------------------------------------------------------------------------
+def trajectory(theta0, v0, grad, *, lr, mu, nesterov) -> torch.Tensor:
+    """(steps + 1, n) positions of CM or NAG from (theta0, v0), float64."""
+    theta, v = theta0.clone(), v0.clone()
+    out = [theta.clone()]
+    for _ in range(THEOREM_STEPS):
+        momentum_step([theta], [v], lambda p: [grad(p[0])], lr=lr, mu=mu, nesterov=nesterov)
+        out.append(theta.clone())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "rotated"])
+def test_a_nesterov_step_is_a_classical_step_with_momentum_mu_times_one_minus_eps_lambda(
+    kind, nnsanity_seed, nnsanity_claim
+):
+    g = torch.Generator().manual_seed(nnsanity_seed)
+    n, lr, mu = 8, 0.05, 0.9
+    lam = torch.logspace(-1, 1, n, dtype=torch.float64)  # eps * lambda from 0.005 to 0.5
+    theta0 = torch.randn(n, generator=g, dtype=torch.float64)
+    v0 = torch.randn(n, generator=g, dtype=torch.float64) * 0.1
+    if kind == "diagonal":
+        q, b = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    else:  # A = Q diag(lambda) Q^T, a random rotation, and a linear term b
+        q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+        b = torch.randn(n, generator=g, dtype=torch.float64)
+    a = q @ torch.diag(lam) @ q.T
+    optimum = torch.linalg.solve(a, -b)
+    nag = trajectory(theta0, v0, lambda th: a @ th + b, lr=lr, mu=mu, nesterov=True)
+    along = (nag - optimum) @ q  # coordinates along each eigendirection, (steps + 1, n)
+    c0, w0 = (theta0 - optimum) @ q, v0 @ q
+    cm = {}
+    for name, momentum in (("corrected", mu * (1 - lr * lam)), ("plain", mu * torch.ones(n))):
+        cm[name] = torch.stack(
+            [
+                trajectory(
+                    c0[i : i + 1],
+                    w0[i : i + 1],
+                    lambda c, i=i: lam[i] * c,
+                    lr=lr,
+                    mu=float(momentum[i]),
+                    nesterov=False,
+                )[:, 0]
+                for i in range(n)
+            ],
+            dim=1,
+        )
+    scale = float(c0.abs().max())
+    deviation = float((along - cm["corrected"]).abs().max()) / scale
+    control = float((along - cm["plain"]).abs().max()) / scale
+    tol = THEOREM_TOL[kind]
+    claim = Claim(
+        id=f"S1.theorem-{kind}",
+        source=f"{SOURCE}, Theorem 2.1",
+        statement="on a quadratic, NAG equals CM with momentum mu(1 - eps lambda) along each "
+        "eigendirection of curvature lambda",
+        published=0.0,
+        measured=[deviation],
+        statistic=f"max |NAG - CM(mu(1 - eps lambda))| over {THEOREM_STEPS} steps and {n} "
+        "eigendirections, relative to the largest starting coordinate; float64",
+        verdict=Verdict.REPRODUCED
+        if deviation < tol and control > 1e-3
+        else Verdict.NOT_REPRODUCED,
+        interval=(0.0, tol),
+        details={
+            "control_cm_with_plain_mu": control,
+            "lr": lr,
+            "mu": mu,
+            "eps_lambda": [lr * float(x) for x in lam],
+        },
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+# -- S1.momentum and S1.bad-init: the autoencoder ---------------------------------------------
+def reconstruct(params, x) -> torch.Tensor:
+    """Logistic layers except the linear code layer; x: (runs, n, 784)."""
+    code = len(ENCODER) - 2  # index of the layer that outputs the code
+    h = x
+    for i, (w, b) in enumerate(zip(params[0::2], params[1::2])):
+        h = torch.baddbmm(b, h, w)
+        if i != code:
+            h = torch.sigmoid(h)
+    return h
+
+
+def squared_error(params, x) -> torch.Tensor:
+    """Per-run mean over images of the per-image sum of squared errors, (runs,)."""
+    return ((reconstruct(params, x) - x) ** 2).sum(-1).mean(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    names: list[str]  # one per run: the arm
+    seeds: list[int]
+    error: list[float]  # final training error on EVAL images
+    steps: list[int]
+    curve: torch.Tensor  # (points, runs): training error on CURVE images
+    mean_image_error: float
+
+
+_RUNS: dict[tuple, Runs] = {}
+
+
+def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
+    """Every arm x seed stacked along dim 0 and trained together with one bmm per layer."""
+    key = (budget, tuple(seeds), str(device))
+    if key in _RUNS:
+        return _RUNS[key]
+    names = [name for name in ARMS for _ in seeds]
+    run_seeds = [s for _ in ARMS for s in seeds]
+    lr, mu_max, scales = zip(*(ARMS[name] for name in names))
+    gens = [torch.Generator().manual_seed(s) for s in run_seeds]  # same seed: same init, order
+    params = init_params(gens, scales, device)
+    velocities = [torch.zeros_like(p) for p in params]
+    runs = len(names)
+    lr_t = torch.tensor(lr, device=device).view(runs, 1, 1)
+    x_all = data.train_x.to(device)
+    per_epoch = len(x_all) // BATCH
+    curve_x = x_all[:CURVE].expand(runs, -1, -1)
+    steps, curve = [], []
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # measured: 5 ms per step on one thread, 78 on two when busy
+    try:
+        for t in range(budget.updates):
+            if t % per_epoch == 0:
+                order = torch.stack([torch.randperm(len(x_all), generator=g) for g in gens])
+                order = order.to(device)
+            if t % budget.record_every == 0:
+                with torch.no_grad():
+                    curve.append(squared_error(params, curve_x).cpu())
+                steps.append(t)
+                progress("S1 autoencoders", t, budget.updates)
+            pos = t % per_epoch
+            x = x_all[order[:, pos * BATCH : (pos + 1) * BATCH]]  # (runs, 200, 784)
+            mu = [sutskever_momentum(t, m, total_updates=budget.updates) for m in mu_max]
+            mu_t = torch.tensor(mu, device=device).view(runs, 1, 1)
+
+            def grad_fn(point, x=x):
+                for p in point:
+                    p.requires_grad_()
+                # Summed over runs, so each run gets the gradient of its own batch mean.
+                return torch.autograd.grad(squared_error(point, x).sum(), point)
+
+            # mu = 0 makes NAG plain SGD, so every arm takes the same kind of step.
+            momentum_step(params, velocities, grad_fn, lr=lr_t, mu=mu_t, nesterov=True)
+        with torch.no_grad():
+            curve.append(squared_error(params, curve_x).cpu())
+            steps.append(budget.updates)
+            error = squared_error(params, x_all[:EVAL].expand(runs, -1, -1)).tolist()
+    finally:
+        torch.set_num_threads(torch_threads)
+    x_eval = data.train_x[:EVAL]
+    baseline = float(((x_eval - data.train_x.mean(0)) ** 2).sum(-1).mean())
+    _RUNS[key] = Runs(names, run_seeds, error, steps, torch.stack(curve), baseline)
+    return _RUNS[key]
+
+
+def arm(runs: Runs, name: str) -> list[float]:
+    return [e for n, e in zip(runs.names, runs.error) if n == name]
+
+
+@pytest.fixture
+def seeds(nnsanity_seed: int, budget: Budget) -> list[int]:
+    return [nnsanity_seed + i for i in range(budget.seeds)]
+
+
+def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
+    budget,
+    seeds,
+    nnsanity_mnist,
+    nnsanity_device,
+    nnsanity_claim,
+    nnsanity_progress,
+    nnsanity_plots,
+):
+    runs = train_autoencoders(nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
+    sgd, nag = arm(runs, "SGD"), arm(runs, "NAG")
+    ratios = [n / s for n, s in zip(nag, sgd)]  # same seed: same init and data order
+    p = welch_p_greater(sgd, nag)
+    ratio = sum(nag) / sum(sgd)  # ratio of the means
+    if p >= ALPHA:
+        verdict = Verdict.WITHIN_NOISE
+    elif ratio <= MUCH_LOWER:
+        verdict = Verdict.REPRODUCED
+    else:
+        verdict = Verdict.NOT_REPRODUCED
+    claim = Claim(
+        id="S1.momentum",
+        source=f"{SOURCE}, Table 1 (MNIST)",
+        statement="NAG with the momentum schedule and the sparse init reaches a much lower "
+        "training error than plain SGD in the same number of updates",
+        published=PUBLISHED_TABLE1["0.99N"] / PUBLISHED_TABLE1["SGD"],
+        measured=ratios,
+        statistic=f"training error NAG / SGD per seed after {budget.updates} updates of 200; "
+        f"one-sided Welch p = {p:.2g}; pass: p < {ALPHA} and mean ratio <= {MUCH_LOWER}",
+        verdict=verdict,
+        interval=(0.0, MUCH_LOWER),
+        details={
+            "SGD_error": sgd,
+            "NAG_error": nag,
+            "SGD": str(summarize(sgd)),
+            "NAG": str(summarize(nag)),
+            "ratio_of_means": ratio,
+            "welch_p": p,
+            "mean_image_error": runs.mean_image_error,
+            "published_errors": PUBLISHED_TABLE1,
+            "arms": {k: dict(zip(("lr", "mu_max", "init_scale"), v)) for k, v in ARMS.items()},
+        },
+    )
+    nnsanity_claim(claim)
+    if nnsanity_plots is not None:
+        plot_training(nnsanity_plots / "S1_autoencoder_training.png", runs)
+    if budget is SMOKE:
+        # Measured: NAG is significantly lower, but at about 0.6x SGD's error after 1,000
+        # updates, not the paper's "much lower" (0.35x after 750,000); the gap was still
+        # widening when the run stopped (0.63 at 1,000 updates, 0.55 at 2,000, seed 0).
+        assert claim.verdict is Verdict.NOT_REPRODUCED, claim
+        assert p < ALPHA, claim
+    else:
+        assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
+    budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_progress
+):
+    runs = train_autoencoders(nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
+    bad = arm(runs, "NAG x0.25 init")
+    relative = [e / runs.mean_image_error for e in bad]
+    claim = Claim(
+        id="S1.bad-init",
+        source=f"{SOURCE}, Table 3",
+        statement="NAG from the sparse init scaled by 0.25 fails: its training error stays high",
+        published="16 (x0.25) vs 0.074 (x1)",
+        measured=relative,
+        statistic=f"training error / mean-image error ({runs.mean_image_error:.4g}) per seed "
+        f"after {budget.updates} updates; stuck: >= {STUCK} in every seed",
+        verdict=Verdict.REPRODUCED if min(relative) >= STUCK else Verdict.NOT_REPRODUCED,
+        interval=(STUCK, math.inf),
+        details={"error": bad, "good_init_NAG_error": arm(runs, "NAG")},
+    )
+    nnsanity_claim(claim)
+    assert claim.verdict is Verdict.REPRODUCED, claim
+
+
+def plot_training(path, runs: Runs) -> None:
+    """Training error against updates, first seed of each arm, and the mean-image plateau."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in ARMS:
+        i = runs.names.index(name)
+        ax.plot(runs.steps, runs.curve[:, i].numpy(), label=name)
+    ax.axhline(runs.mean_image_error, color="grey", linestyle="--", label="mean image")
+    ax.set(
+        yscale="log",
+        xlabel="updates (batches of 200)",
+        ylabel="squared error per image",
+        title=f"Autoencoder {'-'.join(map(str, decoder_widths()))}, sparse init",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
