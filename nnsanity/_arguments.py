@@ -61,16 +61,21 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
     """Return ``(inputs, targets)`` on the model's device; reject non-pairs and NaN/Inf inputs."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(
-            batch, (tuple, list)) else f"a {type(batch).__name__}"
+        got = (
+            f"a {type(batch).__name__} of length {len(batch)}"
+            if isinstance(batch, (tuple, list))
+            else f"a {type(batch).__name__}"
+        )
         raise TypeError(
             f"batch must be an (inputs, targets) pair, got {got}. "
             "Pass e.g. batch=(x, y), or next(iter(loader)) if your loader yields pairs."
         )
     inputs, targets = batch
     if not _tensors(inputs):
-        raise TypeError(f"batch inputs must be a tensor (or a container of tensors), "
-                        f"got {type(inputs).__name__}.")
+        raise TypeError(
+            f"batch inputs must be a tensor (or a container of tensors), "
+            f"got {type(inputs).__name__}."
+        )
     for name, part in (("inputs", inputs), ("targets", targets)):
         for t in _tensors(part):
             if t.is_floating_point() or t.is_complex():
@@ -106,8 +111,9 @@ def forward(model: torch.nn.Module, inputs: Any) -> Any:
 def compute_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> torch.Tensor:
     """Call ``loss_fn(outputs, targets)`` and insist on a finite-typed scalar tensor."""
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), "
-                        f"got {type(loss_fn).__name__}.")
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}."
+        )
     try:
         loss = loss_fn(outputs, targets)
     except (RuntimeError, IndexError) as e:

@@ -50,8 +50,9 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     optimizers that hold them, stay valid.
     """
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    grads = {n: None if p.grad is None else p.grad.detach().clone()
-             for n, p in model.named_parameters()}
+    grads = {
+        n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()
+    }
     modes = {name: m.training for name, m in model.named_modules()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     try:

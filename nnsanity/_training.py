@@ -45,17 +45,20 @@ def make_stepper(
                 return float(loss.detach())
             if isinstance(loss, (int, float)):
                 return float(loss)
-            raise TypeError(f"step must return the loss as a tensor or float, "
-                            f"got {type(loss).__name__}.")
+            raise TypeError(
+                f"step must return the loss as a tensor or float, got {type(loss).__name__}."
+            )
 
         return run_user
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (optimizer or default_optimizer)(params)
     if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError("optimizer must be a factory params -> torch.optim.Optimizer, e.g. "
-                        "lambda p: torch.optim.SGD(p, lr=0.1); got one returning "
-                        f"{type(opt).__name__}.")
+        raise TypeError(
+            "optimizer must be a factory params -> torch.optim.Optimizer, e.g. "
+            "lambda p: torch.optim.SGD(p, lr=0.1); got one returning "
+            f"{type(opt).__name__}."
+        )
 
     def run_default() -> float:
         opt.zero_grad(set_to_none=True)

@@ -95,8 +95,11 @@ def _load(root: Path | None) -> MNIST:
 
     x, y = pixels(train.data), train.targets.long()
     return MNIST(
-        train_x=x[:N_TRAIN], train_y=y[:N_TRAIN],
-        validation_x=x[N_TRAIN:], validation_y=y[N_TRAIN:],
-        test_x=pixels(test.data), test_y=test.targets.long(),
+        train_x=x[:N_TRAIN],
+        train_y=y[:N_TRAIN],
+        validation_x=x[N_TRAIN:],
+        validation_y=y[N_TRAIN:],
+        test_x=pixels(test.data),
+        test_y=test.targets.long(),
         root=root,
     )

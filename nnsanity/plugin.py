@@ -26,21 +26,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nnsanity", "neural-network sanity checks and reproductions")
 
     def add(name: str, help: str, **kw: Any) -> None:
-        group.addoption(f"--nnsanity-{name}", dest=f"nnsanity_{name.replace('-', '_')}",
-                        default=None, help=help, **kw)
+        group.addoption(
+            f"--nnsanity-{name}",
+            dest=f"nnsanity_{name.replace('-', '_')}",
+            default=None,
+            help=help,
+            **kw,
+        )
         parser.addini(f"nnsanity_{name.replace('-', '_')}", help)
 
-    add("seed", "seed for torch, numpy and random in the nnsanity_seed fixture: an integer, "
-        "'random' for a fresh one, or 'last' to reuse the previous run's (default: 0)")
-    add("device", "torch device for the nnsanity_device fixture, e.g. cpu, cuda, cuda:1 "
-        "(default: cpu)")
-    add("budget", "work budget for tests that scale: smoke or full (default: smoke)",
-        choices=BUDGETS)
-    add("data-dir", "folder holding MNIST/raw/ to read (never written); also NNSANITY_DATA_DIR "
-        "(default: download into ~/.cache/nnsanity)")
+    add(
+        "seed",
+        "seed for torch, numpy and random in the nnsanity_seed fixture: an integer, "
+        "'random' for a fresh one, or 'last' to reuse the previous run's (default: 0)",
+    )
+    add(
+        "device",
+        "torch device for the nnsanity_device fixture, e.g. cpu, cuda, cuda:1 (default: cpu)",
+    )
+    add(
+        "budget",
+        "work budget for tests that scale: smoke or full (default: smoke)",
+        choices=BUDGETS,
+    )
+    add(
+        "data-dir",
+        "folder holding MNIST/raw/ to read (never written); also NNSANITY_DATA_DIR "
+        "(default: download into ~/.cache/nnsanity)",
+    )
     add("report", "write the reproduction claim table as JSON to this path (default: none)")
-    add("plots", "save the reproductions' figures as PNG into this folder; needs matplotlib "
-        "(default: none)")
+    add(
+        "plots",
+        "save the reproductions' figures as PNG into this folder; needs matplotlib (default: none)",
+    )
 
 
 def _option(config: pytest.Config, name: str, default: str | None = None) -> str | None:
@@ -64,7 +82,8 @@ def _resolve_seed(config: pytest.Config) -> int:
         return int(raw)
     except ValueError:
         raise pytest.UsageError(
-            f"--nnsanity-seed must be an integer, 'random' or 'last', got {raw!r}") from None
+            f"--nnsanity-seed must be an integer, 'random' or 'last', got {raw!r}"
+        ) from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,7 +100,8 @@ def pytest_configure(config: pytest.Config) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             raise pytest.UsageError(
-                "--nnsanity-plots needs matplotlib: pip install 'nnsanity[repro]'") from None
+                "--nnsanity-plots needs matplotlib: pip install 'nnsanity[repro]'"
+            ) from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -95,8 +115,10 @@ def _seed_flag(config: pytest.Config) -> str:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return (f"nnsanity: {_seed_flag(config)} --nnsanity-budget={_option(config, 'budget', 'smoke')}"
-            f" --nnsanity-device={_option(config, 'device', 'cpu')}")
+    return (
+        f"nnsanity: {_seed_flag(config)} --nnsanity-budget={_option(config, 'budget', 'smoke')}"
+        f" --nnsanity-device={_option(config, 'device', 'cpu')}"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -104,7 +126,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     if report.failed and call.excinfo is not None and call.excinfo.errisinstance(SanityError):
         report.sections.append(
-            ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_seed_flag(item.config)}"))
+            ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_seed_flag(item.config)}")
+        )
     return report
 
 
@@ -142,8 +165,12 @@ def nnsanity_budget(pytestconfig: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def nnsanity_data_dir(pytestconfig: pytest.Config) -> Path | None:
     """The MNIST folder from --nnsanity-data-dir, NNSANITY_DATA_DIR or the ini file, if any."""
-    value = (pytestconfig.getoption("nnsanity_data_dir") or os.environ.get("NNSANITY_DATA_DIR")
-             or pytestconfig.getini("nnsanity_data_dir") or None)
+    value = (
+        pytestconfig.getoption("nnsanity_data_dir")
+        or os.environ.get("NNSANITY_DATA_DIR")
+        or pytestconfig.getini("nnsanity_data_dir")
+        or None
+    )
     if value is None:
         return None
     path = Path(value).expanduser()
@@ -199,8 +226,10 @@ def nnsanity_progress(request: pytest.FixtureRequest) -> Callable[[str, int, int
         last[0] = now
         elapsed = now - start
         eta = elapsed / done * (total - done) if done else float("nan")
-        reporter.write_line(f"  [nnsanity] {label}: {done}/{total} model-epochs, "
-                            f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+        reporter.write_line(
+            f"  [nnsanity] {label}: {done}/{total} model-epochs, "
+            f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+        )
 
     return progress
 
@@ -227,8 +256,10 @@ class _ClaimTable:
             terminalreporter.write_line(line)
         path = _option(self.config, "report")
         if path is not None:
-            meta = {"seed": self.config.stash[_SEED],
-                    "budget": _option(self.config, "budget", "smoke"),
-                    "device": _option(self.config, "device", "cpu")}
+            meta = {
+                "seed": self.config.stash[_SEED],
+                "budget": _option(self.config, "budget", "smoke"),
+                "device": _option(self.config, "device", "cpu"),
+            }
             written = _report.write_json(Path(path), self.claims, meta)
             terminalreporter.write_line(f"nnsanity: claim report written to {written}")

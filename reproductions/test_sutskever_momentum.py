@@ -146,14 +146,14 @@ def test_momentum_schedule_is_eq_5_with_its_cap_and_final_phase(nnsanity_claim):
 
 
 # -- S1.sparse-init ---------------------------------------------------------------------------
-def decoder_widths() -> tuple[int, ...]:
+def autoencoder_widths() -> tuple[int, ...]:
     return ENCODER + ENCODER[-2::-1]
 
 
 def init_params(gens, scales, device) -> list[torch.Tensor]:
-    """[W1, b1, ...] stacked over runs: W (runs, n_in, n_out) sparse per run; b (runs, 1, n_out) = 0."""
+    """[W1, b1, ...] stacked over runs: sparse W (runs, n_in, n_out), zero b (runs, 1, n_out)."""
     params = []
-    for n_in, n_out in itertools.pairwise(decoder_widths()):
+    for n_in, n_out in itertools.pairwise(autoencoder_widths()):
         w = torch.stack(
             [
                 sparse_(torch.empty(n_out, n_in), NONZERO, scale=s, generator=g).T
@@ -185,7 +185,7 @@ def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nns
         published=NONZERO,
         measured=counts.float().tolist(),
         statistic=f"non-zero incoming weights per unit, every unit of {len(seeds)} inits of "
-        f"{'-'.join(map(str, decoder_widths()))}",
+        f"{'-'.join(map(str, autoencoder_widths()))}",
         verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
         interval=(NONZERO, NONZERO),
         details={"nonzero_mean": float(values.mean()), "nonzero_var": var, "var_se": se},
@@ -455,7 +455,7 @@ def plot_training(path, runs: Runs) -> None:
         yscale="log",
         xlabel="updates (batches of 200)",
         ylabel="squared error per image",
-        title=f"Autoencoder {'-'.join(map(str, decoder_widths()))}, sparse init",
+        title=f"Autoencoder {'-'.join(map(str, autoencoder_widths()))}, sparse init",
     )
     ax.legend()
     fig.tight_layout()

@@ -53,7 +53,7 @@ def test_seed_fixture_seeds_torch_numpy_random_and_restores_them(pytester):
 def test_last_reuses_the_previous_runs_seed(pytester):
     pytester.makepyfile("def test_ok(): pass")
     first = pytester.runpytest("--nnsanity-seed=random")
-    seed = [ln for ln in first.outlines if ln.startswith("nnsanity: ")][0].split()[1]
+    seed = next(ln for ln in first.outlines if ln.startswith("nnsanity: ")).split()[1]
     again = pytester.runpytest("--nnsanity-seed=last")
     again.stdout.fnmatch_lines([f"nnsanity: {seed} *"])
 
@@ -100,17 +100,23 @@ def test_a_failed_check_says_how_to_rerun_with_the_same_seed(pytester):
     )
     result = pytester.runpytest("--nnsanity-seed=31")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*rerun with: pytest 'test_a_failed_check*::test_fails' "
-                                 "--nnsanity-seed=31"])
+    result.stdout.fnmatch_lines(
+        ["*rerun with: pytest 'test_a_failed_check*::test_fails' --nnsanity-seed=31"]
+    )
 
 
 def test_claims_are_printed_as_a_table_and_written_as_json(pytester):
     pytester.makepyfile(CLAIM_TEST)
     result = pytester.runpytest("--nnsanity-report=out/claims.json")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*nnsanity claims*", "claim*published*verdict",
-                                 "X1.demo*1*1 ± 0.1 (n=3)*[0.5, 1.5]*reproduced",
-                                 "1 reproduced"])
+    result.stdout.fnmatch_lines(
+        [
+            "*nnsanity claims*",
+            "claim*published*verdict",
+            "X1.demo*1*1 ± 0.1 (n=3)*[0.5, 1.5]*reproduced",
+            "1 reproduced",
+        ]
+    )
     doc = json.loads((pytester.path / "out" / "claims.json").read_text())
     assert doc["seed"] == 0 and doc["budget"] == "smoke" and doc["device"] == "cpu"
     assert "torch" in doc["machine"] and "cpu_count" in doc["machine"]
@@ -120,8 +126,12 @@ def test_claims_are_printed_as_a_table_and_written_as_json(pytester):
 
 def test_claims_from_xdist_workers_reach_the_table(pytester):
     pytest.importorskip("xdist")
-    pytester.makepyfile(CLAIM_TEST + CLAIM_TEST.replace("X1.demo", "X2.demo").replace(
-        "test_records_a_claim", "test_records_another"))
+    pytester.makepyfile(
+        CLAIM_TEST
+        + CLAIM_TEST.replace("X1.demo", "X2.demo").replace(
+            "test_records_a_claim", "test_records_another"
+        )
+    )
     result = pytester.runpytest_subprocess("-n", "2", "--nnsanity-seed=5")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*X1.demo*reproduced", "*X2.demo*reproduced"])
@@ -130,7 +140,8 @@ def test_claims_from_xdist_workers_reach_the_table(pytester):
 def test_xdist_workers_share_the_controllers_seed(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile(
-        "\n".join(f"def test_{i}(nnsanity_seed): assert nnsanity_seed == 4242" for i in range(4)))
+        "\n".join(f"def test_{i}(nnsanity_seed): assert nnsanity_seed == 4242" for i in range(4))
+    )
     pytester.runpytest_subprocess("-n", "2", "--nnsanity-seed=4242").assert_outcomes(passed=4)
 
 
@@ -159,5 +170,9 @@ def test_a_missing_dataset_names_where_it_looked_and_the_fix(pytester, tmp_path)
     result = pytester.runpytest(f"--nnsanity-data-dir={tmp_path}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        [f"no MNIST found under {tmp_path}/MNIST/raw*Point --nnsanity-data-dir / NNSANITY_DATA_DIR*"])
+        [
+            f"no MNIST found under {tmp_path}/MNIST/raw*"
+            "Point --nnsanity-data-dir / NNSANITY_DATA_DIR*"
+        ]
+    )
     assert "Traceback" not in result.stdout.str() and "datasets.py" not in result.stdout.str()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -37,16 +38,28 @@ def token_batch(n: int = 4, t: int = 12, vocab: int = 16, seed: int = 0):
 
 def mlp(seed: int = 0, d_in: int = 20, hidden: int = 32) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, N_CLASSES))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, N_CLASSES),
+    )
 
 
 def cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),  # 8x6x6
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),  # 16x3x3
-        nn.Flatten(), nn.Linear(16 * 3 * 3, N_CLASSES),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 8x6x6
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 16x3x3
+        nn.Flatten(),
+        nn.Linear(16 * 3 * 3, N_CLASSES),
     )
 
 
@@ -60,7 +73,7 @@ class NielsenNet(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.layers = nn.ModuleList()
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in itertools.pairwise(sizes):
             layer = nn.Linear(n_in, n_out)
             with torch.no_grad():
                 layer.weight.copy_(torch.randn(n_out, n_in, generator=g) / math.sqrt(n_in))
@@ -82,14 +95,16 @@ def nielsen_loss(z, y):
 class TinyCausalLM(nn.Module):
     """A one-block causal transformer language model over a small vocabulary."""
 
-    def __init__(self, vocab: int = 16, d: int = 32, heads: int = 2, max_len: int = 64,
-                 seed: int = 0):
+    def __init__(
+        self, vocab: int = 16, d: int = 32, heads: int = 2, max_len: int = 64, seed: int = 0
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(max_len, d)
-        self.block = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True,
-                                                norm_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab)
 
