@@ -155,7 +155,8 @@ class _Step:
         self.x3, self.y3 = self.xb.view(k, m, s.n_in), self.yb.view(k, m, s.n_out)
         self.z1 = new(k, m, s.padded)
         self.acts = new(depth, k, m, h)  # sigmoid outputs of every hidden stage
-        self.top = self.acts[0] if depth == 1 else new(k, m, h)  # each model's last hidden
+        self.act0 = self.acts[0]
+        self.top = self.act0 if depth == 1 else new(k, m, h)  # each model's last hidden
         self.out = new(k, m, s.n_out)
         tmp, delta = new(k, m, h), new(k, m, h)
         self.delta = delta
@@ -163,7 +164,7 @@ class _Step:
         self.bias_grads = [new(k, 1, s.padded), *(new(c, 1, h) for c in s.active[1:])]
         self.bias_grads.append(new(k, 1, s.n_out))
         self.s, self.m = s, m
-        self.first = (s.b_in, s.w_in.transpose(1, 2), self.z1, self.z1[:, :, :h], self.acts[0])
+        self.first = (s.b_in, s.w_in.transpose(1, 2), self.z1, self.z1[:, :, :h], self.act0)
         self.stages = [  # (bias, input, weight^T, output) per hidden-to-hidden stage
             (b, self.acts[j - 1, : len(w)], w.transpose(1, 2), self.acts[j, : len(w)])
             for j, (w, b) in enumerate(zip(s.w_mid, s.b_mid), 1)

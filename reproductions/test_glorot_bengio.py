@@ -44,7 +44,7 @@ NLL): sigmoid-standard errors were all 89.36% (NLL 2.313, 2.317, 2.306, 2.311) -
 tanh-normalised errors 6.78, 5.52, 5.66, 11.21% -> 0.03. The paper tuned each model's rate on
 validation too, but on its own budget.
 
-Smoke budget (derived from FULL below): hidden layers of 150 instead of 500 (the paper: 1,000),
+Smoke budget (derived from FULL below): hidden layers of 150 instead of 400 (the paper: 1,000),
 one epoch (5,000 updates) instead of two, 3 seeds instead of 5, and 300 images instead of 1,000
 for the gradient variances (their width stays 1,000). Verdicts are expected to hold at both.
 """
@@ -72,7 +72,7 @@ SOURCE = "Glorot & Bengio, AISTATS 2010"
 # -- the full setting; the smoke budget is derived from it ------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    width: int = 500  # hidden units per layer for Fig. 2 and Table 1 (paper: 1,000)
+    width: int = 400  # hidden units per layer for Fig. 2 and Table 1 (paper: 1,000)
     updates: int = 10_000  # SGD updates on mini-batches of 10: 2 epochs of 50k images
     seeds: int = 5
     record_every: int = 100  # updates between activation snapshots
@@ -268,7 +268,7 @@ def test_top_sigmoid_layer_saturates_at_zero_while_lower_layers_stay_above_one_h
         measured=margin.tolist(),
         statistic="per seed, at the top layer's lowest snapshot: min(h3 - h2, h2 - h1)",
         verdict=Verdict.REPRODUCED if bool((margin > 0).all()) else Verdict.NOT_REPRODUCED,
-        interval=(0.0, math.inf),
+        interval=(0.0, 1.0),  # a difference of two sigmoid means is below 1
         details={"means_h1_h2_h3": at_lowest[:, :-1].tolist()},
     )
     nnsanity_claim(ordering)
@@ -334,10 +334,13 @@ def backprop_variances(data, init: Init, budget: Budget, seed: int, device) -> l
 def test_backpropagated_gradients_shrink_toward_the_input_only_with_the_standard_init(
     budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_plots
 ):
-    variances = {
-        name: [backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device) for s in seeds]
-        for name, init in (("standard", standard_), ("normalised", normalised_))
-    }
+    with one_thread():
+        variances = {
+            name: [
+                backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device) for s in seeds
+            ]
+            for name, init in (("standard", standard_), ("normalised", normalised_))
+        }
     gaps = FIG7_DEPTH - 1
 
     def factor(v: list[float]) -> float:

@@ -44,13 +44,19 @@ encoder, 784-250-100-30, left the x0.25 init unstuck: 31.4 against the mean imag
 
 Learning rates, picked once at the smoke setting (seed 0, 1,000 updates, lowest final training
 error) from {0.01, 0.05, 0.1, 0.2}, extended by one step when the best was on the edge: SGD
-47.7, 33.6, 31.2, 30.4 and 0.4 -> 32.9 (stuck until ~1,400 updates): 0.2; NAG 30.4, 19.7, 52.5
-(stuck), 52.5: 0.05. The x0.25 arm uses NAG's rate. The paper also took each method's best rate.
+47.7, 33.6, 31.2, 30.4, and 52.6 at 0.4 (on the plateau until ~1,400 updates): 0.2; NAG 30.4,
+19.7, 52.5 (stuck), 52.5 (stuck): 0.05. The x0.25 arm uses NAG's rate. The paper, too, took
+each method's best rate.
 
 Smoke budget (derived from FULL below): 1,000 updates instead of 3,000 and 2 seeds per arm
 instead of 3. At 1,000 updates the final low-momentum phase covers the whole run, but the schedule
 is still below 0.9 there, so it changes nothing; at 3,000 it caps the last third at 0.9 (the
 paper's last 1,000 of 750,000).
+
+What did not reproduce at our budgets (asserted as such): S1.momentum, at both budgets: NAG is
+significantly lower, at 0.66x SGD's error (smoke) and 0.53x (full), not <= 0.5x. S1.bad-init at
+the full budget: the x0.25 init sits on the mean-image plateau for ~1,600 updates, then learns;
+at the smoke budget (1,000 updates) it is still stuck, so the claim holds there, and only there.
 """
 
 from __future__ import annotations
@@ -169,7 +175,7 @@ def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nns
         [torch.Generator().manual_seed(s) for s in seeds], [1.0] * len(seeds), "cpu"
     )
     weights, biases = params[0::2], params[1::2]
-    counts = torch.cat([(w != 0).sum(dim=1).flatten() for w in weights])  # per (run, unit)
+    counts = torch.cat([(w != 0).sum(dim=1) for w in weights], dim=1)  # (runs, every unit)
     values = torch.cat([w[w != 0] for w in weights]).double()
     var, se = float(values.var()), float((values**2).std()) / math.sqrt(values.numel())
     holds = (
@@ -183,12 +189,18 @@ def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nns
         statement="each unit gets exactly 15 non-zero incoming weights drawn from N(0, 1); "
         "biases 0",
         published=NONZERO,
-        measured=counts.float().tolist(),
-        statistic=f"non-zero incoming weights per unit, every unit of {len(seeds)} inits of "
-        f"{'-'.join(map(str, autoencoder_widths()))}",
+        measured=counts.double().mean(dim=1).tolist(),
+        statistic=f"per seed: mean non-zero incoming weights per unit over the {counts.shape[1]} "
+        f"units of {'-'.join(map(str, autoencoder_widths()))}; every unit must have exactly 15",
         verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
         interval=(NONZERO, NONZERO),
-        details={"nonzero_mean": float(values.mean()), "nonzero_var": var, "var_se": se},
+        details={
+            "min_count": int(counts.min()),
+            "max_count": int(counts.max()),
+            "nonzero_mean": float(values.mean()),
+            "nonzero_var": var,
+            "var_se": se,
+        },
     )
     nnsanity_claim(claim)
     assert claim.verdict is Verdict.REPRODUCED, claim
@@ -407,14 +419,12 @@ def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
     nnsanity_claim(claim)
     if nnsanity_plots is not None:
         plot_training(nnsanity_plots / "S1_autoencoder_training.png", runs)
-    if budget is SMOKE:
-        # Measured: NAG is significantly lower, but at about 0.6x SGD's error after 1,000
-        # updates, not the paper's "much lower" (0.35x after 750,000); the gap was still
-        # widening when the run stopped (0.63 at 1,000 updates, 0.55 at 2,000, seed 0).
-        assert claim.verdict is Verdict.NOT_REPRODUCED, claim
-        assert p < ALPHA, claim
-    else:
-        assert claim.verdict is Verdict.REPRODUCED, claim
+    # Measured: NAG is significantly lower at both budgets, but not "much lower" by the ratio
+    # declared beforehand: 0.66 +- 0.02 of SGD's error after 1,000 updates (smoke, 2 seeds,
+    # p = 0.012) and 0.53 +- 0.01 after 3,000 (full, 3 seeds, p = 0.0005), against the paper's
+    # 0.35 after 750,000. The gap was still widening when the runs stopped.
+    assert claim.verdict is Verdict.NOT_REPRODUCED, claim
+    assert p < ALPHA, claim
 
 
 def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
@@ -432,11 +442,31 @@ def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
         statistic=f"training error / mean-image error ({runs.mean_image_error:.4g}) per seed "
         f"after {budget.updates} updates; stuck: >= {STUCK} in every seed",
         verdict=Verdict.REPRODUCED if min(relative) >= STUCK else Verdict.NOT_REPRODUCED,
-        interval=(STUCK, math.inf),
-        details={"error": bad, "good_init_NAG_error": arm(runs, "NAG")},
+        interval=None,  # half-open, [0.9, inf): stated in the statistic (JSON has no inf)
+        details={
+            "error": bad,
+            "good_init_NAG_error": arm(runs, "NAG"),
+            "plateau_left_at_update": [
+                next(
+                    (
+                        s
+                        for s, e in zip(runs.steps, runs.curve[:, i].tolist())
+                        if e < STUCK * runs.mean_image_error
+                    ),
+                    None,
+                )
+                for i, n in enumerate(runs.names)
+                if n == "NAG x0.25 init"
+            ],
+        },
     )
     nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
+    # Measured: stuck on the mean image through 1,000 updates (smoke: 1.00 of its error in both
+    # seeds), but at the full budget every seed left the plateau after about 1,600-1,700 updates
+    # and ended at 0.58 +- 0.02 of it after 3,000 (the good init: 0.19). With 8 weight layers and
+    # 3,000 updates the x0.25 init delays learning; it does not prevent it.
+    expected = Verdict.REPRODUCED if budget.updates <= SMOKE.updates else Verdict.NOT_REPRODUCED
+    assert claim.verdict is expected, claim
 
 
 def plot_training(path, runs: Runs) -> None:

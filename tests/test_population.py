@@ -82,18 +82,20 @@ def test_population_matches_the_plain_loop_at_other_hidden_widths(width):
         assert_same_model(single, pop.model(k))
 
 
-def test_a_models_result_does_not_depend_on_the_population_around_it():
-    alone = train_population(
-        [Network2Config(DEPTHS[1], 3)], *TRAIN, epochs=1, dtype=torch.float64, **HYPER
-    )
+@pytest.mark.parametrize("depth", [0, 1])  # a population of one shallow model has no stages
+def test_a_models_result_does_not_depend_on_the_population_around_it(depth):
+    config = Network2Config(DEPTHS[depth], 3)
+    alone = train_population([config], *TRAIN, epochs=1, dtype=torch.float64, **HYPER)
     crowd = [
         Network2Config(DEPTHS[0], 5),
         Network2Config(DEPTHS[3], 9),
-        Network2Config(DEPTHS[1], 3),
+        config,
         Network2Config(DEPTHS[2], 3),
     ]
     among = train_population(crowd, *TRAIN, epochs=1, dtype=torch.float64, **HYPER)
     assert_same_model(alone.model(0), among.model(2))
+    single = train_single(config, *TRAIN, epochs=1, dtype=torch.float64, **HYPER)
+    assert_same_model(single, alone.model(0))
 
 
 def test_each_models_data_order_differs_and_depends_only_on_its_seed():
@@ -287,3 +289,12 @@ def test_a_training_set_smaller_than_one_mini_batch_is_one_short_step_per_epoch(
     single = train_single(config, x, y, epochs=2, eta=0.3, dtype=torch.float64)
     for a, b in zip(single.weights, pop.weights[0]):
         assert_close(b, a, **TIGHT)
+
+
+def test_training_draws_nothing_from_the_global_rng():
+    state = torch.get_rng_state()
+    config = Network2Config(DEPTHS[0], 0)
+    train_single(config, *TRAIN, epochs=1, eta=0.1)
+    train_population([config], *TRAIN, epochs=1, eta=0.1)
+    bias_gradient_norms(DEPTHS[0], *TRAIN, seeds=[0])
+    assert torch.equal(torch.get_rng_state(), state)
