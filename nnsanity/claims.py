@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nnsanity.statistics import summarize
+from nnsanity.statistics import prediction_interval, summarize, welch_p_greater
 
 
 class Verdict(str, enum.Enum):
@@ -64,3 +64,68 @@ class Claim:
             s = summarize(self.measured)
             d["mean"], d["sd"], d["n"] = s.mean, s.sd, s.n
         return d
+
+
+def single_run_claim(
+    published: float,
+    measured: Sequence[float],
+    *,
+    level: float = 0.95,
+    **fields: Any,
+) -> Claim:
+    """Judge a published single-run number against our single runs over seeds.
+
+    REPRODUCED when ``published`` lies in the ``level`` prediction interval of one further run
+    (``nnsanity.statistics.prediction_interval``), NOT_REPRODUCED otherwise. ``fields`` are the
+    other :class:`Claim` fields (id, source, statement, unit, details).
+    """
+    lo, hi = prediction_interval(measured, level)
+    verdict = Verdict.REPRODUCED if lo <= published <= hi else Verdict.NOT_REPRODUCED
+    return Claim(
+        published=published,
+        measured=measured,
+        statistic=f"{level:.0%} prediction interval of a single run",
+        verdict=verdict,
+        interval=(lo, hi),
+        **fields,
+    )
+
+
+def ordering_claim(
+    higher: Sequence[float],
+    lower: Sequence[float],
+    *,
+    alpha: float = 0.05,
+    **fields: Any,
+) -> Claim:
+    """Judge a published ordering "``higher`` beats ``lower``" with one-sided Welch tests.
+
+    REPRODUCED when mean(higher) > mean(lower) at significance ``alpha``; NOT_REPRODUCED when the
+    reverse is significant; WITHIN_NOISE otherwise, so a noisy ordering is never asserted.
+    ``measured`` records the per-seed differences where the runs pair up, else ``higher``.
+    """
+    p_right = welch_p_greater(higher, lower)
+    p_wrong = welch_p_greater(lower, higher)
+    if p_right < alpha:
+        verdict = Verdict.REPRODUCED
+    elif p_wrong < alpha:
+        verdict = Verdict.NOT_REPRODUCED
+    else:
+        verdict = Verdict.WITHIN_NOISE
+    paired = len(higher) == len(lower)
+    diffs = [h - lo for h, lo in zip(higher, lower)] if paired else list(higher)
+    details = dict(fields.pop("details", {}))
+    details.update(
+        higher=list(map(float, higher)),
+        lower=list(map(float, lower)),
+        p_ordering=p_right,
+        p_reverse=p_wrong,
+        alpha=alpha,
+    )
+    return Claim(
+        measured=diffs,
+        statistic=f"one-sided Welch t-test at alpha={alpha} (measured: per-seed differences)",
+        verdict=verdict,
+        details=details,
+        **fields,
+    )

@@ -144,12 +144,12 @@ def nnsanity_seed(request: pytest.FixtureRequest) -> Iterator[int]:
         yield seed
 
 
-@pytest.fixture
-def nnsanity_device(request: pytest.FixtureRequest):
+@pytest.fixture(scope="session")
+def nnsanity_device(pytestconfig: pytest.Config):
     """The torch.device from --nnsanity-device; skips when CUDA is asked for and absent."""
     import torch
 
-    name = _option(request.config, "device", "cpu")
+    name = _option(pytestconfig, "device", "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"--nnsanity-device={name} asked for CUDA, but torch sees no CUDA device")
@@ -209,21 +209,22 @@ def nnsanity_plots(pytestconfig: pytest.Config) -> Path | None:
     return path
 
 
-@pytest.fixture
-def nnsanity_progress(request: pytest.FixtureRequest) -> Callable[[str, int, int], None]:
+@pytest.fixture(scope="session")
+def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[[str, int, int], None]:
     """``progress(label, done, total)``: a throttled progress line for long runs; quiet under -q."""
-    config = request.config
+    config = pytestconfig
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    start = time.monotonic()
-    last = [-1e9]
+    started: dict[str, float] = {}
+    printed: dict[str, float] = {}
 
     def progress(label: str, done: int, total: int) -> None:
         now = time.monotonic()
+        start = started.setdefault(label, now)
         if reporter is None or config.get_verbosity() < 0:
             return
-        if now - last[0] < 10 and done < total:
+        if now - printed.get(label, -1e9) < 10 and done < total:
             return
-        last[0] = now
+        printed[label] = now
         elapsed = now - start
         eta = elapsed / done * (total - done) if done else float("nan")
         reporter.write_line(
