@@ -5,13 +5,12 @@ measured, the bound, the likely causes and the argument that relaxes it; its ``m
 returns the same measurement as a result object without judging it.
 """
 
+from nnsanity.baselines import UsesInputsResult, assert_uses_inputs, measure_uses_inputs
+from nnsanity.causality import CausalResult, assert_causal, measure_causal
 from nnsanity.dependencies import (
     BatchIndependenceResult,
-    CausalResult,
     assert_batch_independence,
-    assert_causal,
     measure_batch_independence,
-    measure_causal,
 )
 from nnsanity.errors import SanityError
 from nnsanity.finite import FiniteResult, assert_finite, measure_finite
@@ -27,13 +26,10 @@ from nnsanity.initialisation import InitLossResult, assert_init_loss, measure_in
 from nnsanity.optimisation import (
     LossDecreaseResult,
     OverfitResult,
-    UsesInputsResult,
     assert_can_overfit,
     assert_loss_decreases,
-    assert_uses_inputs,
     measure_loss_decrease,
     measure_overfit,
-    measure_uses_inputs,
 )
 from nnsanity.parameters import ParamsUpdateResult, assert_params_update, measure_params_update
 from nnsanity.reproducibility import (

@@ -29,6 +29,12 @@ def check_model(model: Any) -> torch.nn.Module:
             f"{type(model).__name__} has no trainable parameters (none with requires_grad=True); "
             "a sanity check needs something to train. Did you freeze the whole model?"
         )
+    if any(p.is_inference() for p in model.parameters()):
+        raise ValueError(
+            f"{type(model).__name__}'s parameters were created under torch.inference_mode(), so "
+            "autograd cannot train them. Build the model outside inference_mode (or under "
+            "torch.no_grad())."
+        )
     return model
 
 
@@ -38,24 +44,36 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
+def tensors_in(x: Any) -> list[torch.Tensor]:
+    """The tensors in ``x`` (a tensor, or lists, tuples and dicts of them), in order."""
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
+        return [t for v in x for t in tensors_in(v)]
     if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
+        return [t for v in x.values() for t in tensors_in(v)]
     return []
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], x: Any) -> Any:
+    """``x`` with each tensor ``t`` in it replaced by ``fn(t)``, in ``tensors_in`` order."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple takes its fields one by one
+        return type(x)(*(map_tensors(fn, v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(map_tensors(fn, v) for v in x)
+    if isinstance(x, dict):
+        return {k: map_tensors(fn, v) for k, v in x.items()}
+    return x
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if not t.is_inference():
+        return t.to(device)
+    # A tensor made under torch.inference_mode() cannot enter autograd; a copy made outside it can.
+    with torch.inference_mode(False):
+        return t.to(device, copy=True)
 
 
 def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
@@ -71,13 +89,13 @@ def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
             "Pass e.g. batch=(x, y), or next(iter(loader)) if your loader yields pairs."
         )
     inputs, targets = batch
-    if not _tensors(inputs):
+    if not tensors_in(inputs):
         raise TypeError(
             f"batch inputs must be a tensor (or a container of tensors), "
             f"got {type(inputs).__name__}."
         )
     for name, part in (("inputs", inputs), ("targets", targets)):
-        for t in _tensors(part):
+        for t in tensors_in(part):
             if t.is_floating_point() or t.is_complex():
                 bad = ~torch.isfinite(t)
                 if bad.any():
@@ -88,11 +106,11 @@ def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
                         "the check would measure garbage. Clean or impute the data first."
                     )
     device = model_device(model)
-    return _to(inputs, device), _to(targets, device)
+    return tuple(map_tensors(lambda t: _to(t, device), part) for part in (inputs, targets))
 
 
 def batch_size(inputs: Any) -> int:
-    return _tensors(inputs)[0].shape[0]
+    return tensors_in(inputs)[0].shape[0]
 
 
 def forward(model: torch.nn.Module, inputs: Any) -> Any:
@@ -100,7 +118,7 @@ def forward(model: torch.nn.Module, inputs: Any) -> Any:
     try:
         return model(inputs)
     except RuntimeError as e:
-        shapes = [tuple(t.shape) for t in _tensors(inputs)]
+        shapes = [tuple(t.shape) for t in tensors_in(inputs)]
         shown = shapes[0] if len(shapes) == 1 else shapes
         raise ValueError(
             f"{type(model).__name__} failed on inputs of shape {shown}:"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -72,6 +73,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _strict(x: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
 def write_json(path: Path, claims: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     from nnsanity import __version__
 
@@ -83,5 +95,5 @@ def write_json(path: Path, claims: list[dict[str, Any]], meta: dict[str, Any]) -
         "claims": sorted(claims, key=lambda c: c["id"]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(_strict(doc), indent=2, allow_nan=False) + "\n")
     return path

@@ -43,6 +43,14 @@ def preserved_globals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def autograd() -> Iterator[None]:
+    """Record operations for backward inside the block, even when the caller is inside
+    ``torch.no_grad()`` or ``torch.inference_mode()``; both come back on exit."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextlib.contextmanager
 def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     """Restore a module's parameters, buffers, gradients and train/eval modes on exit.
 
@@ -50,9 +58,11 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     optimizers that hold them, stay valid.
     """
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    grads = {
-        n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()
-    }
+    with torch.inference_mode(False):  # restored .grads the caller can train with afterwards
+        grads = {
+            n: None if p.grad is None else p.grad.detach().clone()
+            for n, p in model.named_parameters()
+        }
     modes = {name: m.training for name, m in model.named_modules()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     try:

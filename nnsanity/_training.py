@@ -1,9 +1,17 @@
-"""One optimisation step on a fixed batch: the library's own, or the user's training step."""
+"""What the training checks share: their arguments, one optimisation step, and reading the loss.
+
+A training check trains ``model`` on one fixed batch with the library's own step (``optimizer``
+factory, default Adam 3e-4) or the user's ``step(batch) -> loss``, inside ``isolated(model)`` so
+the model and global state come back afterwards. Losses before and after training are means of
+``N_EVALS`` train-mode evaluations, whose spread is the noise floor of any comparison of two.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -12,10 +20,59 @@ from nnsanity._arguments import (
     LossFn,
     OptimizerFactory,
     Step,
+    check_batch,
+    check_model,
+    check_step,
     compute_loss,
     default_optimizer,
     forward,
 )
+from nnsanity._state import autograd, isolated, preserved_module
+
+N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
+NOISE_Z = 3.0  # a difference of two such means must exceed 3 of its standard deviations
+
+
+def validate(
+    model: Any, batch: Any, loss_fn: Any, optimizer: Any, step: Any, seed: Any, **counts: Any
+) -> tuple[Any, Any]:
+    """Check the shared arguments of the training checks; return the batch on the model's device."""
+    check_model(model)
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}."
+        )
+    check_step(step)
+    if optimizer is not None and not callable(optimizer):
+        raise TypeError(
+            "optimizer must be a factory params -> Optimizer, e.g. "
+            f"lambda p: torch.optim.SGD(p, lr=0.1); got {type(optimizer).__name__}."
+        )
+    if optimizer is not None and step is not None:
+        raise ValueError(
+            "pass either optimizer= (nnsanity runs the step) or step= (your own "
+            "training step, which owns its optimizer), not both."
+        )
+    for name, value in {"seed": seed, **counts}.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+        if name != "seed" and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    return check_batch(batch, model)
+
+
+def check_fraction(value: Any, name: str) -> None:
+    if not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}.")
+
+
+@contextlib.contextmanager
+def isolated_training(model: torch.nn.Module, seed: int) -> Iterator[None]:
+    """The model in train mode and the RNGs seeded, all restored on exit."""
+    with isolated(model):
+        torch.manual_seed(seed)
+        model.train()
+        yield
 
 
 def make_stepper(
@@ -30,12 +87,14 @@ def make_stepper(
 
     With ``step``, the user's own training step is called as ``step((inputs, targets))`` and must
     return the loss *before* its update (as a tensor or a float), so that bugs in the user's loop
-    are what gets tested.
+    are what gets tested. Either step runs with autograd on, even if the check was called inside
+    ``torch.no_grad()`` or ``torch.inference_mode()``.
     """
     if step is not None:
 
         def run_user() -> float:
-            loss = step((inputs, targets))
+            with autograd():
+                loss = step((inputs, targets))
             if isinstance(loss, torch.Tensor):
                 if loss.numel() != 1:
                     raise ValueError(
@@ -61,19 +120,57 @@ def make_stepper(
         )
 
     def run_default() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = compute_loss(loss_fn, forward(model, inputs), targets)
-        loss.backward()
-        opt.step()
+        with autograd():
+            opt.zero_grad(set_to_none=True)
+            loss = compute_loss(loss_fn, forward(model, inputs), targets)
+            loss.backward()
+            opt.step()
         return float(loss.detach())
 
     return run_default
 
 
-def evaluate_loss(model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn) -> float:
-    with torch.no_grad():
-        return float(compute_loss(loss_fn, forward(model, inputs), targets))
+def train(run: Callable[[], float], steps: int, stop_at: float = -math.inf) -> list[float]:
+    """Losses returned by up to ``steps`` calls; stops at a non-finite loss or at ``stop_at``."""
+    trace: list[float] = []
+    for _ in range(steps):
+        trace.append(run())
+        if not math.isfinite(trace[-1]) or trace[-1] <= stop_at:
+            break
+    return trace
 
 
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
+def divergence(trace: list[float], threshold: float) -> int | None:
+    """The first step whose loss was NaN/Inf or above ``threshold``."""
+    return next((k for k, v in enumerate(trace) if not math.isfinite(v) or v > threshold), None)
+
+
+def evaluate(
+    model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn
+) -> tuple[float, float]:
+    """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks and BatchNorm batch statistics
+    make them differ, and that spread is the noise floor of any comparison of two losses."""
+    with preserved_module(model), torch.no_grad():  # BatchNorm running stats stay untouched
+        losses = [
+            float(compute_loss(loss_fn, forward(model, inputs), targets)) for _ in range(N_EVALS)
+        ]
+    if not all(map(math.isfinite, losses)):
+        return math.nan, math.nan
+    return statistics.fmean(losses), statistics.stdev(losses)
+
+
+def final_loss(
+    model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn, trace: list[float]
+) -> float:
+    """The mean train-mode loss after training; NaN if training met a non-finite loss."""
+    if not all(map(math.isfinite, trace)):
+        return math.nan
+    return evaluate(model, inputs, targets, loss_fn)[0]
+
+
+def required_change(fraction: float, initial: float, sd: float) -> float:
+    """The change of a mean loss that counts: ``fraction`` of ``initial``, and beyond the noise
+    (``NOISE_Z`` standard deviations of a difference of two means of ``N_EVALS`` evaluations)."""
+    if not math.isfinite(sd):
+        return 0.0
+    return max(fraction * abs(initial), NOISE_Z * sd * math.sqrt(2 / N_EVALS))

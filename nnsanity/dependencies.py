@@ -1,111 +1,33 @@
-"""Chart which outputs depend on which inputs: batch independence and causality.
+"""Batch independence: the outputs for one example depend on no other example of the batch.
 
 Karpathy's recipe ("use backprop to chart dependencies"): the output for example i must not
-depend on any other example j in the batch, and in an autoregressive model the output at position
-t must not depend on inputs after t. Both bugs train fine and quietly cheat, so they are checked
-directly: by the gradient of example i's outputs with respect to every input (float inputs), or
-by changing the inputs that must not matter and requiring the outputs to stay put (token inputs,
-and always for causality).
+depend on any other example j in the batch. A model that mixes the batch trains fine and quietly
+cheats, so this is checked directly: by the gradient of example i's outputs with respect to every
+input (float inputs), or by changing the other examples' inputs and requiring example i's outputs
+to stay put (token inputs). Causality, the same question along the time axis, is in
+``nnsanity.causality``.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nnsanity._arguments import _tensors, check_batch, forward
+from nnsanity._arguments import check_batch, forward, map_tensors, tensors_in
 from nnsanity._messages import failure
-from nnsanity._state import isolated
-
-# Relative bound on a dependence that must be absent. A healthy model gives exactly 0 (the
-# gradient rows of other examples are sums of exact zeros; unchanged rows recompute bit for bit),
-# while a real leak is of order 1/B or larger, so 1e-5 leaves room on both sides.
-RTOL = 1e-5
-
-
-def _rebuild(x: Any, leaves: Iterator[torch.Tensor]) -> Any:
-    """``x`` with its tensors replaced, in ``_tensors`` order."""
-    if isinstance(x, torch.Tensor):
-        return next(leaves)
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
-        return type(x)(*(_rebuild(v, leaves) for v in x))
-    if isinstance(x, (list, tuple)):
-        return type(x)(_rebuild(v, leaves) for v in x)
-    if isinstance(x, dict):
-        return {k: _rebuild(v, leaves) for k, v in x.items()}
-    return x
-
-
-def _different(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A tensor like ``t`` that differs from it at every element, with plausible values.
-
-    Tokens move to another value already present in ``t`` (so embedding lookups stay in range);
-    floats are redrawn from a normal with ``t``'s mean and standard deviation.
-    """
-    if t.dtype == torch.bool:
-        return ~t
-    if t.is_floating_point() or t.is_complex():
-        std = float(t.float().std()) if t.numel() > 1 else 1.0
-        std = std if std > 0 and std == std else 1.0
-        noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
-        return (float(t.float().mean()) + std * noise).to(t.dtype).to(t.device)
-    values = torch.unique(t)
-    if values.numel() < 2:
-        raise ValueError(
-            f"the {t.dtype} inputs hold a single value ({int(values[0])}), so no "
-            "input can be changed to test what depends on it; pass a varied batch."
-        )
-    shift = torch.randint(1, values.numel(), t.shape, generator=g).to(t.device)
-    return values[(torch.searchsorted(values, t.contiguous()) + shift) % values.numel()]
-
-
-def _changed(x: Any, dim: int, which: torch.Tensor, g: torch.Generator) -> Any:
-    """``x`` with the entries selected by the bool vector ``which`` along ``dim`` changed."""
-    n = which.numel()
-    out = []
-    for t in _tensors(x):
-        if t.dim() > dim and t.shape[dim] == n:
-            shape = [1] * t.dim()
-            shape[dim] = n
-            t = torch.where(which.to(t.device).view(shape), _different(t, g), t)
-        out.append(t)
-    return _rebuild(x, iter(out))
-
-
-def _rows(outputs: Any, dim: int, n: int) -> list[torch.Tensor]:
-    """The output tensors indexed by ``dim`` of size ``n``, as float64 for exact differences."""
-    rows = [
-        o.detach().to(torch.float64)
-        for o in _tensors(outputs)
-        if o.dim() > dim and o.shape[dim] == n and not o.is_complex()
-    ]
-    if not rows:
-        shapes = [tuple(o.shape) for o in _tensors(outputs)]
-        raise ValueError(
-            f"no model output has size {n} along dim {dim} (outputs: {shapes}); "
-            "the check needs one output per input along that dimension."
-        )
-    return rows
-
-
-def _change(a: list[torch.Tensor], b: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Largest |a - b| per index along ``dim``, relative to the largest |a|; NaN == NaN."""
-    per_index, scale = [], torch.finfo(torch.float64).tiny
-    for x, y in zip(a, b):
-        d = (x - y).abs().nan_to_num(nan=float("inf"))
-        d[x.isnan() & y.isnan()] = 0.0
-        per_index.append(d.movedim(dim, 0).reshape(x.shape[dim], -1).amax(1))
-        scale = max(scale, float(x.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()))
-    return torch.stack(per_index).amax(0).cpu() / scale
-
-
-def _listing(indices: Sequence[int], limit: int = 8) -> str:
-    shown = ", ".join(str(i) for i in indices[:limit])
-    return shown + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
+from nnsanity._perturbation import (
+    RTOL,
+    check_options,
+    index_option,
+    listing,
+    outputs_along,
+    perturbed,
+    relative_change,
+)
+from nnsanity._state import autograd, isolated
 
 
 @dataclass(frozen=True)
@@ -130,15 +52,15 @@ class BatchIndependenceResult:
 
 def _gradient_chart(model, inputs, b, samples, g) -> list[torch.Tensor] | None:
     """Per checked sample, every sample's input-gradient size relative to its own (or None)."""
-    leaves = [
-        t.detach().clone().requires_grad_(True) if t.dim() and t.shape[0] == b else t
-        for t in _tensors(inputs)
-    ]
-    wrt = [t for t in leaves if t.requires_grad]
-    with torch.enable_grad():
+    with autograd():  # even when the caller is inside no_grad() or inference_mode()
+        leaves = map_tensors(
+            lambda t: t.detach().clone().requires_grad_(True) if t.dim() and t.shape[0] == b else t,
+            inputs,
+        )
+        wrt = [t for t in tensors_in(leaves) if t.requires_grad]
         rows = [
             o
-            for o in _tensors(forward(model, _rebuild(inputs, iter(leaves))))
+            for o in tensors_in(forward(model, leaves))
             if o.dim() and o.shape[0] == b and o.is_floating_point() and o.requires_grad
         ]
         if not rows:
@@ -170,66 +92,26 @@ def _perturbation_chart(model, inputs, b, samples, seed, rtol, g) -> list[torch.
     culprit found with one pass per sample (so a healthy model costs len(samples) + 1 passes).
     """
 
-    def run(x: Any) -> list[torch.Tensor]:
-        torch.manual_seed(seed)  # the same dropout masks in every pass
-        with torch.no_grad():
-            return _rows(forward(model, x), 0, b)
+    def moved(which: torch.Tensor) -> torch.Tensor:  # per sample, with the inputs `which` changed
+        return relative_change(
+            base, outputs_along(model, perturbed(inputs, 0, which, g), 0, b, seed), 0
+        )
 
-    base = run(inputs)
+    base = outputs_along(model, inputs, 0, b, seed)
     chart = []
     for i in samples:
         others = torch.arange(b) != i
         row = torch.zeros(b, dtype=torch.float64)
-        row[others] = _change(base, run(_changed(inputs, 0, others, g)), 0)[i]
+        row[others] = moved(others)[i]
         chart.append(row)
     if any(float(row.max()) > rtol for row in chart):
-        alone = [
-            _change(base, run(_changed(inputs, 0, torch.arange(b) == j, g)), 0) for j in range(b)
-        ]
+        alone = [moved(torch.arange(b) == j) for j in range(b)]
         for row, i in zip(chart, samples):
             # A dependence on the others jointly but on none alone (the batch mean of many)
             # keeps the joint value on every source.
             if any(float(alone[j][i]) > rtol for j in range(b) if j != i):
                 row[:] = torch.tensor([float(alone[j][i]) if j != i else 0.0 for j in range(b)])
     return chart
-
-
-def _int_option(value: Any, name: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return operator.index(value)  # also numpy and 0-d torch integers
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}.") from None
-
-
-def _indices(values: Any, n: int, name: str, default: list[int]) -> tuple[int, ...]:
-    if values is None:
-        return tuple(sorted(set(default)))
-    if not hasattr(values, "__iter__") or (isinstance(values, torch.Tensor) and not values.dim()):
-        values = [values]  # a single index
-    out = set()
-    for v in values:
-        v = _int_option(v, f"each of {name}")
-        if not -n <= v < n:
-            raise ValueError(
-                f"{name} holds {v}, outside the {n} available; pass indices in "
-                f"[0, {n - 1}] (or negative ones from the end)."
-            )
-        out.add(v % n)
-    if not out:
-        raise ValueError(f"{name} is empty; pass at least one index or None for the default.")
-    return tuple(sorted(out))
-
-
-def _options(model: Any, train_mode: Any, rtol: Any, seed: Any) -> None:
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    if not isinstance(train_mode, bool):
-        raise TypeError(f"train_mode must be a bool, got {type(train_mode).__name__}.")
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
-        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}.")
-    _int_option(seed, "seed")
 
 
 def measure_batch_independence(
@@ -242,17 +124,19 @@ def measure_batch_independence(
     seed: int = 0,
 ) -> BatchIndependenceResult:
     """Measure how much each checked sample's outputs depend on the other samples' inputs."""
-    _options(model, train_mode, rtol, seed)
+    check_options(model, train_mode, rtol, seed)
     inputs, _ = check_batch(batch, model)
-    b = _tensors(inputs)[0].shape[0] if _tensors(inputs)[0].dim() else 0
+    b = tensors_in(inputs)[0].shape[0] if tensors_in(inputs)[0].dim() else 0
     if b < 2:
         raise ValueError(f"batch independence needs a batch of at least 2 samples, got {b}.")
-    checked = _indices(samples, b, "samples", [0, b // 2, b - 1])
+    checked = index_option(samples, b, "samples", [0, b // 2, b - 1])
     g = torch.Generator().manual_seed(seed)
     with isolated(model):
         model.train(train_mode)
         torch.manual_seed(seed)
-        floats = all(t.is_floating_point() for t in _tensors(inputs) if t.dim() and t.shape[0] == b)
+        floats = all(
+            t.is_floating_point() for t in tensors_in(inputs) if t.dim() and t.shape[0] == b
+        )
         chart = _gradient_chart(model, inputs, b, checked, g) if floats else None
         method = "gradient" if chart is not None else "perturbation"
         if chart is None:
@@ -308,7 +192,7 @@ def assert_batch_independence(
     for i, src, dep in zip(result.samples, result.sources, result.dependence):
         if dep > result.rtol:
             many = len(src) == result.batch_size - 1
-            on = f"all {len(src)} others" if many else f"samples {_listing(src)}"
+            on = f"all {len(src)} others" if many else f"samples {listing(src)}"
             size = f"{dep:.3g}{unit}" if dep < float("inf") else "its own input has no effect"
             leaks.append(f"sample {i} on {on} ({size})")
             unit = ""  # said once
@@ -333,150 +217,5 @@ def assert_batch_independence(
         f"allowed ({result.method} method, {'train' if train_mode else 'eval'} mode)",
         causes,
         relax="rtol= relaxes the bound; samples= chooses which samples are checked.",
-        result=result,
-    )
-
-
-@dataclass(frozen=True)
-class CausalResult:
-    """How much outputs at or before position t change when the inputs after t change.
-
-    ``changes[k]`` is that change for ``t = positions[k]``, relative to the largest output.
-    ``first_leak`` is the earliest output position that moved (it sees the future), revealed
-    by changing the inputs after ``leak_after``, by ``leak_change``; None when nothing moved.
-    """
-
-    positions: tuple[int, ...]
-    changes: tuple[float, ...]
-    first_leak: int | None
-    leak_after: int | None
-    leak_change: float | None
-    dim: int
-    rtol: float
-    passed: bool
-
-
-def measure_causal(
-    model: torch.nn.Module,
-    inputs: Any,
-    *,
-    dim: int = 1,
-    positions: Sequence[int] | None = None,
-    train_mode: bool = False,
-    rtol: float = RTOL,
-    seed: int = 0,
-) -> CausalResult:
-    """Measure how much outputs up to each checked position t depend on inputs after t."""
-    _options(model, train_mode, rtol, seed)
-    if not _tensors(inputs):
-        raise TypeError(
-            f"inputs must be a tensor (or a container of tensors) of sequences, "
-            f"got {type(inputs).__name__}."
-        )
-    inputs, _ = check_batch((inputs, None), model)
-    first = _tensors(inputs)[0]
-    dim = _int_option(dim, "dim")
-    if not -first.dim() <= dim < first.dim():
-        raise ValueError(
-            f"dim={dim} is not a dimension of inputs of shape {tuple(first.shape)}; "
-            "pass the sequence dimension (1 for (B, T, ...) inputs)."
-        )
-    dim %= first.dim()
-    n = first.shape[dim]
-    if n < 2:
-        raise ValueError(
-            f"inputs have length {n} along dim {dim}; causality needs at least 2 "
-            "positions. Pass dim= if the sequence is on another dimension."
-        )
-    spread = torch.linspace(0, n - 2, min(8, n - 1)).round().long().tolist()
-    checked = _indices(positions, n, "positions", spread)
-    if checked[-1] == n - 1:
-        raise ValueError(
-            f"positions holds {n - 1}, the last position: no input comes after it. "
-            f"Pass positions in [0, {n - 2}]."
-        )
-    g = torch.Generator().manual_seed(seed)
-    with isolated(model):
-        model.train(train_mode)
-
-        def run(x: Any) -> list[torch.Tensor]:
-            torch.manual_seed(seed)  # the same dropout masks in every pass
-            with torch.no_grad():
-                return _rows(forward(model, x), dim, n)
-
-        base = run(inputs)
-
-        def moved(t: int) -> torch.Tensor:  # change of the outputs at <= t, inputs > t changed
-            return _change(base, run(_changed(inputs, dim, torch.arange(n) > t, g)), dim)[: t + 1]
-
-        changes, leak = [], None
-        for t in checked:
-            change = moved(t)
-            changes.append(float(change.max()))
-            early = (change > rtol).nonzero().flatten()
-            if len(early) and (leak is None or int(early[0]) < leak[0]):
-                leak = (int(early[0]), t, float(change.max()))
-        if leak is not None:
-            # Output s sees the future exactly when changing the inputs after s moves it; trying
-            # the unchecked t below the leak in order finds the first such s.
-            for t in (t for t in range(leak[0]) if t not in checked):
-                change = moved(t)
-                if float(change.max()) > rtol:
-                    leak = (int((change > rtol).nonzero()[0]), t, float(change.max()))
-                    break
-    return CausalResult(
-        positions=checked,
-        changes=tuple(changes),
-        first_leak=None if leak is None else leak[0],
-        leak_after=None if leak is None else leak[1],
-        leak_change=None if leak is None else leak[2],
-        dim=dim,
-        rtol=float(rtol),
-        passed=leak is None,
-    )
-
-
-def assert_causal(
-    model: torch.nn.Module,
-    inputs: Any,
-    *,
-    dim: int = 1,
-    positions: Sequence[int] | None = None,
-    train_mode: bool = False,
-    rtol: float = RTOL,
-    seed: int = 0,
-) -> CausalResult:
-    """Assert that the output at position t depends on no input after t.
-
-    For each checked t (default: up to 8 positions spread from 0 to T-2) the inputs after t are
-    changed (tokens to other tokens of the batch, floats redrawn) and the outputs at positions
-    <= t must stay within ``rtol`` of the output scale (a causal model reproduces them exactly).
-    The sequence is on ``dim`` of the inputs and of the outputs; the model runs in eval mode
-    unless ``train_mode=True``. Proves: no output looks ahead, for these inputs and positions.
-    Does NOT prove: that the targets are shifted by one, nor causality at other lengths.
-    """
-    __tracebackhide__ = True
-    result = measure_causal(
-        model, inputs, dim=dim, positions=positions, train_mode=train_mode, rtol=rtol, seed=seed
-    )
-    if result.passed:
-        return result
-    s, t = result.first_leak, result.leak_after
-    raise failure(
-        "Causality failed",
-        f"the output at position {s} sees the future: it changes by "
-        f"{result.leak_change:.3g} of the output scale when the inputs "
-        f"after position {t} change (up to {result.rtol:g} allowed; checked t = "
-        f"{_listing(result.positions)} along dim {result.dim})",
-        [
-            "no causal mask in self-attention: pass attn_mask=nn.Transformer."
-            "generate_square_subsequent_mask(T) (is_causal=True alone is only a hint to "
-            "nn.MultiheadAttention / nn.TransformerEncoderLayer)",
-            "a mask of the wrong orientation (triu vs tril, or a bool mask with True meaning "
-            "'attend' where torch means 'masked out')",
-            "a layer that looks ahead: a bidirectional RNN, a convolution padded on both sides "
-            "instead of on the left only, or normalisation/pooling over the time dim",
-        ],
-        relax="rtol= relaxes the bound; dim= names the sequence dimension if it is not 1.",
         result=result,
     )

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import LossFn, _tensors, check_batch, check_model, compute_loss, forward
+from nnsanity._arguments import LossFn, tensors_in, check_batch, check_model, compute_loss, forward
 from nnsanity._messages import failure
-from nnsanity._state import isolated
+from nnsanity._state import autograd, isolated
 
 Stage = Literal["parameter", "buffer", "input", "output", "loss", "gradient"]
 
@@ -50,7 +50,6 @@ def measure_finite(
     with isolated(model):
         torch.manual_seed(seed)
         model.train()
-        torch.set_grad_enabled(True)
         for stage, named in (
             ("parameter", model.named_parameters()),
             ("buffer", model.named_buffers()),
@@ -69,7 +68,7 @@ def measure_finite(
 
         def on_input(name: str, m: torch.nn.Module) -> Any:
             def hook(_: torch.nn.Module, args: Any) -> None:
-                count, numel = _bad(_tensors(args))
+                count, numel = _bad(tensors_in(args))
                 if count and not first_bad:  # made by a functional op in the parent's forward
                     first_bad.append(("input", label(name, m), count, numel))
 
@@ -77,7 +76,7 @@ def measure_finite(
 
         def on_forward(name: str, m: torch.nn.Module) -> Any:
             def hook(_: torch.nn.Module, args: Any, output: Any) -> None:
-                tensors = _tensors(output)
+                tensors = tensors_in(output)
                 count, numel = _bad(tensors)
                 if count and not first_bad:
                     first_bad.append(("output", label(name, m), count, numel))
@@ -105,21 +104,22 @@ def measure_finite(
                 m.register_forward_hook(on_forward(n, m)),
             )
         ]
-        try:
-            for p in model.parameters():
-                p.grad = None
-            outputs = forward(model, inputs)
-            if first_bad:
-                after = last_good[0] if last_good else None
-                return FiniteResult(*first_bad[0], float("nan"), after=after)
-            loss = compute_loss(loss_fn, outputs, targets)
-            value = float(loss.detach())
-            if not torch.isfinite(loss):
-                return FiniteResult("loss", "loss", 1, 1, value)
-            loss.backward()
-        finally:
-            for h in handles:
-                h.remove()
+        with autograd():  # even when the caller is inside no_grad() or inference_mode()
+            try:
+                for p in model.parameters():
+                    p.grad = None
+                outputs = forward(model, inputs)
+                if first_bad:
+                    after = last_good[0] if last_good else None
+                    return FiniteResult(*first_bad[0], float("nan"), after=after)
+                loss = compute_loss(loss_fn, outputs, targets)
+                value = float(loss.detach())
+                if not torch.isfinite(loss):
+                    return FiniteResult("loss", "loss", 1, 1, value)
+                loss.backward()
+            finally:
+                for h in handles:
+                    h.remove()
         bad = tuple(
             n for n, p in model.named_parameters() if p.grad is not None and _bad([p.grad])[0]
         )

@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward
 from nnsanity._messages import failure
-from nnsanity._state import isolated
+from nnsanity._state import autograd, isolated
 
 # Modules whose weight rows are looked up, not multiplied: a row's gradient is zero when its
 # token is absent from the batch, so their RMS is taken over the rows that got a gradient.
@@ -96,13 +96,16 @@ def _grad_stats(model: torch.nn.Module) -> dict[str, LayerGradient]:
 
 
 def backward_once(model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn) -> float:
-    """One forward/backward in training mode on fresh gradients; returns the loss."""
+    """One forward/backward in training mode on fresh gradients; returns the loss.
+
+    Autograd is on for it even when the caller is inside ``no_grad()``/``inference_mode()``.
+    """
     model.train()
     for p in model.parameters():
         p.grad = None
-    torch.set_grad_enabled(True)
-    loss = compute_loss(loss_fn, forward(model, inputs), targets)
-    loss.backward()
+    with autograd():
+        loss = compute_loss(loss_fn, forward(model, inputs), targets)
+        loss.backward()
     return float(loss.detach())
 
 

@@ -1,84 +1,35 @@
-"""Optimisation on one fixed batch: the loss falls, can be driven to ~0, and needs the inputs.
+"""Optimisation on one fixed batch: the loss falls, and can be driven to ~0.
 
-Karpathy's recipe, "set up the end-to-end training/evaluation skeleton": overfit one batch, and
-beat an input-independent baseline. Each check trains ``model`` on ``batch`` with the library's
-own step (``optimizer`` factory, default Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs
-in the user's loop are caught too. The model and global state are restored afterwards; the user's
+Karpathy's recipe, "set up the end-to-end training/evaluation skeleton": verify that the loss
+decreases, and overfit one batch. Each check trains ``model`` on ``batch`` with the library's own
+step (``optimizer`` factory, default Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs in
+the user's loop are caught too. The model and global state are restored afterwards; the user's
 own optimizer inside ``step`` is not (nnsanity never sees it), so give ``step`` a fresh one.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nnsanity._arguments import (
-    LossFn,
-    OptimizerFactory,
-    Step,
-    check_batch,
-    check_model,
-    check_step,
-    compute_loss,
-    forward,
-)
+from nnsanity._arguments import LossFn, OptimizerFactory, Step, compute_loss, forward
 from nnsanity._messages import failure
-from nnsanity._state import isolated, preserved_module, preserved_rng
-from nnsanity._training import make_stepper
-
-N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
-NOISE_Z = 3.0  # a difference of two such means must exceed 3 of its standard deviations
-
-
-def _noise_margin(sd: float) -> float:
-    return NOISE_Z * sd * math.sqrt(2 / N_EVALS)
-
-
-def _validate(
-    model: Any, batch: Any, loss_fn: Any, optimizer: Any, step: Any, seed: Any, **counts: Any
-) -> tuple[Any, Any]:
-    """Check the shared arguments of the training checks; return the batch on the model's device."""
-    check_model(model)
-    if not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}."
-        )
-    check_step(step)
-    if optimizer is not None and not callable(optimizer):
-        raise TypeError(
-            "optimizer must be a factory params -> Optimizer, e.g. "
-            f"lambda p: torch.optim.SGD(p, lr=0.1); got {type(optimizer).__name__}."
-        )
-    if optimizer is not None and step is not None:
-        raise ValueError(
-            "pass either optimizer= (nnsanity runs the step) or step= (your own "
-            "training step, which owns its optimizer), not both."
-        )
-    for name, value in {"seed": seed, **counts}.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-        if name != "seed" and value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}.")
-    return check_batch(batch, model)
-
-
-def _evaluate(
-    model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn
-) -> tuple[float, float]:
-    """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks and BatchNorm batch statistics
-    make them differ, and that spread is the noise floor of any comparison of two losses."""
-    with preserved_module(model), torch.no_grad():  # BatchNorm running stats stay untouched
-        losses = [
-            float(compute_loss(loss_fn, forward(model, inputs), targets)) for _ in range(N_EVALS)
-        ]
-    if not all(map(math.isfinite, losses)):
-        return math.nan, math.nan
-    return statistics.fmean(losses), statistics.stdev(losses)
+from nnsanity._state import autograd, preserved_module, preserved_rng
+from nnsanity._training import (
+    check_fraction,
+    divergence,
+    evaluate,
+    final_loss,
+    isolated_training,
+    make_stepper,
+    required_change,
+    train,
+    validate,
+)
 
 
 def _grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -102,7 +53,7 @@ def _call_checking_accumulation(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     before = _grads(params)
-    with preserved_rng(), preserved_module(model), torch.enable_grad():
+    with preserved_rng(), preserved_module(model), autograd():
         for p in params:
             p.grad = None
         compute_loss(loss_fn, forward(model, inputs), targets).backward()
@@ -116,21 +67,6 @@ def _call_checking_accumulation(
     if float((after - before - fresh).norm()) <= 0.01 * scale:
         return loss, True
     return loss, None
-
-
-def _train(run: Callable[[], float], steps: int, stop_at: float = -math.inf) -> list[float]:
-    """Losses returned by up to ``steps`` calls; stops at a non-finite loss or at ``stop_at``."""
-    trace: list[float] = []
-    for _ in range(steps):
-        trace.append(run())
-        if not math.isfinite(trace[-1]) or trace[-1] <= stop_at:
-            break
-    return trace
-
-
-def _divergence(trace: list[float], threshold: float) -> int | None:
-    """The first step whose loss was NaN/Inf or above ``threshold``."""
-    return next((k for k, v in enumerate(trace) if not math.isfinite(v) or v > threshold), None)
 
 
 def _trace_str(trace: list[float] | tuple[float, ...], n: int = 6) -> str:
@@ -180,14 +116,10 @@ def measure_loss_decrease(
 
     See :func:`assert_loss_decreases`. Never raises ``SanityError``.
     """
-    inputs, targets = _validate(model, batch, loss_fn, optimizer, step, seed, steps=steps)
-    if not isinstance(min_decrease, (int, float)) or not 0 <= min_decrease < 1:
-        raise ValueError(f"min_decrease must be a fraction in [0, 1), got {min_decrease!r}.")
-    with isolated(model):
-        torch.manual_seed(seed)
-        model.train()
-        torch.set_grad_enabled(True)  # even if called under no_grad; restored on exit
-        initial, sd = _evaluate(model, inputs, targets, loss_fn)
+    inputs, targets = validate(model, batch, loss_fn, optimizer, step, seed, steps=steps)
+    check_fraction(min_decrease, "min_decrease")
+    with isolated_training(model, seed):
+        initial, sd = evaluate(model, inputs, targets, loss_fn)
         start = [p.detach().clone() for p in model.parameters()]
         run = make_stepper(model, inputs, targets, loss_fn, optimizer, step)
         trace: list[float] = []
@@ -202,14 +134,10 @@ def measure_loss_decrease(
             trace.append(loss)
             if not math.isfinite(loss):
                 break
-        final = (
-            _evaluate(model, inputs, targets, loss_fn)[0]
-            if all(map(math.isfinite, trace))
-            else math.nan
-        )
+        final = final_loss(model, inputs, targets, loss_fn, trace)
         changed = any(not torch.equal(a, p) for a, p in zip(start, model.parameters()))
-    required = max(min_decrease * abs(initial), _noise_margin(sd)) if math.isfinite(sd) else 0.0
-    diverged = _divergence(
+    required = required_change(min_decrease, initial, sd)
+    diverged = divergence(
         trace + ([final] if math.isfinite(final) and final > initial + required else []),
         initial + required,
     )
@@ -241,8 +169,8 @@ def assert_loss_decreases(
     independently; without this probe such a step still lowers the loss on one batch under Adam).
 
     It proves the wiring from loss to parameters works and descends. It does NOT prove the model
-    can fit the batch (:func:`assert_can_overfit`), uses its inputs (:func:`assert_uses_inputs`)
-    or generalises.
+    can fit the batch (:func:`assert_can_overfit`), uses its inputs
+    (:func:`nnsanity.assert_uses_inputs`) or generalises.
     """
     __tracebackhide__ = True
     r = measure_loss_decrease(
@@ -377,17 +305,14 @@ def measure_overfit(
 
     See :func:`assert_can_overfit`. Never raises ``SanityError``.
     """
-    inputs, targets = _validate(model, batch, loss_fn, optimizer, step, seed, max_steps=max_steps)
+    inputs, targets = validate(model, batch, loss_fn, optimizer, step, seed, max_steps=max_steps)
     if target is not None and (
         not isinstance(target, (int, float))
         or isinstance(target, bool)
         or not math.isfinite(target)
     ):
         raise TypeError(f"target must be a finite number (a loss value), got {target!r}.")
-    with isolated(model):
-        torch.manual_seed(seed)
-        model.train()
-        torch.set_grad_enabled(True)  # even if called under no_grad; restored on exit
+    with isolated_training(model, seed):
         run = make_stepper(model, inputs, targets, loss_fn, optimizer, step)
         first = run()
         if target is None and math.isfinite(first) and first <= 0:
@@ -398,7 +323,7 @@ def measure_overfit(
         goal = 0.05 * first if target is None else float(target)
         trace = [first]
         if math.isfinite(first) and first > goal:
-            trace += _train(run, max_steps - 1, stop_at=goal)
+            trace += train(run, max_steps - 1, stop_at=goal)
         with preserved_module(model), torch.no_grad():
             accuracy = _accuracy(forward(model, inputs), targets)
     finite = [v for v in trace if math.isfinite(v)]
@@ -409,7 +334,7 @@ def measure_overfit(
         goal,
         len(trace),
         accuracy,
-        _divergence(trace, math.inf),
+        divergence(trace, math.inf),
         tuple(trace),
     )
 
@@ -439,7 +364,8 @@ def assert_can_overfit(
     dropout each step's loss is one noisy draw, and the run stops at the first below ``target``.
 
     It proves the model, loss and update can fit data at all. It does NOT prove the model
-    generalises, uses its inputs (:func:`assert_uses_inputs`), or trains well on many batches.
+    generalises, uses its inputs (:func:`nnsanity.assert_uses_inputs`), or trains well on many
+    batches.
     """
     __tracebackhide__ = True
     r = measure_overfit(
@@ -495,130 +421,3 @@ def assert_can_overfit(
     else:  # still falling
         causes = [slow, small, floor]
     raise failure(header, measured, causes, relax, r)
-
-
-# --- the model needs its inputs ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UsesInputsResult:
-    """What ``measure_uses_inputs`` measured."""
-
-    initial_loss: float  # mean of N_EVALS train-mode losses on the real inputs at init
-    real_loss: float  # after ``steps`` steps on the real inputs (same kind of mean)
-    zeroed_loss: float  # after ``steps`` steps from the same init on all-zero inputs
-    gap: float  # zeroed_loss - real_loss
-    required: float  # max(min_gap * |initial_loss|, 3 sd of the noise)
-    noise_sd: float
-    real_trace: tuple[float, ...]
-    zeroed_trace: tuple[float, ...]
-
-    @property
-    def passed(self) -> bool:
-        return math.isfinite(self.gap) and self.gap >= self.required
-
-
-def _zeros_like(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return torch.zeros_like(x)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_zeros_like(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _zeros_like(v) for k, v in x.items()}
-    return x
-
-
-def measure_uses_inputs(
-    model: torch.nn.Module,
-    batch: Any,
-    loss_fn: LossFn,
-    *,
-    optimizer: OptimizerFactory | None = None,
-    step: Step | None = None,
-    steps: int = 200,
-    min_gap: float = 0.05,
-    seed: int = 0,
-) -> UsesInputsResult:
-    """Train from the same init on the real and on all-zero inputs; measure both final losses.
-
-    See :func:`assert_uses_inputs`. Never raises ``SanityError``.
-    """
-    inputs, targets = _validate(model, batch, loss_fn, optimizer, step, seed, steps=steps)
-    if not isinstance(min_gap, (int, float)) or not 0 <= min_gap < 1:
-        raise ValueError(f"min_gap must be a fraction in [0, 1), got {min_gap!r}.")
-    results = []
-    with isolated(model):
-        model.train()
-        torch.set_grad_enabled(True)  # even if called under no_grad; restored on exit
-        torch.manual_seed(seed)
-        initial, sd = _evaluate(model, inputs, targets, loss_fn)
-        # Real inputs first: a user step's optimizer keeps its state into the second run, which
-        # can only favour the baseline, so a pass still holds.
-        for x in (inputs, _zeros_like(inputs)):
-            with preserved_module(model):  # both runs start from the same init
-                torch.manual_seed(seed)  # ... with the same dropout masks
-                trace = _train(make_stepper(model, x, targets, loss_fn, optimizer, step), steps)
-                final = (
-                    _evaluate(model, x, targets, loss_fn)[0]
-                    if all(map(math.isfinite, trace))
-                    else math.nan
-                )
-            results.append((final, tuple(trace)))
-    (real, real_trace), (zeroed, zeroed_trace) = results
-    required = max(min_gap * abs(initial), _noise_margin(sd)) if math.isfinite(sd) else 0.0
-    return UsesInputsResult(
-        initial, real, zeroed, zeroed - real, required, sd, real_trace, zeroed_trace
-    )
-
-
-def assert_uses_inputs(
-    model: torch.nn.Module,
-    batch: Any,
-    loss_fn: LossFn,
-    *,
-    optimizer: OptimizerFactory | None = None,
-    step: Step | None = None,
-    steps: int = 200,
-    min_gap: float = 0.05,
-    seed: int = 0,
-) -> UsesInputsResult:
-    """Assert that the model fits its batch clearly better with its inputs than with zeros.
-
-    Karpathy's input-independent baseline: the same model, from the same init and seed, is trained
-    ``steps`` steps on the real inputs and on ``torch.zeros_like`` inputs (token ids become 0);
-    the loss on the real inputs must end lower by ``min_gap`` (5%) of the initial loss and by 3
-    standard deviations of the dropout/BatchNorm noise. From zero inputs a model can only learn
-    the label frequencies, from real ones it can memorise the batch: after 200 Adam 3e-4 steps
-    the healthy zoo models show gaps of 20% to 80% of the initial loss.
-
-    It proves the outputs depend on the inputs in a way training can exploit. It does NOT prove
-    the model uses the right inputs, or that inputs are not leaking the targets.
-    """
-    __tracebackhide__ = True
-    r = measure_uses_inputs(
-        model,
-        batch,
-        loss_fn,
-        optimizer=optimizer,
-        step=step,
-        steps=steps,
-        min_gap=min_gap,
-        seed=seed,
-    )
-    if r.passed:
-        return r
-    same = " (identical: the outputs ignore the inputs)" if r.gap == 0 else ""
-    raise failure(
-        "Model does no better with its inputs than with zeros",
-        f"loss after {steps} steps {r.real_loss:.4g} on the real inputs vs {r.zeroed_loss:.4g} on "
-        f"zeroed ones, a gap of {r.gap:.3g}{same} < {r.required:.3g} required ({min_gap:g} x the "
-        f"initial {r.initial_loss:.4g}, or 3 sd of its noise)",
-        [
-            "forward ignores its input: it returns a learned constant, multiplies the input by 0, "
-            "or reads something other than its argument",
-            "the inputs carry no information about the targets (shuffled separately, wrong column)",
-            f"steps={steps} is too few for the model to start using its inputs",
-        ],
-        "Pass steps= (more) or min_gap= (smaller) to relax.",
-        r,
-    )

@@ -102,7 +102,7 @@ def initial_gradient_bars(
     ax.set_xticks(ticks, labels, rotation=45)
     ax.set(
         ylabel="||dC/db|| at init",
-        title="N2: initial gradient per hidden layer "
-        "(bars: median over inits; diamonds: published)",
+        title="N2: initial gradient per hidden layer\n"
+        "(bars: median over inits, 5-95%; diamonds: published)",
     )
     return _save(fig, path)

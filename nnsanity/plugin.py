@@ -231,6 +231,7 @@ def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[[str, int, int], 
             f"  [nnsanity] {label}: {done}/{total} model-epochs, "
             f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s"
         )
+        reporter.flush()
 
     return progress
 

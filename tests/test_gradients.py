@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
 import zoo
+from state import assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
 
@@ -19,28 +19,6 @@ from nnsanity.gradients import (
     layer_gradient_norms,
     measure_gradient_ratio,
 )
-
-
-def snapshot(model: nn.Module) -> tuple:
-    """Everything a check must leave as it found it."""
-    return (
-        torch.get_rng_state(),
-        np.random.get_state()[1].copy(),
-        random.getstate(),
-        torch.is_grad_enabled(),
-        {k: v.clone() for k, v in model.state_dict().items()},
-        {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        {n: p.requires_grad for n, p in model.named_parameters()},
-        {n: m.training for n, m in model.named_modules()},
-    )
-
-
-def assert_same(a: tuple, b: tuple) -> None:
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-    assert a[3] == b[3] and a[6] == b[6] and a[7] == b[7]
-    assert all(torch.equal(a[4][k], b[4][k]) for k in a[4])
-    assert all((a[5][k] is None and b[5][k] is None) or torch.equal(a[5][k], b[5][k]) for k in a[5])
-
 
 # Planted bugs -----------------------------------------------------------------------------------
 

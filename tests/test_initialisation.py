@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import math
-import random
 
-import numpy as np
 import pytest
 import torch
 import zoo
+from state import assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
+from zoo import healthy
 
 from nnsanity.errors import SanityError
 from nnsanity.initialisation import assert_init_loss, measure_init_loss
 
 SOFTMAX_MODELS = ["mlp", "cnn_batchnorm", "causal_lm"]
-
-
-def healthy(name, seed=0):
-    model_factory, batch_factory, loss_fn = zoo.HEALTHY[name]
-    return model_factory(seed=seed), batch_factory(), loss_fn
 
 
 @pytest.mark.parametrize("name", SOFTMAX_MODELS)
@@ -132,13 +127,10 @@ def test_a_model_with_non_tensor_outputs_needs_an_explicit_reference():
 def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
     model, batch, loss_fn = healthy("cnn_batchnorm")
     model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    before = snapshot(model)
     r = measure_init_loss(model, batch, loss_fn)
-    assert torch.equal(state[0], torch.get_rng_state()) and random.getstate() == state[2]
-    assert np.array_equal(state[1], np.random.get_state()[1]) and torch.is_grad_enabled()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not any(m.training for m in model.modules())
+    assert_same(before, snapshot(model))
+    assert torch.is_grad_enabled() and not any(m.training for m in model.modules())
     assert r == measure_init_loss(model, batch, loss_fn)  # deterministic
 
 

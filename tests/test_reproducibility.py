@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zoo
+from state import assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
 
@@ -208,10 +209,9 @@ def test_seeded_seeds_torch_numpy_and_random_and_restores_their_states():
 
 def test_assert_reproducible_leaves_every_rng_state_as_it_found_it():
     torch.manual_seed(123)
-    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    before = snapshot()
     assert_reproducible(lambda: train(seeded_mlp(), steps=2))
-    assert torch.equal(states[0], torch.get_rng_state())
-    assert np.array_equal(states[1], np.random.get_state()[1]) and states[2] == random.getstate()
+    assert_same(before, snapshot())
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""Small healthy models and batches every check must pass on; planted bugs live with their tests."""
+"""Small healthy models and batches every check must pass on; planted bugs live with their tests.
+
+`user_step` is the one exception: a user's training step, healthy unless a classic bug is asked for.
+"""
 
 from __future__ import annotations
 
@@ -126,3 +129,27 @@ HEALTHY = {
     "causal_lm": (TinyCausalLM, token_batch, lm_loss),
     "nielsen_784_30_10": (NielsenNet, mnist_like_batch, nielsen_loss),
 }
+
+
+def healthy(name: str, seed: int = 0):
+    """A fresh ``(model, batch, loss_fn)`` of the zoo model ``name``."""
+    model_factory, batch_factory, loss_fn = HEALTHY[name]
+    return model_factory(seed=seed), batch_factory(), loss_fn
+
+
+def user_step(model: nn.Module, bug: str | None = None, loss_fn=F.cross_entropy):
+    """A user's training step (Adam 3e-4), optionally with one classic bug planted in it:
+    ``"no_zero_grad"``, ``"flipped_sign"`` or ``"no_optimizer_step"``."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def step(batch):
+        x, y = batch
+        if bug != "no_zero_grad":
+            opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        (-loss if bug == "flipped_sign" else loss).backward()
+        if bug != "no_optimizer_step":
+            opt.step()
+        return loss
+
+    return step

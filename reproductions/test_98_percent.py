@@ -1,0 +1,166 @@
+"""N9: "better than 98 percent" with a single hidden layer of 100 neurons (ch. 3).
+
+Source: Nielsen, NNDL ch. 3, end of "Regularization": ``net = network2.Network([784, 100, 10],
+cost=network2.CrossEntropyCost); net.large_weight_initializer(); net.SGD(training_data, 30, 10,
+0.5, lmbda=5.0, evaluation_data=validation_data, ...)`` gives 97.92% on the validation data, and
+"60 epochs at eta = 0.1 and lambda = 5.0 ... 98.04 percent" (the notes' "we could still classify
+stuff to 98% accuracy"). The listing uses the large init (weights and biases N(0, 1)); the
+60-epoch sentence does not restate the init, so both inits are run and the report says which one
+the published number is consistent with.
+
+Measured: the faithful network2 (nnsanity.network2: sigmoid, summed binary cross-entropy, plain
+SGD on mini-batches of 10, L2 on the weights with n = 50,000), several seeds trained as one
+batched population; validation accuracy after every epoch.
+
+Pass criteria, declared before the runs: each published number is ONE run, so it reproduces when
+it lies in the 95% prediction interval of one run of ours (final epoch; the best epoch is kept in
+details, as the book does not say which one it quotes). "Better than 98 percent" reproduces when
+the upper end of that interval reaches 98% (a single run can exceed 98%) for the 60-epoch run.
+
+Smoke budget: the faithful epochs and rates with fewer seeds: 3 instead of 4 for the 30-epoch
+run, 2 per init instead of 4 for the 60-epoch runs (so the smoke intervals are wide, through
+t with 1 or 2 degrees of freedom).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nnsanity.claims import Verdict, single_run_claim
+from nnsanity.network2 import Network2Config
+from nnsanity.population import train_population
+
+SOURCE = "Nielsen, NNDL ch. 3, 'Regularization' (end of section)"
+SIZES = (784, 100, 10)
+PUBLISHED_30 = 97.92  # large init, eta 0.5, lambda 5, 30 epochs
+PUBLISHED_60 = 98.04  # eta 0.1, lambda 5, 60 epochs, init not restated
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    seeds_30: int = 4
+    seeds_60: int = 4  # per init
+    lmbda: float = 5.0
+
+
+FULL = Setting()
+SMOKE = dataclasses.replace(FULL, seeds_30=3, seeds_60=2)
+
+# Verdicts the evidence gave (reproductions/README.md); a moved verdict fails the test.
+R, N = Verdict.REPRODUCED, Verdict.NOT_REPRODUCED
+EXPECTED = {
+    "smoke": {
+        "N9.30-epochs-large-init": R,
+        "N9.60-epochs-large-init": R,
+        "N9.60-epochs-default-init": R,
+        "N9.better-than-98": R,
+    },
+    "full": {},
+}
+
+
+def train(configs, epochs, eta, mnist, device, progress, label):
+    result = train_population(
+        configs,
+        mnist.train_x,
+        mnist.train_y,
+        epochs=epochs,
+        eta=eta,
+        lmbda=FULL.lmbda,
+        eval_x=mnist.validation_x,
+        eval_y=mnist.validation_y,
+        device=device,
+        progress=lambda done, total: progress(label, done, total),
+    )
+    return 100 * result.accuracy  # (K, epochs) in %
+
+
+@pytest.fixture(scope="module")
+def setting(nnsanity_budget):
+    return FULL if nnsanity_budget == "full" else SMOKE
+
+
+def expect(claim, budget):
+    assert claim.id in EXPECTED[budget], f"no verdict recorded for {claim.id}: {claim}"
+    assert claim.verdict is EXPECTED[budget][claim.id], claim
+
+
+def details(acc):
+    return {
+        "best_epoch_accuracy": acc.max(dim=1).values.tolist(),
+        "best_epoch": (acc.argmax(dim=1) + 1).tolist(),
+        "per_epoch_mean": acc.mean(dim=0).tolist(),
+    }
+
+
+def test_large_init_eta_05_reaches_97_92_in_30_epochs(
+    setting, nnsanity_mnist, nnsanity_device, nnsanity_progress, nnsanity_claim, nnsanity_budget
+):
+    configs = [Network2Config(SIZES, seed, "large") for seed in range(setting.seeds_30)]
+    acc = train(configs, 30, 0.5, nnsanity_mnist, nnsanity_device, nnsanity_progress, "N9 30 ep")
+    claim = single_run_claim(
+        PUBLISHED_30,
+        acc[:, -1].tolist(),
+        id="N9.30-epochs-large-init",
+        source=SOURCE,
+        statement="[784,100,10], large init, eta 0.5, lambda 5, 30 epochs: 97.92% on validation",
+        unit="%",
+        details=details(acc),
+    )
+    nnsanity_claim(claim)
+    expect(claim, nnsanity_budget)
+
+
+@pytest.fixture(scope="module")
+def sixty_epochs(setting, nnsanity_mnist, nnsanity_device, nnsanity_progress):
+    """init -> (seeds, 60) accuracy, both inits in one population."""
+    configs = [
+        Network2Config(SIZES, seed, init)
+        for init in ("large", "default")
+        for seed in range(setting.seeds_60)
+    ]
+    acc = train(configs, 60, 0.1, nnsanity_mnist, nnsanity_device, nnsanity_progress, "N9 60 ep")
+    n = setting.seeds_60
+    return {"large": acc[:n], "default": acc[n:]}
+
+
+@pytest.mark.parametrize("init", ["large", "default"])
+def test_sixty_epochs_at_eta_01_reach_98_04(init, sixty_epochs, nnsanity_claim, nnsanity_budget):
+    acc = sixty_epochs[init]
+    claim = single_run_claim(
+        PUBLISHED_60,
+        acc[:, -1].tolist(),
+        id=f"N9.60-epochs-{init}-init",
+        source=SOURCE,
+        statement=f"[784,100,10], {init} init, eta 0.1, lambda 5, 60 epochs: 98.04%",
+        unit="%",
+        details=details(acc),
+    )
+    nnsanity_claim(claim)
+    expect(claim, nnsanity_budget)
+
+
+def test_a_single_hidden_layer_network_can_exceed_98_percent(
+    sixty_epochs, nnsanity_claim, nnsanity_budget
+):
+    best = max(sixty_epochs, key=lambda init: sixty_epochs[init][:, -1].mean().item())
+    acc = sixty_epochs[best]
+    claim = single_run_claim(
+        98.0,
+        acc[:, -1].tolist(),
+        id="N9.better-than-98",
+        source=SOURCE,
+        statement="one hidden layer of 100 classifies MNIST better than 98 percent",
+        unit="%",
+        details={"init": best, **details(acc)},
+    )
+    hi = claim.interval[1]
+    claim = dataclasses.replace(
+        claim,
+        statistic="95% prediction interval of a single 60-epoch run; reproduced if it reaches 98",
+        verdict=Verdict.REPRODUCED if hi >= 98.0 else Verdict.NOT_REPRODUCED,
+    )
+    nnsanity_claim(claim)
+    expect(claim, nnsanity_budget)
