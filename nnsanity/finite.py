@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import LossFn, tensors_in, check_batch, check_model, compute_loss, forward
+from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward, tensors_in
 from nnsanity._messages import failure
 from nnsanity._state import autograd, isolated
 

@@ -187,6 +187,31 @@ def _check_hyper(epochs: int, mini_batch_size: int, eta: float, lmbda: float, n:
         raise ValueError("the training data is empty")
 
 
+def check_training_arguments(
+    config: Network2Config,
+    train_x: Tensor,
+    train_y: Tensor,
+    eval_x: Tensor | None,
+    eval_y: Tensor | None,
+    epochs: int,
+    mini_batch_size: int,
+    eta: float,
+    lmbda: float,
+    dtype: torch.dtype,
+) -> None:
+    """What ``train_single`` and ``train_population`` ask of the data (shaped for ``config``'s
+    input and output sizes), the hyper-parameters and the dtype."""
+    if dtype not in _FLOATS:
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    n_in, n_out = config.sizes[0], config.sizes[-1]
+    _check_data(train_x, train_y, n_in, n_out, "training")
+    if (eval_x is None) != (eval_y is None):
+        raise ValueError("pass both eval_x and eval_y, or neither")
+    if eval_x is not None:
+        _check_data(eval_x, eval_y, n_in, n_out, "evaluation")
+    _check_hyper(epochs, mini_batch_size, eta, lmbda, len(train_x))
+
+
 def train_single(
     config: Network2Config,
     train_x: Tensor,
@@ -209,16 +234,10 @@ def train_single(
     """
     if not isinstance(config, Network2Config):
         raise TypeError(f"config must be a Network2Config, got {type(config).__name__}")
-    if dtype not in _FLOATS:
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    n_in, n_out = config.sizes[0], config.sizes[-1]
-    _check_data(train_x, train_y, n_in, n_out, "training")
-    if (eval_x is None) != (eval_y is None):
-        raise ValueError("pass both eval_x and eval_y, or neither")
-    if eval_x is not None:
-        _check_data(eval_x, eval_y, n_in, n_out, "evaluation")
-    n = len(train_x)
-    _check_hyper(epochs, mini_batch_size, eta, lmbda, n)
+    check_training_arguments(
+        config, train_x, train_y, eval_x, eval_y, epochs, mini_batch_size, eta, lmbda, dtype
+    )
+    n_out, n = config.sizes[-1], len(train_x)
 
     x, y = train_x.to(device, dtype), train_y.to(device)
     onehot = F.one_hot(y, n_out).to(dtype)

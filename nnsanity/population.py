@@ -23,11 +23,9 @@ import torch
 from torch import Tensor
 
 from nnsanity.network2 import (
-    _FLOATS,
     Network2Config,
     TrainingResult,
-    _check_data,
-    _check_hyper,
+    check_training_arguments,
     init_parameters,
     order_generator,
 )
@@ -248,17 +246,11 @@ def train_population(
     not make the models interact. Models may differ in depth and seed and init, but must share
     the input size, output size and hidden width, and eta, lmbda and the mini-batch size.
     """
-    _check_configs(configs)
-    if dtype not in _FLOATS:
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    n_in, n_out = configs[0].sizes[0], configs[0].sizes[-1]
-    _check_data(train_x, train_y, n_in, n_out, "training")
-    if (eval_x is None) != (eval_y is None):
-        raise ValueError("pass both eval_x and eval_y, or neither")
-    if eval_x is not None:
-        _check_data(eval_x, eval_y, n_in, n_out, "evaluation")
-    n, m = len(train_x), mini_batch_size
-    _check_hyper(epochs, m, eta, lmbda, n)
+    _check_configs(configs)  # all share the input and output sizes
+    check_training_arguments(
+        configs[0], train_x, train_y, eval_x, eval_y, epochs, mini_batch_size, eta, lmbda, dtype
+    )
+    n_out, n, m = configs[0].sizes[-1], len(train_x), mini_batch_size
     if progress is not None and not callable(progress):
         raise TypeError("progress must be callable(done_model_epochs, total_model_epochs)")
 

@@ -50,10 +50,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnsanity.baselines import assert_uses_inputs
 from nnsanity.claims import Claim, Verdict
 from nnsanity.dependencies import assert_batch_independence, measure_batch_independence
 from nnsanity.errors import SanityError
-from nnsanity.optimisation import assert_can_overfit, assert_uses_inputs, measure_overfit
+from nnsanity.optimisation import assert_can_overfit, measure_overfit
 from nnsanity.reproducibility import assert_reproducible, measure_reproducibility
 from nnsanity.statistics import summarize
 
