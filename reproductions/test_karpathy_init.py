@@ -64,13 +64,7 @@ CLOSE = 0.01  # "close to ln 10" (and to H(p)): 1% relative
 INIT_WELL_P = 0.1  # Karpathy's 1:10 example; digit 0 is 9.9% of the validation images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

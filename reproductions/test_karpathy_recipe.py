@@ -85,13 +85,7 @@ ADAM_LR = 3e-4
 LN10 = math.log(10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

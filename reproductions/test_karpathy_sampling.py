@@ -70,13 +70,7 @@ BN_EPS = 1e-5  # BatchNorm1d's default
 SLOPE_TOL = 0.05  # the normalised activation's slope vs -0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -90,13 +90,7 @@ TOP_OUT = 0.8  # 5 models reach >= 80% of the 10-model gain
 KARPATHY_GAIN = 2.0  # points of accuracy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,9 @@ from nnsanity.network2 import (
 from nnsanity.population import grid, train_population
 
 DEPTHS = [(784, 30, 10), (784, 30, 30, 10), (784, 30, 30, 30, 10), (784, 30, 30, 30, 30, 10)]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}  # float64; measured differences are at most 1e-14
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny ops run 10-20x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
