@@ -3,15 +3,15 @@
     python benchmarks/bench_population.py [--synthetic] [--repeats 3] [--threads 1,2] [--profile]
 
 The population is N1's: 4 depths ([784,30,10] ... [784,30,30,30,30,10]) x 5 seeds = 20 models,
-network2's SGD (m = 10, eta = 0.1, lmbda = 5) on MNIST-sized data (50,000 images of 784 pixels;
-the real training images when /work/shared/data/MNIST is there, else random ones: the cost is
-the same). The population trains one full epoch; the plain loop (``train_single``: nn.Linear,
-autograd, torch.optim.SGD) trains each model on the first ``--baseline-images`` images and is
-scaled up to 50,000, as it is linear in the number of steps. Evaluation is timed apart. Each
-timing is the best of ``--repeats`` (other processes share the CPU). FLOPs count the useful
-matmul work of forward and backward (no input gradient for the first layer; the population's
-zero padding of the first layer is not counted), against a large float32 ``torch.mm`` measured
-in the same process.
+network2's SGD (m = 10, eta = 0.1, lmbda = 5) on MNIST-sized data (50,000 images of 784 pixels:
+the real training images when NNSANITY_DATA_DIR points at an MNIST copy, else random ones; the
+cost is the same). The population trains one full epoch; the plain loop (``train_single``:
+nn.Linear, autograd, torch.optim.SGD) trains each model on the first ``--baseline-images``
+images and is scaled up to 50,000, as it is linear in the number of steps. Evaluation is timed
+apart. Each timing is the best of ``--repeats`` (other processes share the CPU). FLOPs count
+the useful matmul work of forward and backward (no input gradient for the first layer; the
+population's zero padding of the first layer is not counted), against a large float32
+``torch.mm`` measured in the same process.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from nnsanity.datasets import mnist
 from nnsanity.network2 import train_single
 from nnsanity.population import _evaluate, _Stack, _Step, grid, train_population
 
-MNIST = Path("/work/shared/data/MNIST/raw")
 SIZES = [(784, *([30] * h), 10) for h in (1, 2, 3, 4)]
 SEEDS = [0, 1, 2, 3, 4]
 N_TRAIN, MINI_BATCH, ETA, LMBDA, EPOCHS_N1 = 50_000, 10, 0.1, 5.0, 30
@@ -35,15 +36,12 @@ N_TRAIN, MINI_BATCH, ETA, LMBDA, EPOCHS_N1 = 50_000, 10, 0.1, 5.0, 30
 
 def load(synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, train_y, validation_x, validation_y): the mnist.pkl.gz split, pixels / 256."""
-    if not synthetic and (MNIST / "train-images-idx3-ubyte").exists():
-        pixels = (MNIST / "train-images-idx3-ubyte").read_bytes()[16:]
-        labels = (MNIST / "train-labels-idx1-ubyte").read_bytes()[8:]
-        x = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(-1, 784).float() / 256
-        y = torch.frombuffer(bytearray(labels), dtype=torch.uint8).long()
-    else:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (60_000, 784), generator=g, dtype=torch.uint8).float() / 256
-        y = torch.randint(0, 10, (60_000,), generator=g)
+    if not synthetic and os.environ.get("NNSANITY_DATA_DIR"):
+        m = mnist()
+        return m.train_x, m.train_y, m.validation_x, m.validation_y
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (60_000, 784), generator=g, dtype=torch.uint8).float() / 256
+    y = torch.randint(0, 10, (60_000,), generator=g)
     return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
 
 

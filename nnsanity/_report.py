@@ -23,6 +23,13 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _num(x: float | None) -> str:
+    """Four significant digits, but whole numbers and large values in full (3906.25, 65812)."""
+    if x is None or not math.isfinite(x):  # JSON writes inf as null
+        return "inf" if x is None else str(x)
+    return f"{x:.6g}" if x == int(x) or abs(x) >= 1000 else f"{x:.4g}"
+
+
 def _row(c: dict[str, Any]) -> tuple[str, ...]:
     unit = c.get("unit", "")
     values = c.get("measured") or []
@@ -32,9 +39,11 @@ def _row(c: dict[str, Any]) -> tuple[str, ...]:
         measured = f"{values[0]:.6g}{unit}"
     else:
         s = summarize(values)
-        measured = f"{s.mean:.4g} ± {s.sd:.2g}{unit} (n={s.n})"
+        spread = "0" if s.sd == 0 else f"{s.sd:.2g}"
+        mean = f"{s.mean:.6g}" if s.sd == 0 else f"{s.mean:.4g}"
+        measured = f"{mean} ± {spread}{unit} (n={s.n})"
     lo_hi = c.get("interval")
-    interval = f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "-"
+    interval = f"[{_num(lo_hi[0])}, {_num(lo_hi[1])}]" if lo_hi else "-"
     published = _fmt(c.get("published"))
     if unit and published != "-" and isinstance(c.get("published"), (int, float)):
         published += unit

@@ -49,14 +49,6 @@ class Claim:
         if self.interval is not None:
             self.interval = (float(self.interval[0]), float(self.interval[1]))
 
-    def measured_text(self) -> str:
-        if not self.measured:
-            return "-"
-        s = summarize(self.measured)
-        if s.n == 1:
-            return f"{s.mean:.4g}{self.unit}"
-        return f"{s.mean:.4g} ± {s.sd:.2g}{self.unit} (n={s.n})"
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["verdict"] = self.verdict.value

@@ -6,6 +6,7 @@ torch at module level: torch comes in when a fixture is first used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -193,7 +194,8 @@ def nnsanity_claim(request: pytest.FixtureRequest) -> Callable[[Any], None]:
     """``record(claim)``: add a Claim to the end-of-run table and the JSON report."""
 
     def record(claim: Any) -> None:
-        request.node.user_properties.append(("nnsanity_claim", claim.to_dict()))
+        entry = {"test": request.node.nodeid, **claim.to_dict()}
+        request.node.user_properties.append(("nnsanity_claim", entry))
 
     return record
 
@@ -222,16 +224,17 @@ def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[[str, int, int], 
         start = started.setdefault(label, now)
         if reporter is None or config.get_verbosity() < 0:
             return
-        if now - printed.get(label, -1e9) < 10 and done < total:
-            return
+        if done < total and now - printed.get(label, start) < 10:
+            return  # a line every 10 s at most, and always the last one
         printed[label] = now
         elapsed = now - start
         eta = elapsed / done * (total - done) if done else float("nan")
-        reporter.write_line(
-            f"  [nnsanity] {label}: {done}/{total} model-epochs, "
-            f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s"
-        )
-        reporter.flush()
+        line = f"[nnsanity] {label}: {done}/{total} model-epochs, {elapsed:.0f}s, ETA {eta:.0f}s"
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        # Tests run with output captured: write past it, as pytest's live logging does.
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(line)
+            reporter.flush()
 
     return progress
 

@@ -122,6 +122,7 @@ def test_claims_are_printed_as_a_table_and_written_as_json(pytester):
     assert "torch" in doc["machine"] and "cpu_count" in doc["machine"]
     (claim,) = doc["claims"]
     assert claim["measured"] == [0.9, 1.1, 1.0] and claim["verdict"] == "reproduced"
+    assert claim["test"].endswith("::test_records_a_claim")
 
 
 def test_claims_from_xdist_workers_reach_the_table(pytester):
@@ -176,3 +177,18 @@ def test_a_missing_dataset_names_where_it_looked_and_the_fix(pytester, tmp_path)
         ]
     )
     assert "Traceback" not in result.stdout.str() and "datasets.py" not in result.stdout.str()
+
+
+PROGRESS_TEST = """
+def test_long_run(nnsanity_progress):
+    for done in range(0, 101, 20):
+        nnsanity_progress("demo claim", done, 100)
+"""
+
+
+def test_progress_is_shown_past_output_capture_and_quiet_under_q(pytester):
+    pytester.makepyfile(PROGRESS_TEST)
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["[[]nnsanity[]] demo claim: 100/100 model-epochs, *s, ETA 0s"])
+    quiet = pytester.runpytest("-q")
+    assert "demo claim" not in quiet.stdout.str()
