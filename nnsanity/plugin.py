@@ -212,14 +212,15 @@ def nnsanity_plots(pytestconfig: pytest.Config) -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[[str, int, int], None]:
-    """``progress(label, done, total)``: a throttled progress line for long runs; quiet under -q."""
+def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[..., None]:
+    """``progress(label, done, total, unit="model-epochs")``: a progress line with elapsed time
+    and ETA for long runs, at most every 10 s and always at the end; quiet under -q."""
     config = pytestconfig
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     started: dict[str, float] = {}
     printed: dict[str, float] = {}
 
-    def progress(label: str, done: int, total: int) -> None:
+    def progress(label: str, done: int, total: int, unit: str = "model-epochs") -> None:
         now = time.monotonic()
         start = started.setdefault(label, now)
         if reporter is None or config.get_verbosity() < 0:
@@ -229,7 +230,7 @@ def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[[str, int, int], 
         printed[label] = now
         elapsed = now - start
         eta = elapsed / done * (total - done) if done else float("nan")
-        line = f"[nnsanity] {label}: {done}/{total} model-epochs, {elapsed:.0f}s, ETA {eta:.0f}s"
+        line = f"[nnsanity] {label}: {done}/{total} {unit}, {elapsed:.0f}s, ETA {eta:.0f}s"
         capture = config.pluginmanager.get_plugin("capturemanager")
         # Tests run with output captured: write past it, as pytest's live logging does.
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():

@@ -181,7 +181,7 @@ def train(data, act: str, init: Init, lr: float, budget: Budget, seeds, device, 
                 order = order.to(device)
             if t % budget.record_every == 0:
                 snapshot(t)
-                progress(f"G1 {act} training", t, budget.updates)
+                progress(f"G1 {act} training", t, budget.updates, "updates")
             idx = order[:, (t % per_epoch) * BATCH : (t % per_epoch + 1) * BATCH]  # (seeds, 10)
             _, _, logits = forward(params, x[idx], ACTIVATIONS[act])
             # Summed over seeds, so each seed's gradient is that of its own batch-mean NLL.

@@ -146,7 +146,7 @@ def test_adam_at_3e_4_trains_every_depth_where_no_single_sgd_rate_does(
                     value = float(F.cross_entropy(net(xe), ye)) if finite else math.nan
                 loss[name].setdefault(depth, []).append(value)
                 done += 1
-                nnsanity_progress("K1 optimisers x depths", done, total)
+                nnsanity_progress("K1 optimisers x depths", done, total, "runs")
 
     def trains(v: float) -> bool:
         return math.isfinite(v) and v <= TRAINS
@@ -218,7 +218,7 @@ def test_ensembles_beat_their_members_and_top_out_after_about_five_models(
         train(net, torch.optim.Adam(net.parameters(), lr=ENSEMBLE_LR), x, y, steps=steps, seed=seed)
         with torch.no_grad():
             probs.append(F.softmax(net(m.validation_x), dim=1))
-        nnsanity_progress("K7 ensemble members", i + 1, budget.members)
+        nnsanity_progress("K7 ensemble members", i + 1, budget.members, "models")
     p = torch.stack(probs)  # (members, 10000, 10)
     member_acc = (p.argmax(-1) == m.validation_y).double().mean(1).numpy() * 100
 

@@ -340,7 +340,7 @@ def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
                 with torch.no_grad():
                     curve.append(squared_error(params, curve_x).cpu())
                 steps.append(t)
-                progress("S1 autoencoders", t, budget.updates)
+                progress("S1 autoencoders", t, budget.updates, "updates")
             pos = t % per_epoch
             x = x_all[order[:, pos * BATCH : (pos + 1) * BATCH]]  # (runs, 200, 784)
             mu = [sutskever_momentum(t, m, total_updates=budget.updates) for m in mu_max]
