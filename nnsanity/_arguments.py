@@ -109,10 +109,6 @@ def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
     return tuple(map_tensors(lambda t: _to(t, device), part) for part in (inputs, targets))
 
 
-def batch_size(inputs: Any) -> int:
-    return tensors_in(inputs)[0].shape[0]
-
-
 def forward(model: torch.nn.Module, inputs: Any) -> Any:
     """Call the model, turning a shape error inside it into a ValueError that names the input."""
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 from collections.abc import Iterator
 
@@ -50,6 +49,12 @@ def autograd() -> Iterator[None]:
         yield
 
 
+def _tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (persistent or not) by name, each shared one once."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
 @contextlib.contextmanager
 def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     """Restore a module's parameters, buffers, gradients and train/eval modes on exit.
@@ -57,7 +62,8 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     Values are restored in place (``copy_``), so the caller's parameter objects, and the
     optimizers that hold them, stay valid.
     """
-    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    # Not state_dict(): it skips buffers registered with persistent=False (e.g. a counter).
+    saved = {k: v.detach().clone() for k, v in _tensors(model)}
     with torch.inference_mode(False):  # restored .grads the caller can train with afterwards
         grads = {
             n: None if p.grad is None else p.grad.detach().clone()
@@ -69,7 +75,7 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            for k, v in model.state_dict(keep_vars=True).items():
+            for k, v in _tensors(model):
                 if k in saved:
                     v.copy_(saved[k])
         for n, p in model.named_parameters():
@@ -88,8 +94,3 @@ def isolated(model: torch.nn.Module | None = None) -> Iterator[None]:
         else:
             with preserved_module(model):
                 yield
-
-
-def clone_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy to train without touching the caller's model."""
-    return copy.deepcopy(model)

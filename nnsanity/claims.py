@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nnsanity.statistics import prediction_interval, summarize, welch_p_greater
+from nnsanity.statistics import (
+    confidence_interval,
+    paired_p_greater,
+    prediction_interval,
+    summarize,
+    welch_p_greater,
+)
 
 
 class Verdict(str, enum.Enum):
@@ -87,25 +93,26 @@ def ordering_claim(
     higher: Sequence[float],
     lower: Sequence[float],
     *,
+    paired: bool,
     alpha: float = 0.05,
     **fields: Any,
 ) -> Claim:
-    """Judge a published ordering "``higher`` beats ``lower``" with one-sided Welch tests.
+    """Judge a published ordering "``higher`` beats ``lower``" with one-sided t-tests.
 
-    REPRODUCED when mean(higher) > mean(lower) at significance ``alpha``; NOT_REPRODUCED when the
-    reverse is significant; WITHIN_NOISE otherwise, so a noisy ordering is never asserted.
-    ``measured`` records the per-seed differences where the runs pair up, else ``higher``.
+    ``paired=True`` when run i of both arms shares its seed (its data order, its init): a paired
+    t-test on the per-seed differences, which are what ``measured`` records. Otherwise Welch's
+    test, and ``measured`` records ``higher``. REPRODUCED when higher > lower at significance
+    ``alpha``; NOT_REPRODUCED when the reverse is significant; WITHIN_NOISE otherwise, so a noisy
+    ordering is never asserted.
     """
-    p_right = welch_p_greater(higher, lower)
-    p_wrong = welch_p_greater(lower, higher)
+    test = paired_p_greater if paired else welch_p_greater
+    p_right, p_wrong = test(higher, lower), test(lower, higher)
     if p_right < alpha:
         verdict = Verdict.REPRODUCED
     elif p_wrong < alpha:
         verdict = Verdict.NOT_REPRODUCED
     else:
         verdict = Verdict.WITHIN_NOISE
-    paired = len(higher) == len(lower)
-    diffs = [h - lo for h, lo in zip(higher, lower)] if paired else list(higher)
     details = dict(fields.pop("details", {}))
     details.update(
         higher=list(map(float, higher)),
@@ -114,9 +121,20 @@ def ordering_claim(
         p_reverse=p_wrong,
         alpha=alpha,
     )
+    if paired:
+        diffs = [h - lo for h, lo in zip(higher, lower)]
+        return Claim(
+            measured=diffs,
+            statistic=f"one-sided paired t-test at alpha={alpha}; measured: per-seed differences; "
+            f"interval: {1 - alpha:.0%} confidence interval of their mean",
+            verdict=verdict,
+            interval=confidence_interval(diffs, 1 - alpha),
+            details=details,
+            **fields,
+        )
     return Claim(
-        measured=diffs,
-        statistic=f"one-sided Welch t-test at alpha={alpha} (measured: per-seed differences)",
+        measured=list(higher),
+        statistic=f"one-sided Welch t-test at alpha={alpha}",
         verdict=verdict,
         details=details,
         **fields,

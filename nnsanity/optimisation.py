@@ -265,6 +265,9 @@ class OverfitResult:
     accuracy: float | None  # training accuracy at the end, when outputs are class scores
     diverged_at: int | None  # first step with a NaN/Inf loss
     trace: tuple[float, ...]
+    # loss_fn(zeros_like(outputs), targets) when finite and > 0 (ln C for C-class cross-entropy):
+    # the default target is 0.05 x min(initial_loss, this), so a bad init cannot raise the bar
+    zero_output_loss: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -290,6 +293,24 @@ def _accuracy(outputs: Any, targets: Any) -> float | None:
     return float((pred == targets).double().mean())
 
 
+def _zero_output_loss(
+    model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn
+) -> float | None:
+    """The loss of all-zero outputs ("no preference"), when finite and positive, else None.
+
+    The forward pass runs with the model and RNGs restored afterwards, so training is unchanged.
+    """
+    with preserved_module(model), preserved_rng(), torch.no_grad():
+        outputs = forward(model, inputs)
+        if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+            return None
+        try:
+            zero = float(compute_loss(loss_fn, torch.zeros_like(outputs), targets))
+        except (TypeError, ValueError):  # e.g. a loss that rejects these outputs
+            return None
+    return zero if math.isfinite(zero) and zero > 0 else None
+
+
 def measure_overfit(
     model: torch.nn.Module,
     batch: Any,
@@ -313,6 +334,7 @@ def measure_overfit(
     ):
         raise TypeError(f"target must be a finite number (a loss value), got {target!r}.")
     with isolated_training(model, seed):
+        zero = _zero_output_loss(model, inputs, targets, loss_fn)
         run = make_stepper(model, inputs, targets, loss_fn, optimizer, step)
         first = run()
         if target is None and math.isfinite(first) and first <= 0:
@@ -320,7 +342,10 @@ def measure_overfit(
                 f"the loss starts at {first:.4g} <= 0, so 0.05 x it is no target; "
                 "pass target= (the loss value that counts as fitted)."
             )
-        goal = 0.05 * first if target is None else float(target)
+        # A badly scaled init starts far above the loss of "no preference"; it must not raise
+        # the bar, so the reference is the lower of the two.
+        reference = first if zero is None or not math.isfinite(first) else min(first, zero)
+        goal = 0.05 * reference if target is None else float(target)
         trace = [first]
         if math.isfinite(first) and first > goal:
             trace += train(run, max_steps - 1, stop_at=goal)
@@ -336,6 +361,7 @@ def measure_overfit(
         accuracy,
         divergence(trace, math.inf),
         tuple(trace),
+        zero,
     )
 
 
@@ -352,8 +378,10 @@ def assert_can_overfit(
 ) -> OverfitResult:
     """Assert that training on one small batch drives its loss to near its minimum.
 
-    Stops as soon as the loss is <= ``target``. The default target is 0.05 x the first loss: for
-    softmax cross-entropy from a sane init (ln C) that is a mean probability of at least
+    Stops as soon as the loss is <= ``target``. The default target is 0.05 x the lower of the
+    first loss and the loss of all-zero outputs (``zero_output_loss``, ln C for C-class
+    cross-entropy), so a badly scaled init, whose first loss is far above ln C, cannot raise the
+    bar. For softmax cross-entropy that is a mean probability of at least
     exp(-0.05 ln C) (0.89 for 10 classes) on every correct label, and for any loss whose minimum
     is 0 a 20-fold reduction, which a model with a loss floor cannot reach. 100% accuracy is not
     enough: softmax applied before ``F.cross_entropy`` reaches it while its loss stays above
@@ -380,11 +408,16 @@ def assert_can_overfit(
     )
     if r.passed:
         return r
-    bound = (
-        f"the target {r.target:.4g}"
-        if target is not None
-        else f"the target {r.target:.4g} (0.05 x the initial {r.initial_loss:.4g})"
-    )
+    if target is not None:
+        bound = f"the target {r.target:.4g}"
+    elif r.zero_output_loss is not None and r.zero_output_loss < r.initial_loss:
+        bound = (
+            f"the target {r.target:.4g} (0.05 x the all-zero-output loss "
+            f"{r.zero_output_loss:.4g}, below the initial {r.initial_loss:.4g})"
+        )
+    else:
+        bound = f"the target {r.target:.4g} (0.05 x the initial {r.initial_loss:.4g})"
+
     acc = "" if r.accuracy is None else f", training accuracy {r.accuracy:.0%}"
     header = "Could not overfit one batch"
     relax = "Pass target= (a loss value) or max_steps= to relax."

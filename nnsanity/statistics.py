@@ -45,12 +45,32 @@ def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     return s.mean - half, s.mean + half
 
 
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """t-based interval for the mean of ``values`` (e.g. per-seed differences)."""
+    s = summarize(values)
+    if s.n < 2:
+        raise ValueError("a confidence interval needs at least two values.")
+    half = stats.t.ppf((1 + level) / 2, s.n - 1) * s.sd / math.sqrt(s.n)
+    return s.mean - half, s.mean + half
+
+
 def welch_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
     """One-sided Welch t-test p-value for mean(a) > mean(b)."""
     a_, b_ = np.asarray(a, float), np.asarray(b, float)
     if a_.std(ddof=1) == 0 and b_.std(ddof=1) == 0:
         return 0.0 if a_.mean() > b_.mean() else 1.0
     return float(stats.ttest_ind(a_, b_, equal_var=False, alternative="greater").pvalue)
+
+
+def paired_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided paired t-test p-value for mean(a - b) > 0 (runs paired by seed)."""
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    if a_.shape != b_.shape:
+        raise ValueError(f"paired runs need equal lengths, got {a_.size} and {b_.size}.")
+    d = a_ - b_
+    if d.std(ddof=1) == 0:
+        return 0.0 if d.mean() > 0 else 1.0
+    return float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
 
 
 def binomial_se(successes: int, trials: int) -> float:

@@ -17,9 +17,9 @@ it lies in the 95% prediction interval of one run of ours (final epoch; the best
 details, as the book does not say which one it quotes). "Better than 98 percent" reproduces when
 the upper end of that interval reaches 98% (a single run can exceed 98%) for the 60-epoch run.
 
-Smoke budget: the faithful epochs and rates with fewer seeds: 3 instead of 4 for the 30-epoch
-run, 2 per init instead of 4 for the 60-epoch runs (so the smoke intervals are wide, through
-t with 1 or 2 degrees of freedom).
+Smoke budget: the faithful epochs and rates with fewer seeds: 3 instead of 8 for the 30-epoch
+run and 3 per init instead of 8 for the 60-epoch runs (so the smoke intervals are wide, through t
+with 2 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
-from nnsanity.claims import Verdict, single_run_claim
+from nnsanity.claims import Claim, Verdict, single_run_claim
 from nnsanity.network2 import Network2Config
 from nnsanity.population import train_population
+from nnsanity.statistics import binomial_se
 
 SOURCE = "Nielsen, NNDL ch. 3, 'Regularization' (end of section)"
 SIZES = (784, 100, 10)
@@ -40,13 +42,13 @@ PUBLISHED_60 = 98.04  # eta 0.1, lambda 5, 60 epochs, init not restated
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    seeds_30: int = 4
-    seeds_60: int = 4  # per init
+    seeds_30: int = 8
+    seeds_60: int = 8  # per init
     lmbda: float = 5.0
 
 
 FULL = Setting()
-SMOKE = dataclasses.replace(FULL, seeds_30=3, seeds_60=2)
+SMOKE = dataclasses.replace(FULL, seeds_30=3, seeds_60=3)
 
 # Verdicts the evidence gave (reproductions/README.md); a moved verdict fails the test.
 R = Verdict.REPRODUCED
@@ -150,22 +152,27 @@ def test_sixty_epochs_at_eta_01_reach_98_04(init, sixty_epochs, nnsanity_claim, 
 def test_a_single_hidden_layer_network_can_exceed_98_percent(
     sixty_epochs, nnsanity_claim, nnsanity_budget
 ):
-    best = max(sixty_epochs, key=lambda init: sixty_epochs[init][:, -1].mean().item())
-    acc = sixty_epochs[best]
-    claim = single_run_claim(
-        98.0,
-        acc[:, -1].tolist(),
+    final = torch.cat([acc[:, -1] for acc in sixty_epochs.values()])  # both inits' runs
+    above = int((final > 98.0).sum())
+    claim = Claim(
         id="N9.better-than-98",
         source=SOURCE,
-        statement="one hidden layer of 100 classifies MNIST better than 98 percent",
+        statement="one hidden layer of 100 classifies MNIST better than 98 percent (one run)",
+        published=98.0,
+        measured=final.tolist(),
+        statistic="share of our single 60-epoch runs (both inits) above 98% at the final epoch, "
+        "with its binomial SE; reproduced if at least one run exceeds 98%",
+        verdict=Verdict.REPRODUCED if above > 0 else Verdict.NOT_REPRODUCED,
         unit="%",
-        details={"init": best, **details(acc)},
-    )
-    hi = claim.interval[1]
-    claim = dataclasses.replace(
-        claim,
-        statistic="95% prediction interval of a single 60-epoch run; reproduced if it reaches 98",
-        verdict=Verdict.REPRODUCED if hi >= 98.0 else Verdict.NOT_REPRODUCED,
+        details={
+            "runs_above_98": above,
+            "runs": len(final),
+            "share_above_98": above / len(final),
+            "share_se": binomial_se(above, len(final)),
+            "best_epoch_runs_above_98": int(
+                sum(int((acc.max(dim=1).values > 98.0).sum()) for acc in sixty_epochs.values())
+            ),
+        },
     )
     nnsanity_claim(claim)
     expect(claim, nnsanity_budget)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import zoo
@@ -118,8 +120,22 @@ def test_dropout_noise_raises_the_required_decrease_above_the_relative_margin():
 def test_overfits_one_batch_of_every_healthy_model_with_default_arguments(name):
     model, batch, loss_fn = healthy(name)
     r = assert_can_overfit(model, batch, loss_fn)
-    assert r.final_loss <= r.target == pytest.approx(0.05 * r.initial_loss)
+    reference = min(r.initial_loss, r.zero_output_loss or math.inf)
+    assert r.final_loss <= r.target == pytest.approx(0.05 * reference)
     assert r.steps < 5000 and r.accuracy == 1.0  # stopped early, once the target was reached
+
+
+def test_a_badly_scaled_init_cannot_raise_the_bar_above_the_loss_of_all_zero_outputs():
+    model, batch, loss_fn = healthy("mlp")
+    with torch.no_grad():
+        model[-1].weight.mul_(100)  # planted bug: confidently wrong logits at init
+    # 0.05 x the first loss (14.27) would be 0.714, reached after ~100 steps at 87.5% training
+    # accuracy; the bar is 0.05 x ln 10 instead, the loss of "no preference" (~220 steps).
+    r = measure_overfit(model, batch, loss_fn, max_steps=150)
+    assert r.initial_loss > 10 and r.zero_output_loss == pytest.approx(math.log(10))
+    assert r.target == pytest.approx(0.05 * math.log(10)) and not r.passed
+    with pytest.raises(SanityError, match=r"0\.05 x the all-zero-output loss 2\.303, below the"):
+        assert_can_overfit(model, batch, loss_fn, max_steps=150)
 
 
 def test_fails_on_a_double_softmax_even_though_training_accuracy_reaches_100_percent():
