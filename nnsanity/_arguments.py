@@ -110,16 +110,30 @@ def check_batch(batch: Any, model: torch.nn.Module) -> tuple[Any, Any]:
 
 
 def forward(model: torch.nn.Module, inputs: Any) -> Any:
-    """Call the model, turning a shape error inside it into a ValueError that names the input."""
+    """Call the model, turning a shape, index or type error inside it into a ValueError that
+    names the input."""
     try:
         return model(inputs)
-    except RuntimeError as e:
+    except (RuntimeError, IndexError, TypeError) as e:
         shapes = [tuple(t.shape) for t in tensors_in(inputs)]
         shown = shapes[0] if len(shapes) == 1 else shapes
+        hint = (
+            "index out of range — token ids >= the embedding size? "
+            if isinstance(e, IndexError)
+            else ""
+        )
         raise ValueError(
-            f"{type(model).__name__} failed on inputs of shape {shown}:"
-            f" {str(e).splitlines()[0]}. Check that the batch matches what the model expects."
+            f"{type(model).__name__} failed on inputs of shape {shown}: {hint}"
+            f"{_first_line(e)}. Check that the batch matches what the model expects."
         ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _shape(x: Any) -> Any:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def compute_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> torch.Tensor:
@@ -130,12 +144,17 @@ def compute_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> torch.Tensor:
         )
     try:
         loss = loss_fn(outputs, targets)
-    except (RuntimeError, IndexError) as e:
-        out_shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
-        tgt_shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets)
+    except TypeError as e:  # most often the wrong arity: loss_fn(outputs) or a 3-argument one
+        raise TypeError(
+            f"loss_fn failed on outputs of shape {_shape(outputs)} and targets of shape "
+            f"{_shape(targets)}: {_first_line(e)}. It must be callable as "
+            "loss_fn(outputs, targets) -> scalar tensor."
+        ) from e
+    except (RuntimeError, IndexError, ValueError) as e:  # ValueError: e.g. batch size mismatch
         raise ValueError(
-            f"loss_fn failed on outputs of shape {out_shape} and targets of shape {tgt_shape}: "
-            f"{str(e).splitlines()[0]}. Check the target shape and dtype the loss expects."
+            f"loss_fn failed on outputs of shape {_shape(outputs)} and targets of shape "
+            f"{_shape(targets)}: {_first_line(e)}. Check the target shape and dtype the loss "
+            "expects."
         ) from e
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}.")
@@ -147,6 +166,15 @@ def compute_loss(loss_fn: LossFn, outputs: Any, targets: Any) -> torch.Tensor:
     if not loss.is_floating_point():
         raise TypeError(f"loss_fn returned a {loss.dtype} tensor; it must be floating point.")
     return loss.reshape(())
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """One rule for every ``seed``: an int in [0, 2**64), what ``torch.manual_seed`` accepts."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}.")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{name}={seed} is outside [0, 2**64), the range torch can be seeded with")
+    return seed
 
 
 def check_step(step: Any) -> Step | None:

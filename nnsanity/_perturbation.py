@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import forward, map_tensors, tensors_in
+from nnsanity._arguments import check_seed, forward, map_tensors, tensors_in
+from nnsanity._state import seed_torch
 
 # Relative bound on a dependence that must be absent. A healthy model gives exactly 0 (the
 # gradient rows of other examples are sums of exact zeros; unchanged rows recompute bit for bit),
@@ -66,7 +67,7 @@ def outputs_along(
 
     The RNGs are reseeded first, so every pass draws the same dropout masks.
     """
-    torch.manual_seed(seed)
+    seed_torch(seed)
     with torch.no_grad():
         outputs = forward(model, x)
     rows = [
@@ -135,4 +136,4 @@ def check_options(model: Any, train_mode: Any, rtol: Any, seed: Any) -> None:
         raise TypeError(f"train_mode must be a bool, got {type(train_mode).__name__}.")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
         raise ValueError(f"rtol must be a number >= 0, got {rtol!r}.")
-    int_option(seed, "seed")
+    check_seed(seed)

@@ -22,12 +22,13 @@ from nnsanity._arguments import (
     Step,
     check_batch,
     check_model,
+    check_seed,
     check_step,
     compute_loss,
     default_optimizer,
     forward,
 )
-from nnsanity._state import autograd, isolated, preserved_module
+from nnsanity._state import autograd, isolated, preserved_module, seed_torch
 
 N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
 NOISE_Z = 3.0  # a difference of two such means must exceed 3 of its standard deviations
@@ -53,10 +54,11 @@ def validate(
             "pass either optimizer= (nnsanity runs the step) or step= (your own "
             "training step, which owns its optimizer), not both."
         )
-    for name, value in {"seed": seed, **counts}.items():
+    check_seed(seed)
+    for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-        if name != "seed" and value < 1:
+        if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
     return check_batch(batch, model)
 
@@ -70,7 +72,7 @@ def check_fraction(value: Any, name: str) -> None:
 def isolated_training(model: torch.nn.Module, seed: int) -> Iterator[None]:
     """The model in train mode and the RNGs seeded, all restored on exit."""
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         model.train()
         yield
 

@@ -17,7 +17,7 @@ import torch
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step, map_tensors
 from nnsanity._messages import failure
-from nnsanity._state import autograd, preserved_module
+from nnsanity._state import autograd, preserved_module, seed_torch
 from nnsanity._training import (
     check_fraction,
     evaluate,
@@ -74,7 +74,7 @@ def measure_uses_inputs(
         # can only favour the baseline, so a pass still holds.
         for x in (inputs, zeroed):
             with preserved_module(model):  # both runs start from the same init
-                torch.manual_seed(seed)  # ... with the same dropout masks
+                seed_torch(seed)  # ... with the same dropout masks
                 trace = train(make_stepper(model, x, targets, loss_fn, optimizer, step), steps)
                 final = final_loss(model, x, targets, loss_fn, trace)
             results.append((final, tuple(trace)))

@@ -91,7 +91,18 @@ def measure_causal(
     g = torch.Generator().manual_seed(seed)
     with isolated(model):
         model.train(train_mode)
-        base = outputs_along(model, inputs, dim, n, seed)
+        try:
+            base = outputs_along(model, inputs, dim, n, seed)
+        except (AttributeError, TypeError, ValueError) as e:
+            if not isinstance(inputs, (tuple, list)):
+                raise
+            # Most likely the whole (inputs, targets) batch pair, which the model cannot take.
+            detail = (str(e).splitlines() or [""])[0]
+            raise TypeError(
+                f"{type(model).__name__} failed on inputs that are a {type(inputs).__name__} "
+                f"of {len(inputs)} ({type(e).__name__}: {detail}). assert_causal takes the "
+                "inputs tensor alone, not an (inputs, targets) batch pair: pass batch[0]."
+            ) from e
 
         def moved(t: int) -> torch.Tensor:  # change of the outputs at <= t, inputs > t changed
             changed = perturbed(inputs, dim, torch.arange(n) > t, g)

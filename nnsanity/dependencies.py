@@ -27,7 +27,7 @@ from nnsanity._perturbation import (
     perturbed,
     relative_change,
 )
-from nnsanity._state import autograd, isolated
+from nnsanity._state import autograd, isolated, seed_torch
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def measure_batch_independence(
     g = torch.Generator().manual_seed(seed)
     with isolated(model):
         model.train(train_mode)
-        torch.manual_seed(seed)
+        seed_torch(seed)
         floats = all(
             t.is_floating_point() for t in tensors_in(inputs) if t.dim() and t.shape[0] == b
         )

@@ -11,9 +11,17 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward, tensors_in
+from nnsanity._arguments import (
+    LossFn,
+    check_batch,
+    check_model,
+    check_seed,
+    compute_loss,
+    forward,
+    tensors_in,
+)
 from nnsanity._messages import failure
-from nnsanity._state import autograd, isolated
+from nnsanity._state import autograd, isolated, seed_torch
 
 Stage = Literal["parameter", "buffer", "input", "output", "loss", "gradient"]
 
@@ -46,9 +54,10 @@ def measure_finite(
 ) -> FiniteResult:
     """One forward and backward in training mode, stopping at the first non-finite stage."""
     check_model(model)
+    check_seed(seed)
     inputs, targets = check_batch(batch, model)
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         model.train()
         for stage, named in (
             ("parameter", model.named_parameters()),

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward
+from nnsanity._arguments import LossFn, check_batch, check_model, check_seed, compute_loss, forward
 from nnsanity._messages import failure
-from nnsanity._state import autograd, isolated
+from nnsanity._state import autograd, isolated, seed_torch
 
 # Modules whose weight rows are looked up, not multiplied: a row's gradient is zero when its
 # token is absent from the batch, so their RMS is taken over the rows that got a gradient.
@@ -120,9 +120,10 @@ def layer_gradient_norms(
     learning of a layer is its ``bias_norm``.
     """
     check_model(model)
+    check_seed(seed)
     inputs, targets = check_batch(batch, model)
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         backward_once(model, inputs, targets, loss_fn)
         return _grad_stats(model)
 
@@ -243,9 +244,10 @@ def measure_gradient_ratio(
 ) -> GradientRatioResult:
     """Measure the spread of per-layer gradient RMS at the current weights (see the assert)."""
     check_model(model)
+    check_seed(seed)
     inputs, targets = check_batch(batch, model)
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         loss = backward_once(model, inputs, targets, loss_fn)
         stats = _grad_stats(model)
     layers = [(n, s.matrix_rms) for n, s in stats.items() if s.matrix_rms is not None]

@@ -14,9 +14,16 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import LossFn, check_batch, check_model, compute_loss, forward
+from nnsanity._arguments import (
+    LossFn,
+    check_batch,
+    check_model,
+    check_seed,
+    compute_loss,
+    forward,
+)
 from nnsanity._messages import failure
-from nnsanity._state import isolated
+from nnsanity._state import isolated, seed_torch
 
 # The reference "no more confident than unit-scale random logits" is the mean loss of this many
 # fixed-seed draws of N(0, 1) outputs: 8 x batch-size samples keep its Monte Carlo error ~0.05 nats.
@@ -87,8 +94,7 @@ def _check_options(expected: Any, rtol: Any, seed: Any) -> None:
         not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not 0 < rtol < math.inf
     ):
         raise ValueError(f"rtol must be a positive number, e.g. rtol=0.1 for ±10%, got {rtol!r}.")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
+    check_seed(seed)
 
 
 def measure_init_loss(
@@ -108,7 +114,7 @@ def measure_init_loss(
     _check_options(expected, rtol, seed)
     inputs, targets = check_batch(batch, model)
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         model.train()  # the loss the first training step sees
         with torch.no_grad():
             outputs = forward(model, inputs)
@@ -165,9 +171,10 @@ def assert_init_loss(
     with ``rtol`` the loss must lie in ``expected ± rtol·|expected|`` instead.
 
     It proves the outputs start unconfident on this batch. It does NOT prove the model can learn,
-    nor that the init of hidden layers is well scaled (see the activation checks), and the default
-    assumes the model returns logits/scores where 0 means "no preference"; for outputs such as
-    probabilities pass ``expected`` and ``rtol``.
+    nor that the init of hidden layers is well scaled (:func:`nnsanity.assert_gradient_ratio`
+    catches vanishing or exploding gradients across layers), and the default assumes the model
+    returns logits/scores where 0 means "no preference"; for outputs such as probabilities pass
+    ``expected`` and ``rtol``.
     """
     __tracebackhide__ = True
     r = measure_init_loss(model, batch, loss_fn, expected=expected, rtol=rtol, seed=seed)

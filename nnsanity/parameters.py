@@ -18,13 +18,10 @@ from nnsanity._arguments import (
     LossFn,
     OptimizerFactory,
     Step,
-    check_batch,
-    check_model,
-    check_step,
 )
 from nnsanity._messages import failure
-from nnsanity._state import isolated
-from nnsanity._training import make_stepper
+from nnsanity._state import isolated, seed_torch
+from nnsanity._training import make_stepper, validate
 from nnsanity.gradients import backward_once
 
 # A unit is a row of a Linear/Conv weight (dim 1 of a transposed conv's weight); it is dead on
@@ -109,12 +106,10 @@ def measure_params_update(
     seed: int = 0,
 ) -> ParamsUpdateResult:
     """Backward once (training mode), then take one optimisation step; see the assert."""
-    check_model(model)
-    step = check_step(step)
+    inputs, targets = validate(model, batch, loss_fn, optimizer, step, seed)
     patterns = _patterns(frozen, model)
-    inputs, targets = check_batch(batch, model)
     with isolated(model):
-        torch.manual_seed(seed)
+        seed_torch(seed)
         params = dict(model.named_parameters())
         listed = {n for n in params if any(fnmatchcase(n, pat) for pat in patterns)}
         trainable = [n for n, p in params.items() if p.requires_grad]

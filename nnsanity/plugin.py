@@ -1,7 +1,8 @@
 """The pytest plugin: options, fixtures, the header, the rerun hint and the claim table.
 
 Loaded by every pytest run in an environment where nnsanity is installed, so it imports no
-torch at module level: torch comes in when a fixture is first used.
+torch, numpy or scipy at module level: torch comes in when a fixture is first used, the claim
+table's helpers (``_report``, which needs numpy and scipy) when there are claims to show.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nnsanity import _report
+if TYPE_CHECKING:
+    import torch
+
 from nnsanity.errors import SanityError
 
 BUDGETS = ("smoke", "full")
@@ -80,11 +83,14 @@ def _resolve_seed(config: pytest.Config) -> int:
         cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
         return int(cache.get("nnsanity/seed", 0)) if cache is not None else 0
     try:
-        return int(raw)
+        seed = int(raw)
     except ValueError:
         raise pytest.UsageError(
             f"--nnsanity-seed must be an integer, 'random' or 'last', got {raw!r}"
         ) from None
+    if not 0 <= seed < 2**64:  # the range every check's seed= takes (torch.manual_seed's)
+        raise pytest.UsageError(f"--nnsanity-seed must be in [0, 2**64), got {seed}")
+    return seed
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,6 +121,16 @@ def _seed_flag(config: pytest.Config) -> str:
     return f"--nnsanity-seed={config.stash[_SEED]}"
 
 
+def _rerun_flags(config: pytest.Config) -> str:
+    """The seed, plus the device and budget where they are not the defaults."""
+    flags = [_seed_flag(config)]
+    for name, default in (("device", "cpu"), ("budget", "smoke")):
+        value = _option(config, name, default)
+        if value != default:
+            flags.append(f"--nnsanity-{name}={value}")
+    return " ".join(flags)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"nnsanity: {_seed_flag(config)} --nnsanity-budget={_option(config, 'budget', 'smoke')}"
@@ -123,11 +139,13 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed and call.excinfo is not None and call.excinfo.errisinstance(SanityError):
         report.sections.append(
-            ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_seed_flag(item.config)}")
+            ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_rerun_flags(item.config)}")
         )
     return report
 
@@ -146,7 +164,7 @@ def nnsanity_seed(request: pytest.FixtureRequest) -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
-def nnsanity_device(pytestconfig: pytest.Config):
+def nnsanity_device(pytestconfig: pytest.Config) -> torch.device:
     """The torch.device from --nnsanity-device; skips when CUDA is asked for and absent."""
     import torch
 
@@ -257,6 +275,8 @@ class _ClaimTable:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.claims:
             return
+        from nnsanity import _report  # numpy and scipy: only when there is a table to show
+
         terminalreporter.write_sep("=", "nnsanity claims")
         for line in _report.table(self.claims):
             terminalreporter.write_line(line)

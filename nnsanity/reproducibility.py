@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnsanity._arguments import check_seed
 from nnsanity._messages import failure
-from nnsanity._state import preserved_globals, preserved_rng
+from nnsanity._state import preserved_globals, preserved_rng, seed_torch
 
 _ATOMS = (bool, int, float, complex, str, bytes, type(None))
 
@@ -30,29 +31,25 @@ class _Fields(dict):
     """A snapshotted dataclass: its fields by name (shown as ``.name`` in paths)."""
 
 
-def _check_seed(seed: Any, name: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{name} must be an int, got {type(seed).__name__}.")
-    if not 0 <= seed < 2**32:
-        raise ValueError(
-            f"{name}={seed} is outside [0, 2**32), the range numpy can be seeded with."
-        )
-    return seed
-
-
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[int]:
     """Seed torch (CPU and every CUDA device), numpy's global RNG and ``random`` with ``seed``.
 
     The previous states come back on exit, so the seeding does not leak into later code. Only
     the global generators are seeded: a ``torch.Generator()`` or ``np.random.default_rng()``
-    that the code creates itself is not.
+    that the code creates itself is not. Where CUDA is available its generators are seeded (and
+    their states saved and restored) even if CUDA is not initialised yet, which initialises it:
+    code that first uses CUDA inside the block must draw from ``seed`` too. (The checks, which
+    seed only what the model uses, leave an uninitialised CUDA alone instead.)
     """
-    seed = _check_seed(seed, "seed")
-    with preserved_rng():
+    seed = check_seed(seed)
+    with preserved_rng(all_cuda=True):
         random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)  # also seeds every CUDA device
+        # numpy takes 32-bit seeds; a larger one goes in as its two 32-bit words
+        np.random.seed(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
+        seed_torch(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
         yield seed
 
 
@@ -184,8 +181,8 @@ def measure_reproducibility(
                 f"fn must be callable with no arguments ({e}); wrap it, e.g. "
                 "lambda: train(make_model(), steps=20)."
             ) from None
-    seed = _check_seed(seed, "seed")
-    other_seed = _check_seed((seed + 1) % 2**32 if other_seed is None else other_seed, "other_seed")
+    seed = check_seed(seed)
+    other_seed = check_seed((seed + 1) % 2**64 if other_seed is None else other_seed, "other_seed")
     if other_seed == seed:
         raise ValueError(f"other_seed must differ from seed, both are {seed}.")
     for name, flag in (("deterministic", deterministic), ("check_different", check_different)):
@@ -194,7 +191,13 @@ def measure_reproducibility(
 
     def run(s: int) -> Any:
         with seeded(s):
-            return _snapshot(fn(), "result")
+            result = fn()
+        if result is None:  # two Nones are equal whatever fn did: nothing to compare
+            raise TypeError(
+                "fn returned nothing comparable (None): return what it computed, e.g. the "
+                "losses or the trained model, so that two runs can be compared."
+            )
+        return _snapshot(result, "result")
 
     with preserved_globals():  # the RNG states and the deterministic-algorithms flag
         if deterministic:

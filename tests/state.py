@@ -27,7 +27,11 @@ def snapshot(model: nn.Module | None = None) -> dict[str, Any]:
     }
     if model is not None:
         state |= {
-            "parameters and buffers": {k: v.clone() for k, v in model.state_dict().items()},
+            # named_buffers, not state_dict: it skips buffers registered with persistent=False
+            "parameters and buffers": {
+                k: v.detach().clone()
+                for k, v in [*model.named_parameters(), *model.named_buffers()]
+            },
             "gradients": {
                 n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
             },

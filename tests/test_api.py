@@ -23,6 +23,10 @@ def test_every_check_has_a_measuring_twin_in_its_module():
         assert twins, f"{name} has no measure_* twin in {module}"
 
 
-def test_importing_nnsanity_does_not_import_torch():
-    code = "import sys, nnsanity, nnsanity.plugin; assert 'torch' not in sys.modules"
+def test_importing_nnsanity_and_its_pytest_plugin_imports_neither_torch_nor_numpy_nor_scipy():
+    # the plugin loads on every pytest run where nnsanity is installed: it must stay cheap
+    code = (
+        "import sys, nnsanity, nnsanity.plugin; "
+        "heavy = {'torch', 'numpy', 'scipy'} & set(sys.modules); assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

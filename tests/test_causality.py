@@ -115,6 +115,13 @@ def test_dim_names_the_sequence_dimension_of_time_major_inputs():
         assert_causal(TimeMajorGRU(bidirectional=True), time_major, dim=0)
 
 
+def test_an_inputs_targets_batch_pair_passed_as_inputs_raises_a_type_error_naming_the_fix():
+    with pytest.raises(
+        TypeError, match=r"the inputs tensor alone, not an \(inputs, targets\) batch"
+    ):
+        assert_causal(zoo.TinyCausalLM(), zoo.token_batch())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

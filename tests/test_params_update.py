@@ -171,11 +171,15 @@ def test_works_in_float64():
         ({"max_dead_fraction": 1.5}, ValueError, r"max_dead_fraction must be a number in \[0, 1\]"),
         ({"step": "train"}, TypeError, "step must be callable"),
         ({"optimizer": lambda p: None}, TypeError, "optimizer must be a factory"),
+        ({"optimizer": 0.1}, TypeError, "optimizer must be a factory params -> Optimizer"),
+        ({"optimizer": torch.optim.Adam, "step": print}, ValueError, "not both"),
+        ({"loss_fn": 3}, TypeError, "loss_fn must be callable"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, error, message):
+    loss_fn = kwargs.pop("loss_fn", F.cross_entropy)
     with pytest.raises(error, match=message):
-        assert_params_update(zoo.mlp(), BATCH, F.cross_entropy, **kwargs)
+        assert_params_update(zoo.mlp(), BATCH, loss_fn, **kwargs)
 
 
 def test_leaves_model_and_global_state_unchanged_even_when_it_fails():

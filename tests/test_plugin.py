@@ -65,6 +65,14 @@ def test_a_bad_seed_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--nnsanity-seed must be an integer*"])
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_outside_what_torch_takes_is_a_usage_error(pytester, seed):
+    pytester.makepyfile("def test_ok(nnsanity_seed): pass")
+    result = pytester.runpytest(f"--nnsanity-seed={seed}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--nnsanity-seed must be in [[]0, 2**64), got {seed}*"])
+
+
 def test_options_can_be_set_in_the_ini_file(pytester):
     pytester.makeini("[pytest]\nnnsanity_seed = 9\nnnsanity_budget = full\n")
     pytester.makepyfile("def test_budget(nnsanity_budget): assert nnsanity_budget == 'full'")
@@ -102,6 +110,27 @@ def test_a_failed_check_says_how_to_rerun_with_the_same_seed(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*rerun with: pytest 'test_a_failed_check*::test_fails' --nnsanity-seed=31"]
+    )
+
+
+def test_the_rerun_hint_carries_a_non_default_device_and_budget(pytester):
+    pytester.makepyfile(
+        """
+        from nnsanity import SanityError
+
+        def test_fails():
+            raise SanityError("loss did not decrease")
+        """
+    )
+    result = pytester.runpytest(
+        "--nnsanity-seed=31", "--nnsanity-device=cuda:1", "--nnsanity-budget=full"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*rerun with: pytest 'test_the_rerun*::test_fails' --nnsanity-seed=31 "
+            "--nnsanity-device=cuda:1 --nnsanity-budget=full"
+        ]
     )
 
 

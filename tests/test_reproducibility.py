@@ -194,6 +194,25 @@ def test_deterministic_turns_on_deterministic_algorithms_only_during_the_runs():
 # --- seeding and side effects ---------------------------------------------------------------------
 
 
+def test_seeded_takes_every_seed_torch_takes_even_beyond_numpys_32_bits():
+    big = 2**64 - 1
+    with seeded(big):
+        a = (torch.rand(2), np.random.rand(2), random.random())
+    with seeded(big):
+        b = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_seeded_queues_no_seed_for_cuda_where_cuda_is_not_available():
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA available seeded() initialises and seeds it, then restores it")
+    torch.manual_seed(1234)
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls())
+    with seeded(5):
+        pass
+    assert torch.cuda._lazy_seed_tracker.get_calls() == queued
+
+
 def test_seeded_seeds_torch_numpy_and_random_and_restores_their_states():
     before = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     with seeded(3) as seed:
@@ -219,7 +238,9 @@ def test_assert_reproducible_leaves_every_rng_state_as_it_found_it():
     [
         (42, {}, TypeError, "fn must be a callable"),
         (lambda seed: seed, {}, TypeError, "callable with no arguments"),
-        (lambda: 0, {"seed": -1}, ValueError, r"outside \[0, 2\*\*32\)"),
+        (lambda: 0, {"seed": -1}, ValueError, r"outside \[0, 2\*\*64\)"),
+        (lambda: 0, {"seed": 2**64}, ValueError, r"outside \[0, 2\*\*64\)"),
+        (lambda: None, {}, TypeError, r"fn returned nothing comparable \(None\)"),
         (lambda: 0, {"seed": 1.0}, TypeError, "seed must be an int"),
         (lambda: 0, {"other_seed": 0}, ValueError, "other_seed must differ"),
         (lambda: 0, {"deterministic": "yes"}, TypeError, "deterministic must be a bool"),

@@ -25,18 +25,28 @@ def _forward_with_noise(model, batch):
 # Each public check, called on the zoo MLP and a batch made by the caller under the grad mode
 # being tested. Causality needs a sequence model: the zoo's causal LM and its tokens.
 CALLS = {
-    "assert_batch_independence": lambda m, b: nnsanity.assert_batch_independence(m, b),
-    "assert_can_overfit": lambda m, b: nnsanity.assert_can_overfit(m, b, F.cross_entropy),
-    "assert_causal": lambda m, b: nnsanity.assert_causal(m, zoo.token_batch()[0]),
-    "assert_finite": lambda m, b: nnsanity.assert_finite(m, b, F.cross_entropy),
-    "assert_gradient_ratio": lambda m, b: nnsanity.assert_gradient_ratio(m, b, F.cross_entropy),
-    "assert_init_loss": lambda m, b: nnsanity.assert_init_loss(m, b, F.cross_entropy),
-    "assert_loss_decreases": lambda m, b: nnsanity.assert_loss_decreases(m, b, F.cross_entropy),
-    "assert_params_update": lambda m, b: nnsanity.assert_params_update(m, b, F.cross_entropy),
-    "assert_reproducible": lambda m, b: nnsanity.assert_reproducible(
-        lambda: _forward_with_noise(m, b)
+    "assert_batch_independence": lambda m, b, **kw: nnsanity.assert_batch_independence(m, b, **kw),
+    "assert_can_overfit": lambda m, b, **kw: nnsanity.assert_can_overfit(
+        m, b, F.cross_entropy, **kw
     ),
-    "assert_uses_inputs": lambda m, b: nnsanity.assert_uses_inputs(m, b, F.cross_entropy),
+    "assert_causal": lambda m, b, **kw: nnsanity.assert_causal(m, zoo.token_batch()[0], **kw),
+    "assert_finite": lambda m, b, **kw: nnsanity.assert_finite(m, b, F.cross_entropy, **kw),
+    "assert_gradient_ratio": lambda m, b, **kw: nnsanity.assert_gradient_ratio(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_init_loss": lambda m, b, **kw: nnsanity.assert_init_loss(m, b, F.cross_entropy, **kw),
+    "assert_loss_decreases": lambda m, b, **kw: nnsanity.assert_loss_decreases(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_params_update": lambda m, b, **kw: nnsanity.assert_params_update(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_reproducible": lambda m, b, **kw: nnsanity.assert_reproducible(
+        lambda: _forward_with_noise(m, b), **kw
+    ),
+    "assert_uses_inputs": lambda m, b, **kw: nnsanity.assert_uses_inputs(
+        m, b, F.cross_entropy, **kw
+    ),
 }
 
 
@@ -53,6 +63,59 @@ def test_every_public_check_works_without_grad_and_leaves_global_state_and_the_m
     # made under the same mode (under inference_mode it cannot enter autograd as it is).
     assert_restores(lambda: CALLS[name](model, zoo.classification_batch()), model, mode)
     assert not first.grad.is_inference()  # or the caller's next backward cannot accumulate into it
+
+
+class _CountingMLP(torch.nn.Module):
+    """The zoo MLP with a forward-call counter in a non-persistent buffer (not in state_dict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.mlp()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in CALLS if n not in ("assert_causal", "assert_reproducible")]
+)
+def test_every_check_restores_buffers_registered_with_persistent_false(name):
+    model = _CountingMLP()
+    assert "calls" not in model.state_dict()
+    CALLS[name](model, zoo.classification_batch())
+    assert int(model.calls) == 0
+
+
+PUBLIC_ASSERTS = [n for n in nnsanity.__all__ if n.startswith("assert_")]
+
+
+@pytest.mark.parametrize("name", PUBLIC_ASSERTS)
+def test_every_public_check_rejects_a_non_integer_seed_with_a_type_error(name):
+    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        CALLS[name](model, zoo.classification_batch(), seed="x")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+@pytest.mark.parametrize("name", PUBLIC_ASSERTS)
+def test_every_public_check_rejects_a_seed_torch_cannot_take_with_a_value_error(name, seed):
+    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    with pytest.raises(ValueError, match=r"outside \[0, 2\*\*64\)"):
+        CALLS[name](model, zoo.classification_batch(), seed=seed)
+
+
+@pytest.mark.parametrize("name", PUBLIC_ASSERTS)
+def test_no_check_queues_its_seed_for_a_cuda_that_is_not_initialised_yet(name):
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA is initialised: seeding it is then undone on exit")
+    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    torch.manual_seed(1234)  # the caller's seed, queued for CUDA's first use
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls())
+    CALLS[name](model, zoo.classification_batch(), seed=5)
+    # torch.manual_seed(5) would replace it: CUDA would later start from the check's seed
+    assert torch.cuda._lazy_seed_tracker.get_calls() == queued
 
 
 def test_a_model_built_under_inference_mode_is_rejected_with_a_clear_error():
