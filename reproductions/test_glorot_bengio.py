@@ -54,11 +54,10 @@ for the gradient variances (their width stays 1,000). Verdicts are expected to h
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -108,21 +107,13 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 Init = Callable[..., torch.Tensor]
 
 
+# Mini-batches of 10 are too small for intra-op threads to pay (3 ms vs 45 ms a step when busy).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def budget(nnsanity_budget: str) -> Budget:
     return FULL if nnsanity_budget == "full" else SMOKE
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Mini-batches of 10 are too small for intra-op threads to pay; on a busy 2-core machine
-    the thread pool's spinning made each step ~15x slower (3 ms vs 45 ms measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- nets stacked over seeds: every weight is (seeds, n_in, n_out), so one bmm trains them all --
@@ -174,27 +165,26 @@ def train(data, act: str, init: Init, lr: float, budget: Budget, seeds, device, 
         means.append(torch.stack([h.mean(dim=(1, 2)) for h in hidden], dim=1).cpu())
         sds.append(torch.stack([h.std(dim=(1, 2)) for h in hidden], dim=1).cpu())
 
-    with one_thread():
-        for t in range(budget.updates):
-            if t % per_epoch == 0:  # a fresh permutation per epoch and per seed
-                order = torch.stack([torch.randperm(len(x), generator=g) for g in gens])
-                order = order.to(device)
-            if t % budget.record_every == 0:
-                snapshot(t)
-                progress(f"G1 {act} training", t, budget.updates, "updates")
-            idx = order[:, (t % per_epoch) * BATCH : (t % per_epoch + 1) * BATCH]  # (seeds, 10)
-            _, _, logits = forward(params, x[idx], ACTIVATIONS[act])
-            # Summed over seeds, so each seed's gradient is that of its own batch-mean NLL.
-            loss = F.cross_entropy(logits.transpose(1, 2), y[idx], reduction="mean") * len(seeds)
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.sub_(g, alpha=lr)
-        snapshot(budget.updates)
+    for t in range(budget.updates):
+        if t % per_epoch == 0:  # a fresh permutation per epoch and per seed
+            order = torch.stack([torch.randperm(len(x), generator=g) for g in gens])
+            order = order.to(device)
+        if t % budget.record_every == 0:
+            snapshot(t)
+            progress(f"G1 {act} training", t, budget.updates, "updates")
+        idx = order[:, (t % per_epoch) * BATCH : (t % per_epoch + 1) * BATCH]  # (seeds, 10)
+        _, _, logits = forward(params, x[idx], ACTIVATIONS[act])
+        # Summed over seeds, so each seed's gradient is that of its own batch-mean NLL.
+        loss = F.cross_entropy(logits.transpose(1, 2), y[idx], reduction="mean") * len(seeds)
+        grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            test_x = data.test_x.to(device).expand(len(seeds), -1, -1)
-            _, _, logits = forward(params, test_x, ACTIVATIONS[act])
-            wrong = (logits.argmax(-1) != data.test_y.to(device)).float().mean(dim=1) * 100
+            for p, g in zip(params, grads):
+                p.sub_(g, alpha=lr)
+    snapshot(budget.updates)
+    with torch.no_grad():
+        test_x = data.test_x.to(device).expand(len(seeds), -1, -1)
+        _, _, logits = forward(params, test_x, ACTIVATIONS[act])
+        wrong = (logits.argmax(-1) != data.test_y.to(device)).float().mean(dim=1) * 100
     return Run(steps, torch.stack(means), torch.stack(sds), wrong.tolist())
 
 
@@ -337,13 +327,10 @@ def backprop_variances(data, init: Init, budget: Budget, seed: int, device) -> l
 def test_backpropagated_gradients_shrink_toward_the_input_only_with_the_standard_init(
     budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_plots
 ):
-    with one_thread():
-        variances = {
-            name: [
-                backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device) for s in seeds
-            ]
-            for name, init in (("standard", standard_), ("normalised", normalised_))
-        }
+    variances = {
+        name: [backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device) for s in seeds]
+        for name, init in (("standard", standard_), ("normalised", normalised_))
+    }
     gaps = FIG7_DEPTH - 1
 
     def factor(v: list[float]) -> float:

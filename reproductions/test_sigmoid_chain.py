@@ -174,7 +174,7 @@ def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(
     assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def _eq124_error(weights, biases, x, y, cost) -> float:
+def _eq124_error(weights, biases, x, cost) -> float:
     """Worst per-layer normwise error of eq. (124)'s matrix product against autograd."""
     bs = [b.clone().requires_grad_(True) for b in biases]
     a, zs = x, []
@@ -212,7 +212,7 @@ def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(nnsanity_claim
                 y = torch.rand(WIDE_SIZES[-1], generator=g, dtype=torch.float64)
                 for name, cost in _costs(y).items():
                     key = f"{init}, {name}"
-                    error = _eq124_error(ws, bs, x, y, cost)
+                    error = _eq124_error(ws, bs, x, cost)
                     errors[key] = _worst([errors.get(key, 0.0), error])
     claim = Claim(
         id="N4.matrix-form-eq124",
