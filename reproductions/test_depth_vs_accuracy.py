@@ -136,46 +136,48 @@ def test_published_accuracy_is_a_plausible_single_run(depth, runs, nnsanity_clai
     expect(claim, nnsanity_budget)
 
 
+def final_ordering(runs, higher: int, lower: int, **fields) -> Claim:
+    """Final-epoch accuracy of ``higher`` vs ``lower`` hidden layers, paired by seed."""
+    final = {d: runs[d][:, -1].tolist() for d in (higher, lower)}
+    return ordering_claim(
+        final[higher], final[lower], paired=True, source=SOURCE, unit=" pts", **fields
+    )
+
+
 def test_two_hidden_layers_beat_one(runs, nnsanity_claim, nnsanity_budget):
-    claim = ordering_claim(
-        runs[2][:, -1].tolist(),
-        runs[1][:, -1].tolist(),
-        paired=True,
+    claim = final_ordering(
+        runs,
+        2,
+        1,
         id="N1.two-beat-one",
-        source=SOURCE,
         statement="a second hidden layer improves accuracy (96.90 vs 96.48)",
         published="96.90 > 96.48",
-        unit=" pts",
     )
     nnsanity_claim(claim)
     expect(claim, nnsanity_budget)
 
 
 def test_a_third_hidden_layer_does_not_help(runs, nnsanity_claim, nnsanity_budget):
-    claim = ordering_claim(
-        runs[2][:, -1].tolist(),
-        runs[3][:, -1].tolist(),
-        paired=True,
+    claim = final_ordering(
+        runs,
+        2,
+        3,
         id="N1.third-layer-drops",
-        source=SOURCE,
         statement="accuracy drops from two to three hidden layers (96.90 to 96.57)",
         published="96.90 > 96.57",
-        unit=" pts",
     )
     nnsanity_claim(claim)
     expect(claim, nnsanity_budget)
 
 
 def test_four_vs_three_hidden_layers_is_not_significant(runs, nnsanity_claim, nnsanity_budget):
-    ordering = ordering_claim(
-        runs[3][:, -1].tolist(),
-        runs[4][:, -1].tolist(),
-        paired=True,
+    ordering = final_ordering(
+        runs,
+        3,
+        4,
         id="N1.four-vs-three-not-significant",
-        source=SOURCE,
         statement="the drop from three to four hidden layers (96.57 to 96.53) is not significant",
         published="not significant",
-        unit=" pts",
     )
     significant = ordering.verdict is not Verdict.WITHIN_NOISE
     claim = dataclasses.replace(
