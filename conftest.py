@@ -1,6 +1,12 @@
-"""What this repository's own test runs need (users get fixtures from the nnsanity plugin)."""
+"""What this repository's own test runs need: the reproduction engine's plugin and one fixture.
+
+Users of the checks get only the core plugin (``nnsanity.plugin``, the seed and device);
+this repository's suites also load the engine's (budget, MNIST, claims, report, plots).
+"""
 
 import pytest
+
+pytest_plugins = ["nnsanity.repro.plugin"]
 
 
 @pytest.fixture(scope="module")

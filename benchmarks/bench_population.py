@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from nnsanity.datasets import mnist
-from nnsanity.network2 import train_single
-from nnsanity.population import _evaluate, _Stack, _Step, grid, train_population
+from nnsanity.repro.mnist import mnist
+from nnsanity.repro.network2 import train_single
+from nnsanity.repro.population import _evaluate, _Stack, _Step, grid, train_population
 
 SIZES = [(784, *([30] * h), 10) for h in (1, 2, 3, 4)]
 SEEDS = [0, 1, 2, 3, 4]

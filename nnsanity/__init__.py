@@ -1,55 +1,61 @@
-"""nnsanity: "A Recipe for Training Neural Networks" as assertions, and Nielsen ch. 5 as tests.
+"""nnsanity: Karpathy's "A Recipe for Training Neural Networks" as assertions.
 
-Every ``assert_*`` check raises :class:`SanityError` (an ``AssertionError``) with what it
-measured, the bound, the likely causes and the argument that relaxes it; its ``measure_*`` twin
-returns the same measurement as a result object without judging it.
+Every ``assert_*`` check is its ``measure_*`` twin plus a raise: the twin returns a frozen
+result with ``.passed`` and the bound it was judged against, and the assert raises
+:class:`SanityError` (an ``AssertionError``) with what it measured, the bound, the likely
+causes and the argument that relaxes it. The checks live in ``nnsanity.checks``, one module per
+property; the reproduction engine for Nielsen ch. 5 is the separate ``nnsanity.repro``.
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from nnsanity.errors import SanityError
+from nnsanity._version import __version__ as __version__
+from nnsanity.errors import SanityError as SanityError
 
-_LAZY = {  # public name -> module: checks import torch, so load them on first use
-    "BatchIndependenceResult": "nnsanity.dependencies",
-    "CausalResult": "nnsanity.causality",
-    "FiniteResult": "nnsanity.finite",
-    "GradientMonitor": "nnsanity.gradients",
-    "GradientRatioResult": "nnsanity.gradients",
-    "InitLossResult": "nnsanity.initialisation",
-    "LayerGradient": "nnsanity.gradients",
-    "LossDecreaseResult": "nnsanity.optimisation",
-    "OverfitResult": "nnsanity.optimisation",
-    "ParamsUpdateResult": "nnsanity.parameters",
-    "ReproducibilityResult": "nnsanity.reproducibility",
-    "UsesInputsResult": "nnsanity.baselines",
-    "assert_batch_independence": "nnsanity.dependencies",
-    "assert_can_overfit": "nnsanity.optimisation",
-    "assert_causal": "nnsanity.causality",
-    "assert_finite": "nnsanity.finite",
-    "assert_gradient_ratio": "nnsanity.gradients",
-    "assert_init_loss": "nnsanity.initialisation",
-    "assert_loss_decreases": "nnsanity.optimisation",
-    "assert_params_update": "nnsanity.parameters",
-    "assert_reproducible": "nnsanity.reproducibility",
-    "assert_uses_inputs": "nnsanity.baselines",
-    "layer_gradient_norms": "nnsanity.gradients",
-    "measure_batch_independence": "nnsanity.dependencies",
-    "measure_causal": "nnsanity.causality",
-    "measure_finite": "nnsanity.finite",
-    "measure_gradient_ratio": "nnsanity.gradients",
-    "measure_init_loss": "nnsanity.initialisation",
-    "measure_loss_decrease": "nnsanity.optimisation",
-    "measure_overfit": "nnsanity.optimisation",
-    "measure_params_update": "nnsanity.parameters",
-    "measure_reproducibility": "nnsanity.reproducibility",
-    "measure_uses_inputs": "nnsanity.baselines",
-    "seeded": "nnsanity.reproducibility",
+# Public name -> module. The only list to edit when adding a public name: checks import torch,
+# so they load on first use (PEP 562) and `import nnsanity` stays cheap for the pytest plugin.
+_LAZY = {
+    "assert_batch_independence": "nnsanity.checks.batch_independence",
+    "measure_batch_independence": "nnsanity.checks.batch_independence",
+    "BatchIndependenceResult": "nnsanity.checks.batch_independence",
+    "assert_can_overfit": "nnsanity.checks.overfit",
+    "measure_overfit": "nnsanity.checks.overfit",
+    "OverfitResult": "nnsanity.checks.overfit",
+    "assert_causal": "nnsanity.checks.causal",
+    "measure_causal": "nnsanity.checks.causal",
+    "CausalResult": "nnsanity.checks.causal",
+    "assert_finite": "nnsanity.checks.finite",
+    "measure_finite": "nnsanity.checks.finite",
+    "FiniteResult": "nnsanity.checks.finite",
+    "assert_gradient_ratio": "nnsanity.checks.gradient_ratio",
+    "measure_gradient_ratio": "nnsanity.checks.gradient_ratio",
+    "GradientRatioResult": "nnsanity.checks.gradient_ratio",
+    "assert_init_loss": "nnsanity.checks.init_loss",
+    "measure_init_loss": "nnsanity.checks.init_loss",
+    "InitLossResult": "nnsanity.checks.init_loss",
+    "assert_loss_decreases": "nnsanity.checks.loss_decrease",
+    "measure_loss_decrease": "nnsanity.checks.loss_decrease",
+    "LossDecreaseResult": "nnsanity.checks.loss_decrease",
+    "assert_params_update": "nnsanity.checks.params_update",
+    "measure_params_update": "nnsanity.checks.params_update",
+    "ParamsUpdateResult": "nnsanity.checks.params_update",
+    "assert_reproducible": "nnsanity.checks.reproducible",
+    "measure_reproducibility": "nnsanity.checks.reproducible",
+    "ReproducibilityResult": "nnsanity.checks.reproducible",
+    "assert_uses_inputs": "nnsanity.checks.uses_inputs",
+    "measure_uses_inputs": "nnsanity.checks.uses_inputs",
+    "UsesInputsResult": "nnsanity.checks.uses_inputs",
+    "GradientMonitor": "nnsanity.gradient_norms",
+    "LayerGradient": "nnsanity.gradient_norms",
+    "layer_gradient_norms": "nnsanity.gradient_norms",
+    "seeded": "nnsanity.seeding",
 }
+
+__all__ = sorted([*_LAZY, "SanityError", "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: `import nnsanity` (and so loading the pytest plugin) does not import torch.
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -58,81 +64,47 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return __all__
 
 
-if TYPE_CHECKING:
-    from nnsanity.baselines import UsesInputsResult, assert_uses_inputs, measure_uses_inputs
-    from nnsanity.causality import CausalResult, assert_causal, measure_causal
-    from nnsanity.dependencies import (
-        BatchIndependenceResult,
-        assert_batch_independence,
-        measure_batch_independence,
+if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py keeps them = _LAZY
+    from nnsanity.checks.batch_independence import (
+        BatchIndependenceResult as BatchIndependenceResult,
     )
-    from nnsanity.errors import SanityError
-    from nnsanity.finite import FiniteResult, assert_finite, measure_finite
-    from nnsanity.gradients import (
-        GradientMonitor,
-        GradientRatioResult,
-        LayerGradient,
-        assert_gradient_ratio,
-        layer_gradient_norms,
-        measure_gradient_ratio,
+    from nnsanity.checks.batch_independence import (
+        assert_batch_independence as assert_batch_independence,
     )
-    from nnsanity.initialisation import InitLossResult, assert_init_loss, measure_init_loss
-    from nnsanity.optimisation import (
-        LossDecreaseResult,
-        OverfitResult,
-        assert_can_overfit,
-        assert_loss_decreases,
-        measure_loss_decrease,
-        measure_overfit,
+    from nnsanity.checks.batch_independence import (
+        measure_batch_independence as measure_batch_independence,
     )
-    from nnsanity.parameters import ParamsUpdateResult, assert_params_update, measure_params_update
-    from nnsanity.reproducibility import (
-        ReproducibilityResult,
-        assert_reproducible,
-        measure_reproducibility,
-        seeded,
-    )
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "BatchIndependenceResult",
-    "CausalResult",
-    "FiniteResult",
-    "GradientMonitor",
-    "GradientRatioResult",
-    "InitLossResult",
-    "LayerGradient",
-    "LossDecreaseResult",
-    "OverfitResult",
-    "ParamsUpdateResult",
-    "ReproducibilityResult",
-    "SanityError",
-    "UsesInputsResult",
-    "__version__",
-    "assert_batch_independence",
-    "assert_can_overfit",
-    "assert_causal",
-    "assert_finite",
-    "assert_gradient_ratio",
-    "assert_init_loss",
-    "assert_loss_decreases",
-    "assert_params_update",
-    "assert_reproducible",
-    "assert_uses_inputs",
-    "layer_gradient_norms",
-    "measure_batch_independence",
-    "measure_causal",
-    "measure_finite",
-    "measure_gradient_ratio",
-    "measure_init_loss",
-    "measure_loss_decrease",
-    "measure_overfit",
-    "measure_params_update",
-    "measure_reproducibility",
-    "measure_uses_inputs",
-    "seeded",
-]
+    from nnsanity.checks.causal import CausalResult as CausalResult
+    from nnsanity.checks.causal import assert_causal as assert_causal
+    from nnsanity.checks.causal import measure_causal as measure_causal
+    from nnsanity.checks.finite import FiniteResult as FiniteResult
+    from nnsanity.checks.finite import assert_finite as assert_finite
+    from nnsanity.checks.finite import measure_finite as measure_finite
+    from nnsanity.checks.gradient_ratio import GradientRatioResult as GradientRatioResult
+    from nnsanity.checks.gradient_ratio import assert_gradient_ratio as assert_gradient_ratio
+    from nnsanity.checks.gradient_ratio import measure_gradient_ratio as measure_gradient_ratio
+    from nnsanity.checks.init_loss import InitLossResult as InitLossResult
+    from nnsanity.checks.init_loss import assert_init_loss as assert_init_loss
+    from nnsanity.checks.init_loss import measure_init_loss as measure_init_loss
+    from nnsanity.checks.loss_decrease import LossDecreaseResult as LossDecreaseResult
+    from nnsanity.checks.loss_decrease import assert_loss_decreases as assert_loss_decreases
+    from nnsanity.checks.loss_decrease import measure_loss_decrease as measure_loss_decrease
+    from nnsanity.checks.overfit import OverfitResult as OverfitResult
+    from nnsanity.checks.overfit import assert_can_overfit as assert_can_overfit
+    from nnsanity.checks.overfit import measure_overfit as measure_overfit
+    from nnsanity.checks.params_update import ParamsUpdateResult as ParamsUpdateResult
+    from nnsanity.checks.params_update import assert_params_update as assert_params_update
+    from nnsanity.checks.params_update import measure_params_update as measure_params_update
+    from nnsanity.checks.reproducible import ReproducibilityResult as ReproducibilityResult
+    from nnsanity.checks.reproducible import assert_reproducible as assert_reproducible
+    from nnsanity.checks.reproducible import measure_reproducibility as measure_reproducibility
+    from nnsanity.checks.uses_inputs import UsesInputsResult as UsesInputsResult
+    from nnsanity.checks.uses_inputs import assert_uses_inputs as assert_uses_inputs
+    from nnsanity.checks.uses_inputs import measure_uses_inputs as measure_uses_inputs
+    from nnsanity.gradient_norms import GradientMonitor as GradientMonitor
+    from nnsanity.gradient_norms import LayerGradient as LayerGradient
+    from nnsanity.gradient_norms import layer_gradient_norms as layer_gradient_norms
+    from nnsanity.seeding import seeded as seeded

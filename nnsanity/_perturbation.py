@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import check_seed, forward, map_tensors, tensors_in
-from nnsanity._state import seed_torch
+from nnsanity.seeding import seed_torch
 
 # Relative bound on a dependence that must be absent. A healthy model gives exactly 0 (the
 # gradient rows of other examples are sums of exact zeros; unchanged rows recompute bit for bit),

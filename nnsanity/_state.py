@@ -3,45 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-
-def seed_torch(seed: int) -> None:
-    """Seed torch's CPU generator, and the CUDA ones only if CUDA is already initialised.
-
-    ``torch.manual_seed`` would also queue a lazy CUDA seed when CUDA is not initialised yet, so
-    the caller's first CUDA use later would start from the check's seed: a leak that
-    ``preserved_rng`` cannot undo. A check on a CUDA model has initialised CUDA already.
-    """
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
-
-
-@contextlib.contextmanager
-def preserved_rng(*, all_cuda: bool = False) -> Iterator[None]:
-    """Restore the torch (CPU and every CUDA device), numpy and ``random`` RNG states on exit.
-
-    The CUDA states are saved if CUDA is initialised, or with ``all_cuda`` whenever it is
-    available (initialising it): for a block that seeds CUDA even before its first use.
-    """
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    torch_state = torch.get_rng_state()
-    save_cuda = torch.cuda.is_initialized() or (all_cuda and torch.cuda.is_available())
-    cuda_states = torch.cuda.get_rng_state_all() if save_cuda else None
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
+from nnsanity.seeding import preserved_rng
 
 
 @contextlib.contextmanager

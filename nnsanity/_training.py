@@ -28,7 +28,8 @@ from nnsanity._arguments import (
     default_optimizer,
     forward,
 )
-from nnsanity._state import autograd, isolated, preserved_module, seed_torch
+from nnsanity._state import autograd, isolated, preserved_module
+from nnsanity.seeding import seed_torch
 
 N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
 NOISE_Z = 3.0  # a difference of two such means must exceed 3 of its standard deviations
@@ -176,3 +177,17 @@ def required_change(fraction: float, initial: float, sd: float) -> float:
     if not math.isfinite(sd):
         return 0.0
     return max(fraction * abs(initial), NOISE_Z * sd * math.sqrt(2 / N_EVALS))
+
+
+def backward_once(model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn) -> float:
+    """One forward/backward in training mode on fresh gradients; returns the loss.
+
+    Autograd is on for it even when the caller is inside ``no_grad()``/``inference_mode()``.
+    """
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    with autograd():
+        loss = compute_loss(loss_fn, forward(model, inputs), targets)
+        loss.backward()
+    return float(loss.detach())

@@ -8,8 +8,8 @@ stuff to 98% accuracy"). The listing uses the large init (weights and biases N(0
 60-epoch sentence does not restate the init, so both inits are run and the report says which one
 the published number is consistent with.
 
-Measured: the faithful network2 (nnsanity.network2: sigmoid, summed binary cross-entropy, plain
-SGD on mini-batches of 10, L2 on the weights with n = 50,000), several seeds trained as one
+Measured: the faithful network2 (nnsanity.repro.network2: sigmoid, summed binary cross-entropy,
+plain SGD on mini-batches of 10, L2 on the weights with n = 50,000), several seeds trained as one
 batched population; validation accuracy after every epoch.
 
 Pass criteria, declared before the runs: each published number is ONE run, so it reproduces when
@@ -29,10 +29,10 @@ import dataclasses
 import pytest
 import torch
 
-from nnsanity.claims import Claim, Verdict, single_run_claim
-from nnsanity.network2 import Network2Config
-from nnsanity.population import train_population
-from nnsanity.statistics import binomial_se
+from nnsanity.repro.claims import Claim, Verdict, single_run_claim
+from nnsanity.repro.network2 import Network2Config
+from nnsanity.repro.population import train_population
+from nnsanity.repro.stats import binomial_se
 
 SOURCE = "Nielsen, NNDL ch. 3, 'Regularization' (end of section)"
 SIZES = (784, 100, 10)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
-from nnsanity.claims import Claim, Verdict
+from nnsanity.repro.claims import Claim, Verdict
 
 SOURCE = "Nielsen ch. 5, introduction ('deep circuits')"
 

@@ -6,11 +6,11 @@ default init gives, on the 10,000 validation images, [784,30,10] 96.48% ("or the
 vary a bit from run to run"), [784,30,30,10] 96.90%, [784,30,30,30,10] 96.57% and
 [784,30,30,30,30,10] 96.53% ("probably not a statistically significant drop").
 
-Measured: the faithful network2 (nnsanity.network2; sigmoid everywhere, summed binary
+Measured: the faithful network2 (nnsanity.repro.network2; sigmoid everywhere, summed binary
 cross-entropy, weights N(0, 1/n_in), biases N(0, 1), SGD eta=0.1 on mini-batches of 10, L2
 lambda=5 on the weights with n=50,000, a fresh shuffle per epoch, float32 where the book used
 float64), trained for 30 epochs per seed, all depths and seeds as one batched population
-(nnsanity.population, tested equal to one-at-a-time training). Seeds are 0..n-1, fixed, so the
+(nnsanity.repro.population, tested equal to one-at-a-time training). Seeds are 0..n-1, fixed, so the
 asserted verdicts are the ones in reproductions/README.md.
 
 Pass criteria, declared before the runs:
@@ -36,9 +36,9 @@ import dataclasses
 
 import pytest
 
-from nnsanity.claims import Claim, Verdict, ordering_claim, single_run_claim
-from nnsanity.network2 import Network2Config
-from nnsanity.population import train_population
+from nnsanity.repro.claims import Claim, Verdict, ordering_claim, single_run_claim
+from nnsanity.repro.network2 import Network2Config
+from nnsanity.repro.population import train_population
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem'"
 PUBLISHED = {1: 96.48, 2: 96.90, 3: 96.57, 4: 96.53}  # % on validation, by hidden layers
@@ -191,7 +191,7 @@ def test_accuracy_figure(runs, nnsanity_plots):
     """Accuracy per epoch per depth with seed bands (only with --nnsanity-plots)."""
     if nnsanity_plots is None:
         pytest.skip("figures only with --nnsanity-plots")
-    from nnsanity.plots import accuracy_by_depth
+    from nnsanity.repro.plots import accuracy_by_depth
 
     path = accuracy_by_depth(
         {d: runs[d] for d in PUBLISHED}, PUBLISHED, nnsanity_plots / "N1_accuracy_by_depth.png"

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from nnsanity.chains import chain_gradients, sigmoid_prime
-from nnsanity.claims import Claim, Verdict
+from nnsanity.repro.chains import chain_gradients, sigmoid_prime
+from nnsanity.repro.claims import Claim, Verdict
 
 SOURCE = "Nielsen ch. 5, 'The exploding gradient problem'"
 

@@ -64,9 +64,14 @@ import torch
 from scipy import stats
 from torch.nn import functional as F
 
-from nnsanity.claims import Claim, Verdict, single_run_claim
-from nnsanity.initialisers import normalised_, normalised_variance, standard_, standard_variance
-from nnsanity.statistics import summarize, welch_p_greater
+from nnsanity.repro.claims import Claim, Verdict, single_run_claim
+from nnsanity.repro.initialisers import (
+    normalised_,
+    normalised_variance,
+    standard_,
+    standard_variance,
+)
+from nnsanity.repro.stats import summarize, welch_p_greater
 
 SOURCE = "Glorot & Bengio, AISTATS 2010"
 

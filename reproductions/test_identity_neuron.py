@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from nnsanity.claims import Claim, Verdict
+from nnsanity.repro.claims import Claim, Verdict
 
 SOURCE = "Nielsen ch. 5, 'The unstable gradient problem', problem 2 (identity neuron)"
 

@@ -8,7 +8,7 @@ images for each hidden layer, and its Euclidean norm over the layer's 30 neurons
 0.012, 0.060, 0.283; four hidden layers 0.003, 0.017, 0.070, 0.285, "the first hidden layer
 learns about 100 times slower than the fourth".
 
-Measured: exactly that quantity (nnsanity.network2.bias_gradient_norms, float64 like the book)
+Measured: exactly that quantity (nnsanity.repro.network2.bias_gradient_norms, float64 like the book)
 for many independent inits at once. Each published number is from ONE init, so it is compared
 with the distribution over inits.
 
@@ -29,8 +29,8 @@ import dataclasses
 import pytest
 import torch
 
-from nnsanity.claims import Claim, Verdict
-from nnsanity.network2 import bias_gradient_norms
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.network2 import bias_gradient_norms
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
 PUBLISHED = {  # hidden layers -> norm per hidden layer, first to last
@@ -137,7 +137,7 @@ def test_initial_gradient_figure(norms, nnsanity_plots):
     """The initial-gradient bars (only with --nnsanity-plots)."""
     if nnsanity_plots is None:
         pytest.skip("figures only with --nnsanity-plots")
-    from nnsanity.plots import initial_gradient_bars
+    from nnsanity.repro.plots import initial_gradient_bars
 
     path = initial_gradient_bars(norms, PUBLISHED, nnsanity_plots / "N2_initial_gradients.png")
     assert path.stat().st_size > 0

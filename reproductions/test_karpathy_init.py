@@ -4,7 +4,7 @@ Source: A. Karpathy, "A Recipe for Training Neural Networks" (2019), "Set up the
 training/evaluation skeleton": "verify loss @ init" and "init well". Real MNIST in network2's split
 (the 10,000 validation images); a 784-100-10 ReLU MLP with PyTorch's default init and softmax
 cross-entropy, and network2's [784, 30, 10] sigmoid net with summed binary cross-entropy
-(nnsanity.network2). Every loss is measured with nnsanity's measure_init_loss / assert_init_loss.
+(nnsanity.repro.network2). Every loss is measured with measure_init_loss / assert_init_loss.
 
 Claim: -ln(1/10) = ln 10 at init for a softmax head; 10 ln 2 for network2's head at outputs of
 0.5. Pass criteria: a zeroed final layer gives ln 10 (and 10 ln 2) to within 1e-6 relative (float32
@@ -38,10 +38,10 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from nnsanity.claims import Claim, Verdict
-from nnsanity.initialisation import assert_init_loss, measure_init_loss
-from nnsanity.network2 import Network2, Network2Config, network2_cost
-from nnsanity.statistics import prediction_interval, summarize
+from nnsanity import assert_init_loss, measure_init_loss
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.network2 import Network2, Network2Config, network2_cost
+from nnsanity.repro.stats import prediction_interval, summarize
 
 SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
 LN10 = math.log(10)

@@ -50,13 +50,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnsanity.baselines import assert_uses_inputs
-from nnsanity.claims import Claim, Verdict
-from nnsanity.dependencies import assert_batch_independence, measure_batch_independence
+from nnsanity import (
+    assert_batch_independence,
+    assert_can_overfit,
+    assert_reproducible,
+    assert_uses_inputs,
+    measure_batch_independence,
+    measure_overfit,
+    measure_reproducibility,
+)
 from nnsanity.errors import SanityError
-from nnsanity.optimisation import assert_can_overfit, measure_overfit
-from nnsanity.reproducibility import assert_reproducible, measure_reproducibility
-from nnsanity.statistics import summarize
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.stats import summarize
 
 SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
 

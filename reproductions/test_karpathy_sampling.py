@@ -41,8 +41,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from nnsanity.claims import Claim, Verdict
-from nnsanity.statistics import binomial_se
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.stats import binomial_se
 
 SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
 

@@ -47,9 +47,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnsanity.claims import Claim, Verdict
-from nnsanity.optimisation import measure_loss_decrease
-from nnsanity.statistics import summarize
+from nnsanity import measure_loss_decrease
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.stats import summarize
 
 SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
 LN10 = math.log(10)

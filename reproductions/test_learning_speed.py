@@ -10,8 +10,8 @@ rebound, the first layer always slower; with three and four "the early layers ar
 with four "the first hidden layer is learning roughly 100 times slower than the final hidden
 layer".
 
-Measured: exactly that run (nnsanity.network2.gradient_descent_speeds, float64 as the book) for
-several seeds at once.
+Measured: exactly that run (nnsanity.repro.network2.gradient_descent_speeds, float64 as the book)
+for several seeds at once.
 
 Pass criteria, declared before the runs (per seed, then "reproduced" when every seed agrees):
 - first-slower: the first hidden layer's speed is below the last hidden layer's at >= 99% of the
@@ -33,8 +33,8 @@ import dataclasses
 import pytest
 import torch
 
-from nnsanity.claims import Claim, Verdict
-from nnsanity.network2 import gradient_descent_speeds
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.network2 import gradient_descent_speeds
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
 ABOUT_100 = (50.0, 200.0)
@@ -149,7 +149,7 @@ def test_learning_speed_figures(speeds, nnsanity_plots):
     """Nielsen's three log-axis figures (only with --nnsanity-plots)."""
     if nnsanity_plots is None:
         pytest.skip("figures only with --nnsanity-plots")
-    from nnsanity.plots import learning_speed
+    from nnsanity.repro.plots import learning_speed
 
     for depth, v in speeds.items():
         path = learning_speed(

@@ -36,9 +36,9 @@ import math
 import numpy as np
 import torch
 
-from nnsanity.chains import Cost, chain_gradients, sigmoid_prime
-from nnsanity.claims import Claim, Verdict
-from nnsanity.statistics import binomial_se
+from nnsanity.repro.chains import Cost, chain_gradients, sigmoid_prime
+from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.stats import binomial_se
 
 SOURCE = "Nielsen ch. 5, 'What's causing the vanishing gradient problem?'"
 

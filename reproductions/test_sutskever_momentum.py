@@ -3,8 +3,8 @@
 Source: I. Sutskever, J. Martens, G. Dahl and G. Hinton, "On the importance of initialization
 and momentum in deep learning", ICML 2013: section 2 (eqs. 1-5, Theorem 2.1), section 3.1 (the
 sparse init, the schedule's final phase), Table 1 (MNIST autoencoder) and Table 3 (init scale).
-Here on MNIST in network2's split (50k training images), float32, through nnsanity.momentum
-(their CM and NAG, in their own variables) and nnsanity.initialisers.sparse_.
+Here on MNIST in network2's split (50k training images), float32, through nnsanity.repro.momentum
+(their CM and NAG, in their own variables) and nnsanity.repro.initialisers.sparse_.
 
 S1.schedule: eq. (5) mu_t = min(1 - 2^(-1 - log2(floor(t/250) + 1)), mu_max) gives 0.5, 0.75,
 0.833.., 0.875, 0.9 in the first five blocks of 250 updates, is capped at mu_max, and mu drops to
@@ -74,10 +74,10 @@ import math
 import pytest
 import torch
 
-from nnsanity.claims import Claim, Verdict, ordering_claim
-from nnsanity.initialisers import sparse_
-from nnsanity.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
-from nnsanity.statistics import summarize
+from nnsanity.repro.claims import Claim, Verdict, ordering_claim
+from nnsanity.repro.initialisers import sparse_
+from nnsanity.repro.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
+from nnsanity.repro.stats import summarize
 
 SOURCE = "Sutskever, Martens, Dahl & Hinton, ICML 2013"
 

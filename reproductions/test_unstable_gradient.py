@@ -29,7 +29,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from nnsanity.claims import Claim, Verdict
+from nnsanity.repro.claims import Claim, Verdict
 
 SOURCE = "Nielsen ch. 5, 'The unstable gradient problem', problem 1, eq. (123)"
 

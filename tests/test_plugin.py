@@ -1,25 +1,14 @@
-"""The pytest plugin, driven through real pytest runs with pytester."""
+"""The core pytest plugin (seed, device, header, rerun hint), driven through real pytest runs."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-
-CLAIM_TEST = """
-from nnsanity.claims import Claim, Verdict
-
-def test_records_a_claim(nnsanity_claim):
-    nnsanity_claim(Claim(id="X1.demo", source="nowhere", statement="one is one",
-                         published=1.0, measured=[0.9, 1.1, 1.0], statistic="demo",
-                         verdict=Verdict.REPRODUCED, interval=(0.5, 1.5)))
-"""
 
 
 def test_header_shows_the_seed_as_the_flag_that_reproduces_the_run(pytester):
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest("--nnsanity-seed=1234")
-    result.stdout.fnmatch_lines(["nnsanity: --nnsanity-seed=1234 --nnsanity-budget=smoke*"])
+    result.stdout.fnmatch_lines(["nnsanity: --nnsanity-seed=1234 --nnsanity-device=cpu"])
 
 
 def test_seed_fixture_seeds_torch_numpy_random_and_restores_them(pytester):
@@ -73,14 +62,6 @@ def test_a_seed_outside_what_torch_takes_is_a_usage_error(pytester, seed):
     result.stderr.fnmatch_lines([f"*--nnsanity-seed must be in [[]0, 2**64), got {seed}*"])
 
 
-def test_options_can_be_set_in_the_ini_file(pytester):
-    pytester.makeini("[pytest]\nnnsanity_seed = 9\nnnsanity_budget = full\n")
-    pytester.makepyfile("def test_budget(nnsanity_budget): assert nnsanity_budget == 'full'")
-    result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["nnsanity: --nnsanity-seed=9 --nnsanity-budget=full*"])
-    result.assert_outcomes(passed=1)
-
-
 def test_cuda_device_is_a_clear_skip_without_cuda(pytester):
     import torch
 
@@ -113,60 +94,6 @@ def test_a_failed_check_says_how_to_rerun_with_the_same_seed(pytester):
     )
 
 
-def test_the_rerun_hint_carries_a_non_default_device_and_budget(pytester):
-    pytester.makepyfile(
-        """
-        from nnsanity import SanityError
-
-        def test_fails():
-            raise SanityError("loss did not decrease")
-        """
-    )
-    result = pytester.runpytest(
-        "--nnsanity-seed=31", "--nnsanity-device=cuda:1", "--nnsanity-budget=full"
-    )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*rerun with: pytest 'test_the_rerun*::test_fails' --nnsanity-seed=31 "
-            "--nnsanity-device=cuda:1 --nnsanity-budget=full"
-        ]
-    )
-
-
-def test_claims_are_printed_as_a_table_and_written_as_json(pytester):
-    pytester.makepyfile(CLAIM_TEST)
-    result = pytester.runpytest("--nnsanity-report=out/claims.json")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*nnsanity claims*",
-            "claim*published*verdict",
-            "X1.demo*1*1 ± 0.1 (n=3)*[0.5, 1.5]*reproduced",
-            "1 reproduced",
-        ]
-    )
-    doc = json.loads((pytester.path / "out" / "claims.json").read_text())
-    assert doc["seed"] == 0 and doc["budget"] == "smoke" and doc["device"] == "cpu"
-    assert "torch" in doc["machine"] and "cpu_count" in doc["machine"]
-    (claim,) = doc["claims"]
-    assert claim["measured"] == [0.9, 1.1, 1.0] and claim["verdict"] == "reproduced"
-    assert claim["test"].endswith("::test_records_a_claim")
-
-
-def test_claims_from_xdist_workers_reach_the_table(pytester):
-    pytest.importorskip("xdist")
-    pytester.makepyfile(
-        CLAIM_TEST
-        + CLAIM_TEST.replace("X1.demo", "X2.demo").replace(
-            "test_records_a_claim", "test_records_another"
-        )
-    )
-    result = pytester.runpytest_subprocess("-n", "2", "--nnsanity-seed=5")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*X1.demo*reproduced", "*X2.demo*reproduced"])
-
-
 def test_xdist_workers_share_the_controllers_seed(pytester):
     pytest.importorskip("xdist")
     pytester.makepyfile(
@@ -187,37 +114,27 @@ def test_loading_the_plugin_does_not_import_torch(pytester):
     pytester.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=1)
 
 
-def test_plots_without_matplotlib_is_a_clear_usage_error(pytester):
-    pytester.makeconftest("import sys\nsys.modules['matplotlib'] = None\n")
-    pytester.makepyfile("def test_ok(): pass")
-    result = pytester.runpytest_subprocess("--nnsanity-plots=figs")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--nnsanity-plots needs matplotlib*nnsanity[[]repro[]]*"])
+def test_the_rerun_hint_carries_a_non_default_device(pytester):
+    pytester.makepyfile(
+        """
+        from nnsanity import SanityError
 
-
-def test_a_missing_dataset_names_where_it_looked_and_the_fix(pytester, tmp_path):
-    pytester.makepyfile("def test_data(nnsanity_mnist): pass")
-    result = pytester.runpytest(f"--nnsanity-data-dir={tmp_path}")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            f"no MNIST found under {tmp_path}/MNIST/raw*"
-            "Point --nnsanity-data-dir / NNSANITY_DATA_DIR*"
-        ]
+        def test_fails():
+            raise SanityError("loss did not decrease")
+        """
     )
-    assert "Traceback" not in result.stdout.str() and "datasets.py" not in result.stdout.str()
+    result = pytester.runpytest("--nnsanity-seed=31", "--nnsanity-device=cuda:1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*rerun with: pytest 'test_the_rerun*::test_fails' --nnsanity-seed=31 --nnsanity-device=*"]
+    )
 
 
-PROGRESS_TEST = """
-def test_long_run(nnsanity_progress):
-    for done in range(0, 101, 20):
-        nnsanity_progress("demo claim", done, 100)
-"""
-
-
-def test_progress_is_shown_past_output_capture_and_quiet_under_q(pytester):
-    pytester.makepyfile(PROGRESS_TEST)
-    result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["[[]nnsanity[]] demo claim: 100/100 model-epochs, *s, ETA 0s"])
-    quiet = pytester.runpytest("-q")
-    assert "demo claim" not in quiet.stdout.str()
+def test_users_of_the_checks_see_no_reproduction_options_or_fixtures(pytester):
+    # the reproduction engine's plugin is opt-in: a user's pytest --help stays about the checks
+    result = pytester.runpytest("--help")
+    assert "--nnsanity-seed" in result.stdout.str()
+    for engine_only in ("--nnsanity-budget", "--nnsanity-data-dir", "--nnsanity-report"):
+        assert engine_only not in result.stdout.str()
+    pytester.makepyfile("def test_data(nnsanity_mnist): pass")
+    pytester.runpytest().assert_outcomes(errors=1)

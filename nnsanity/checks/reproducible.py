@@ -1,0 +1,259 @@
+"""Same seed, same result, bit for bit; another seed, another result.
+
+Karpathy's recipe fixes the random seed so that running the code twice gives the same outcome,
+removing a factor of variation that otherwise hides every other bug. That only works if all the
+randomness flows from the seeds: a generator seeded from the clock or the OS, or state carried
+over from a previous run, makes a "seeded" run quietly irreproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnsanity._arguments import check_seed
+from nnsanity._messages import failure
+from nnsanity._state import preserved_globals
+from nnsanity.seeding import seeded
+
+_ATOMS = (bool, int, float, complex, str, bytes, type(None))
+
+
+class _Fields(dict):
+    """A snapshotted dataclass: its fields by name (shown as ``.name`` in paths)."""
+
+
+def _snapshot(x: Any, path: str) -> Any:
+    """A copy of ``x`` that later runs cannot change: tensors on the CPU, modules and optimizers
+    as their state dicts, containers as plain dicts, lists and tuples."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        x = x.to_dense() if x.layout != torch.strided else x
+        return (x.dequantize() if x.is_quantized else x).to("cpu", copy=True)
+    if isinstance(x, (torch.nn.Module, torch.optim.Optimizer)):
+        return _snapshot(x.state_dict(), path)
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if isinstance(x, np.generic):
+        return x.item() if x.dtype.kind in "biufc" else x
+    if isinstance(x, _ATOMS):
+        return x
+    if isinstance(x, Mapping):
+        return {k: _snapshot(v, f"{path}[{k!r}]") for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        items = [_snapshot(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        return tuple(items) if isinstance(x, tuple) else items  # namedtuples become tuples
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        names = [f.name for f in dataclasses.fields(x)]
+        return _Fields({k: _snapshot(getattr(x, k), f"{path}.{k}") for k in names})
+    raise TypeError(
+        f"fn returned a value of type {type(x).__name__} at {path}, which cannot be compared "
+        "between runs. Return tensors, modules, state dicts, arrays, numbers, or dicts, lists, "
+        "tuples or dataclasses of them."
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.dtype in (torch.float16, torch.float32, torch.float64):
+            return str(value.numpy())  # the shortest text that round-trips in that dtype
+        return repr(value.item())
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _value_differences(a: Any, b: Any, path: str) -> list[str]:
+    """Where two snapshotted arrays differ; NaN equals NaN, 0.0 differs from -0.0."""
+    if isinstance(a, torch.Tensor):
+        x, y = (torch.view_as_real(a), torch.view_as_real(b)) if a.is_complex() else (a, b)
+        same = x == y
+        if x.is_floating_point():
+            same = (same & (x.signbit() == y.signbit())) | (x.isnan() & y.isnan())
+        same = same.all(-1) if a.is_complex() else same
+        bad = (~same).nonzero().tolist()
+    else:
+        same = np.asarray(a == b)
+        if a.dtype.kind in "fc":
+            same = same | (np.isnan(a) & np.isnan(b))
+        if a.dtype.kind == "f":
+            same = same & (np.signbit(a) == np.signbit(b))
+        bad = np.argwhere(~same).tolist()
+    if not bad:
+        return []
+    idx = tuple(bad[0])
+    where = f"{path}[{', '.join(map(str, idx))}]" if idx else path
+    count = f" ({len(bad)} of {math.prod(a.shape)} elements differ)" if len(bad) > 1 else ""
+    return [f"{where}: {_show(a[idx])} vs {_show(b[idx])}{count}"]
+
+
+def _differences(a: Any, b: Any, path: str) -> list[str]:
+    """Every entry where two snapshots differ, in order, as 'path: first vs second'."""
+    if type(a) is not type(b):
+        return [f"{path}: a {type(a).__name__} vs a {type(b).__name__}"]
+    if isinstance(a, (torch.Tensor, np.ndarray)):
+        if a.dtype != b.dtype:
+            return [f"{path}: dtype {a.dtype} vs {b.dtype}"]
+        if a.shape != b.shape:
+            return [f"{path}: shape {tuple(a.shape)} vs {tuple(b.shape)}"]
+        return _value_differences(a, b, path)
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return [f"{path}: keys {list(a)} vs {list(b)}"]
+        form = "{}.{}" if isinstance(a, _Fields) else "{}[{!r}]"
+        return [d for k in a for d in _differences(a[k], b[k], form.format(path, k))]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and (math.isnan(a) and math.isnan(b)):
+        return []
+    if isinstance(a, float) and a == b and math.copysign(1, a) != math.copysign(1, b):
+        return [f"{path}: {a!r} vs {b!r}"]
+    return [] if a == b else [f"{path}: {_show(a)} vs {_show(b)}"]
+
+
+@dataclass(frozen=True)
+class ReproducibilityResult:
+    """Two runs of ``fn`` under ``seed`` and, unless skipped, one under ``other_seed``.
+
+    ``differences`` lists the entries where the two same-seed results differ (at most 10,
+    ``n_differences`` counts them all); ``same_under_other_seed`` is None when not checked.
+    """
+
+    seed: int
+    other_seed: int | None
+    deterministic: bool
+    differences: tuple[str, ...]
+    n_differences: int
+    same_under_other_seed: bool | None
+    passed: bool
+
+
+def measure_reproducibility(
+    fn: Callable[[], Any],
+    *,
+    seed: int = 0,
+    other_seed: int | None = None,
+    deterministic: bool = False,
+    check_different: bool = True,
+) -> ReproducibilityResult:
+    """Run ``fn()`` twice under ``seed`` (and once under ``other_seed``) and compare results."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}.")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind()
+        except TypeError as e:
+            raise TypeError(
+                f"fn must be callable with no arguments ({e}); wrap it, e.g. "
+                "lambda: train(make_model(), steps=20)."
+            ) from None
+    seed = check_seed(seed)
+    other_seed = check_seed((seed + 1) % 2**64 if other_seed is None else other_seed, "other_seed")
+    if other_seed == seed:
+        raise ValueError(f"other_seed must differ from seed, both are {seed}.")
+    for name, flag in (("deterministic", deterministic), ("check_different", check_different)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
+
+    def run(s: int) -> Any:
+        with seeded(s):
+            result = fn()
+        if result is None:  # two Nones are equal whatever fn did: nothing to compare
+            raise TypeError(
+                "fn returned nothing comparable (None): return what it computed, e.g. the "
+                "losses or the trained model, so that two runs can be compared."
+            )
+        return _snapshot(result, "result")
+
+    with preserved_globals():  # the RNG states and the deterministic-algorithms flag
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+        first, second = run(seed), run(seed)
+        differences = _differences(first, second, "result")
+        same_other = None
+        if check_different and not differences:
+            same_other = not _differences(first, run(other_seed), "result")
+    return ReproducibilityResult(
+        seed=seed,
+        other_seed=other_seed if check_different else None,
+        deterministic=deterministic,
+        differences=tuple(differences[:10]),
+        n_differences=len(differences),
+        same_under_other_seed=same_other,
+        passed=not differences and not same_other,
+    )
+
+
+def assert_reproducible(
+    fn: Callable[[], Any],
+    *,
+    seed: int = 0,
+    other_seed: int | None = None,
+    deterministic: bool = False,
+    check_different: bool = True,
+) -> ReproducibilityResult:
+    """Assert that ``fn()`` gives bit-identical results under the same seed, and not otherwise.
+
+    ``fn`` takes no arguments and is called inside :func:`seeded` (torch, CUDA, numpy and
+    ``random`` seeded with ``seed``), twice; the two results must be identical bit for bit:
+    tensors and arrays (dtype, shape, values, NaN positions), modules and optimizers (their state
+    dicts), numbers, and dicts/lists/tuples/dataclasses of them. A third call under
+    ``other_seed`` (default ``seed + 1``) must give a different result, or fn ignores the seed
+    (``check_different=False`` skips that). ``deterministic=True`` runs under
+    ``torch.use_deterministic_algorithms(True)``. All RNG states and the flag are restored.
+
+    Proves: fn's randomness all flows from the global seeds, on this machine and these versions.
+    Does NOT prove: the same results on other hardware, library versions or thread counts.
+    """
+    __tracebackhide__ = True
+    result = measure_reproducibility(
+        fn,
+        seed=seed,
+        other_seed=other_seed,
+        deterministic=deterministic,
+        check_different=check_different,
+    )
+    if result.differences:
+        more = result.n_differences - 1
+        raise failure(
+            "Not reproducible",
+            f"two runs under seed {result.seed} differ at {result.differences[0]}"
+            + (f" (and {more} more entries)" if more else "")
+            + "; bit-identical required",
+            [
+                "unseeded randomness: torch.Generator().seed(), np.random.default_rng() without a "
+                "seed, os.urandom, time or uuid in the model, data or loop; draw from the global "
+                "RNGs or seed your generators from them",
+                "state carried between calls: a model, optimizer or data iterator created outside "
+                "fn keeps training where the last call stopped; build everything inside fn",
+                "nondeterministic kernels (CUDA atomics in scatter/index_add, cuDNN autotuning): "
+                "deterministic=True makes torch raise at the culprit",
+            ],
+            result=result,
+        )
+    if result.same_under_other_seed:
+        raise failure(
+            "fn ignores the seed",
+            f"its result under seed {result.other_seed} is bit-identical to the one under seed "
+            f"{result.seed}",
+            [
+                "fn seeds itself (torch.manual_seed, a fixed Generator or a model factory with a "
+                "fixed seed inside fn overrides the seed set here)",
+                "fn draws no random numbers at all",
+            ],
+            relax="check_different=False skips this part for an fn that is meant to be "
+            "deterministic.",
+            result=result,
+        )
+    return result

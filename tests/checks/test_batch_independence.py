@@ -1,0 +1,166 @@
+"""Batch independence: passes on the healthy zoo, fails on each planted leak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zoo
+from state import assert_restores
+from torch import nn
+
+from nnsanity import assert_batch_independence, measure_batch_independence
+from nnsanity.errors import SanityError
+
+# --- planted bugs -------------------------------------------------------------------------------
+
+
+class PermutedFlattenCNN(nn.Module):
+    """The zoo CNN flattened with the batch dim moved: each row mixes every sample's features."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.cnn()
+
+    def forward(self, x):
+        h = self.net[:-2](x)  # (B, 16, 3, 3)
+        return self.net[-1](h.permute(1, 0, 2, 3).reshape(x.shape[0], -1))
+
+
+class ViewedMLP(nn.Module):
+    """An MLP whose hidden layer goes through view(-1, B).t(): the transpose the author meant."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.mlp()
+
+    def forward(self, x):
+        h = self.net[1](self.net[0](x))  # (B, 32)
+        h = h.view(-1, x.shape[0]).t()  # still (B, 32), but rows are now mixed
+        return self.net[2:](h)
+
+
+class BatchCentredMLP(nn.Module):
+    """Centres its inputs with the batch mean, also in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.mlp()
+
+    def forward(self, x):
+        return self.net(x - x.mean(0))
+
+
+class BatchAttentionLM(zoo.TinyCausalLM):
+    """Passes (B, T, D) to a layer that wants (T, B, D): attention runs across the batch."""
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        return self.head(self.ln(self.block(h.transpose(0, 1)).transpose(0, 1)))
+
+
+class DetachedCentredMLP(BatchCentredMLP):
+    """Mixes the batch but detaches its inputs, so no gradient reaches them."""
+
+    def forward(self, x):
+        return super().forward(x.detach())
+
+
+# --- batch independence -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(zoo.HEALTHY))
+def test_batch_independence_passes_on_every_healthy_model_with_defaults(name):
+    model_factory, batch_factory, _ = zoo.HEALTHY[name]
+    result = assert_batch_independence(model_factory(), batch_factory())
+    assert result.passed and max(result.dependence) == 0.0
+    assert result.method == ("perturbation" if name == "causal_lm" else "gradient")
+
+
+def test_fails_when_a_cnn_flattens_with_the_batch_dim_permuted():
+    with pytest.raises(SanityError, match=r"(?s)sample 0 on all 15 others .*view/reshape/permute"):
+        assert_batch_independence(PermutedFlattenCNN(), zoo.image_batch())
+
+
+def test_fails_when_an_mlp_reshapes_with_view_minus_one_batch_size():
+    with pytest.raises(SanityError, match=r"Batch independence failed: .*sample 8 on samples"):
+        assert_batch_independence(ViewedMLP(), zoo.classification_batch())
+
+
+def test_fails_when_the_model_normalises_with_batch_statistics_in_eval_mode():
+    # d(x_i - mean)/dx_j = -1/B against 1 - 1/B for its own input: a ratio of 1/15 for B = 16.
+    with pytest.raises(SanityError, match=r"sample 0 on all 15 others \(0\.0667 of its own"):
+        assert_batch_independence(BatchCentredMLP(), zoo.classification_batch())
+
+
+def test_fails_when_attention_runs_across_the_batch_of_a_token_model():
+    with pytest.raises(SanityError, match=r"sample 0 on all 3 others .*perturbation method"):
+        assert_batch_independence(BatchAttentionLM(), zoo.token_batch())
+
+
+def test_falls_back_to_perturbation_when_no_gradient_reaches_float_inputs():
+    result = measure_batch_independence(DetachedCentredMLP(), zoo.classification_batch())
+    assert result.method == "perturbation" and not result.passed
+    assert result.sources[0] == tuple(range(1, 16))
+
+
+def test_train_mode_catches_batchnorm_mixing_the_batch_as_karpathy_warns():
+    with pytest.raises(SanityError, match=r"\(1\) BatchNorm in train mode mixes the batch"):
+        assert_batch_independence(zoo.cnn(), zoo.image_batch(), train_mode=True)
+
+
+def test_batch_independence_works_in_float64():
+    x, y = zoo.classification_batch()
+    assert assert_batch_independence(zoo.mlp().double(), (x.double(), y)).passed
+    with pytest.raises(SanityError, match="sample 0 on all 15 others"):
+        assert_batch_independence(BatchCentredMLP().double(), (x.double(), y))
+
+
+def test_samples_chooses_which_samples_are_checked():
+    result = measure_batch_independence(ViewedMLP(), zoo.classification_batch(), samples=[3, -1])
+    assert result.samples == (3, 15) and not result.passed
+    assert measure_batch_independence(zoo.mlp(), zoo.classification_batch(), samples=5).samples == (
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"model": "net"}, TypeError, "torch.nn.Module"),
+        ({"batch": torch.zeros(4, 20)}, TypeError, r"\(inputs, targets\) pair"),
+        ({"batch": zoo.classification_batch(1)}, ValueError, "at least 2 samples"),
+        ({"samples": [16]}, ValueError, "outside the 16 available"),
+        ({"samples": []}, ValueError, "empty"),
+        ({"train_mode": 1}, TypeError, "train_mode must be a bool"),
+        ({"rtol": -1.0}, ValueError, "rtol must be a number >= 0"),
+    ],
+)
+def test_batch_independence_rejects_bad_arguments(kwargs, error, match):
+    args = {"model": zoo.mlp(), "batch": zoo.classification_batch(), **kwargs}
+    with pytest.raises(error, match=match):
+        measure_batch_independence(args.pop("model"), args.pop("batch"), **args)
+
+
+def test_rejects_a_token_batch_holding_a_single_value():
+    tokens = torch.zeros(4, 12, dtype=torch.long)
+    with pytest.raises(ValueError, match="single value"):
+        measure_batch_independence(zoo.TinyCausalLM(), (tokens, tokens))
+
+
+# --- side effects --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_factory", "check"),
+    [
+        (zoo.cnn, lambda m: measure_batch_independence(m, zoo.image_batch())),
+        (zoo.cnn, lambda m: measure_batch_independence(m, zoo.image_batch(), train_mode=True)),
+        (zoo.TinyCausalLM, lambda m: measure_batch_independence(m, zoo.token_batch())),
+    ],
+    ids=["batch_eval", "batch_train", "batch_tokens"],
+)
+def test_checks_leave_global_state_and_the_model_as_they_found_them(model_factory, check):
+    model = model_factory().train()
+    assert_restores(lambda: check(model), model)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,197 @@
+"""assert_params_update: every parameter gets a gradient and one step changes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zoo
+from state import assert_same, snapshot
+from torch import nn
+from torch.nn import functional as F
+
+from nnsanity import assert_params_update, measure_params_update
+from nnsanity.errors import SanityError
+
+
+def sgd_step(model, *, call_step=True, params=None):
+    """A user's training step; ``call_step=False`` plants the forgotten optimizer.step()."""
+    opt = torch.optim.SGD(model.parameters() if params is None else params, lr=0.1)
+
+    def step(batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if call_step:
+            opt.step()
+        return loss
+
+    return step
+
+
+class Detached(nn.Module):
+    """The first layer's output is .detach()ed by mistake, so it never learns."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).detach())
+
+
+def with_dead_units(n_dead: int) -> nn.Module:
+    model = zoo.mlp()
+    with torch.no_grad():
+        model[2].bias[:n_dead] = -100.0  # these ReLUs never fire
+    return model
+
+
+BATCH = zoo.classification_batch()
+
+
+@pytest.mark.parametrize("name", list(zoo.HEALTHY))
+def test_passes_on_healthy_models_with_defaults(name):
+    model_factory, batch_factory, loss_fn = zoo.HEALTHY[name]
+    result = assert_params_update(model_factory(), batch_factory(), loss_fn)
+    assert result.unchanged == () and all(d / t <= 0.1 for _, d, t in result.dead_units)
+
+
+def test_passes_with_a_correct_user_training_step():
+    model = zoo.mlp()
+    assert_params_update(model, BATCH, F.cross_entropy, step=sgd_step(model))
+
+
+def test_fails_when_a_layer_is_frozen_by_mistake():
+    model = zoo.mlp()
+    model[2].requires_grad_(False)
+    with pytest.raises(
+        SanityError,
+        match=r"2 of 6 parameters are frozen.*'2\.weight', '2\.bias'"
+        r"(.|\n)*frozen=\[",
+    ):
+        assert_params_update(model, BATCH, F.cross_entropy)
+
+
+def test_passes_when_the_frozen_layer_is_listed_by_glob():
+    model = zoo.mlp()
+    model[2].requires_grad_(False)
+    result = assert_params_update(model, BATCH, F.cross_entropy, frozen=["2.*"])
+    assert result.frozen_changed == ()
+
+
+def test_fails_when_a_parameter_listed_as_frozen_is_trainable():
+    with pytest.raises(SanityError, match=r"match frozen= but are trainable: '0\.weight'"):
+        assert_params_update(zoo.mlp(), BATCH, F.cross_entropy, frozen="0.weight")
+
+
+def test_fails_when_a_layer_is_detached_by_mistake():
+    with pytest.raises(
+        SanityError,
+        match=r"2 of 4 parameters receive no gradient.*'a\.weight', "
+        r"'a\.bias'\n.*\.detach\(\)",
+    ):
+        assert_params_update(Detached(), BATCH, F.cross_entropy)
+
+
+def test_fails_on_a_layer_of_dead_relus_naming_the_zero_gradient_parameters():
+    with pytest.raises(
+        SanityError,
+        match=r"get an exactly zero gradient: '0\.weight', '0\.bias', "
+        r"'2\.weight', '2\.bias'.*dead units: .*'2' 32/32 units.*\n.*dead ReLUs",
+    ):
+        assert_params_update(with_dead_units(32), BATCH, F.cross_entropy)
+
+
+def test_fails_when_most_units_of_a_layer_are_dead():
+    with pytest.raises(
+        SanityError,
+        match=r"Over 50% of a layer's units get exactly zero gradient"
+        r" \(dead\): '2' 24/32 units \(75%\)(.|\n)*max_dead_fraction=0\.75",
+    ):
+        assert_params_update(with_dead_units(24), BATCH, F.cross_entropy)
+    assert_params_update(with_dead_units(24), BATCH, F.cross_entropy, max_dead_fraction=0.75)
+
+
+def test_fails_when_the_training_step_never_calls_optimizer_step():
+    model = zoo.mlp()
+    with pytest.raises(
+        SanityError,
+        match=r"None of the 6 trainable parameters changed(.|\n)*"
+        r"never calls optimizer\.step\(\)",
+    ):
+        assert_params_update(model, BATCH, F.cross_entropy, step=sgd_step(model, call_step=False))
+
+
+def test_fails_naming_parameters_missing_from_the_optimizer():
+    model = zoo.mlp()
+    step = sgd_step(model, params=[*model[0].parameters(), *model[4].parameters()])
+    with pytest.raises(
+        SanityError,
+        match=r"2 of 6 parameters did not change after one step: "
+        r"'2\.weight', '2\.bias'\n.*missing from the optimizer",
+    ):
+        assert_params_update(model, BATCH, F.cross_entropy, step=step)
+
+
+def test_fails_when_the_step_changes_a_frozen_parameter():
+    model = zoo.mlp()
+    model[0].requires_grad_(False)
+    inner = sgd_step(model)
+
+    def step(batch):
+        with torch.no_grad():
+            model[0].weight.mul_(0.99)  # hand-rolled weight decay that ignores requires_grad
+        return inner(batch)
+
+    with pytest.raises(SanityError, match=r"1 frozen parameters changed.*'0\.weight'"):
+        assert_params_update(model, BATCH, F.cross_entropy, frozen="0.*", step=step)
+
+
+def test_fails_when_one_step_makes_parameters_non_finite():
+    with pytest.raises(SanityError, match=r"are NaN/Inf after one step(.|\n)*learning rate"):
+        assert_params_update(
+            zoo.mlp(),
+            BATCH,
+            F.cross_entropy,
+            optimizer=lambda p: torch.optim.SGD(p, lr=float("inf")),
+        )
+
+
+def test_works_in_float64():
+    model, (x, y) = zoo.mlp().double(), BATCH
+    assert_params_update(model, (x.double(), y), F.cross_entropy)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"frozen": [0]}, TypeError, "frozen must be a glob"),
+        ({"frozen": ["encoder.*"]}, ValueError, "matches no parameter.*'0.weight'"),
+        ({"max_dead_fraction": 1.5}, ValueError, r"max_dead_fraction must be a number in \[0, 1\]"),
+        ({"step": "train"}, TypeError, "step must be callable"),
+        ({"optimizer": lambda p: None}, TypeError, "optimizer must be a factory"),
+        ({"optimizer": 0.1}, TypeError, "optimizer must be a factory params -> Optimizer"),
+        ({"optimizer": torch.optim.Adam, "step": print}, ValueError, "not both"),
+        ({"loss_fn": 3}, TypeError, "loss_fn must be callable"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, error, message):
+    loss_fn = kwargs.pop("loss_fn", F.cross_entropy)
+    with pytest.raises(error, match=message):
+        assert_params_update(zoo.mlp(), BATCH, loss_fn, **kwargs)
+
+
+def test_leaves_model_and_global_state_unchanged_even_when_it_fails():
+    model = zoo.cnn()
+    model[4].requires_grad_(False)
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    model.eval()
+    before = snapshot(model)
+    with pytest.raises(SanityError):
+        assert_params_update(model, zoo.image_batch(), F.cross_entropy)
+    assert_same(before, snapshot(model))
+    measure_params_update(
+        model, zoo.image_batch(), F.cross_entropy, frozen="4.*", step=sgd_step(model)
+    )
+    assert_same(before, snapshot(model))
