@@ -1,26 +1,75 @@
-"""Failure messages in one shape: what was measured against what bound, likely causes, how to relax.
+"""Failure messages in one shape, after ``torch.testing.assert_close`` and Hypothesis's health
+checks: a header naming what failed, one measured quantity per line with its bound and where,
+numbered likely causes (most likely first, each with its remedy), the argument that relaxes the
+check, and the seed.
 
-Modelled on torch.testing.assert_close and Hypothesis's health checks.
+Each check module writes an ``_explain(result) -> Explanation`` from its frozen result alone, so
+``assert_*`` is ``measure_*`` plus :func:`fail`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
 from nnsanity.errors import SanityError
 
+Msg = str | Callable[[str], str] | None
 
-def failure(
-    header: str,
-    measured: str,
-    causes: Sequence[str] = (),
-    relax: str | None = None,
-    result: object | None = None,
-) -> SanityError:
-    """Build the error a failed check raises (the caller writes ``raise failure(...)``)."""
-    lines = [f"{header}: {measured}"]
-    if causes:
-        lines.append("Likely causes: " + "; ".join(f"({i}) {c}" for i, c in enumerate(causes, 1)))
-    if relax:
-        lines.append(relax)
-    return SanityError("\n".join(lines), result=result)
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation:
+    """What a failed check says; rendered by :func:`render`."""
+
+    header: str  # what failed, ending in "!": "Loss did not decrease enough!"
+    lines: Sequence[str]  # one measured quantity per line, with its bound and where
+    causes: Sequence[str] = ()  # most likely first, each with its remedy
+    relax: str | None = None  # the argument(s) that relax the check
+
+
+def at_least(value: str, bound: str) -> str:
+    return f"{value} (at least {bound} required)"
+
+
+def up_to(value: str, bound: str) -> str:
+    return f"{value} (up to {bound} allowed)"
+
+
+def names(items: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b' and 3 more``: the first few of a list of names, quoted."""
+    shown = ", ".join(f"'{n}'" for n in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def indices(items: Sequence[int], limit: int = 8) -> str:
+    """``0, 3, 5, ... (12 in all)``: the first few of a list of indices."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def render(explanation: Explanation, seed: int | None) -> str:
+    parts = [explanation.header, "", *explanation.lines]
+    if explanation.causes:
+        parts += ["", "Likely causes:"]
+        parts += [f"  {i}. {cause}" for i, cause in enumerate(explanation.causes, 1)]
+    if explanation.relax:
+        parts.append(f"To relax: {explanation.relax}")
+    if seed is not None:
+        parts.append(f"Seed: {seed} (the check's seed=; the same seed reruns it the same way)")
+    return "\n".join(parts)
+
+
+def fail(explanation: Explanation, result: object, *, seed: int | None, msg: Msg) -> NoReturn:
+    """Raise the :class:`SanityError` of a failed check.
+
+    ``msg`` works as in ``torch.testing.assert_close``: a string replaces the generated message,
+    a callable receives it and returns the message to show.
+    """
+    __tracebackhide__ = True
+    text = render(explanation, seed)
+    if isinstance(msg, str):
+        text = msg
+    elif msg is not None:
+        text = msg(text)
+    raise SanityError(text, result=result)

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from nnsanity._arguments import LossFn, check_batch, check_model, check_seed
-from nnsanity._state import isolated
-from nnsanity._training import backward_once
-from nnsanity.seeding import seed_torch
+from nnsanity._arguments import LossFn, check_model
+from nnsanity._harness import Harness
 
 __all__ = ["GradientMonitor", "LayerGradient", "gradient_stats", "layer_gradient_norms"]
 
@@ -99,7 +97,12 @@ def gradient_stats(model: torch.nn.Module) -> dict[str, LayerGradient]:
 
 
 def layer_gradient_norms(
-    model: torch.nn.Module, batch: Any, loss_fn: LossFn, *, seed: int = 0
+    model: torch.nn.Module,
+    batch: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    unpack: bool | None = None,
+    seed: int = 0,
 ) -> dict[str, LayerGradient]:
     """Gradient norms of ``loss_fn(model(inputs), targets)`` per module, in registration order.
 
@@ -108,13 +111,10 @@ def layer_gradient_norms(
     the model, its ``.grad``s and all global state are left as they were. Nielsen's speed of
     learning of a layer is its ``bias_norm``.
     """
-    check_model(model)
-    check_seed(seed)
-    inputs, targets = check_batch(batch, model)
-    with isolated(model):
-        seed_torch(seed)
-        backward_once(model, inputs, targets, loss_fn)
-        return gradient_stats(model)
+    h = Harness(model, batch, loss_fn, seed=seed, unpack=unpack)
+    with h.isolated():
+        h.backward()
+        return gradient_stats(h.model)
 
 
 Kind = Literal["bias", "weight"]

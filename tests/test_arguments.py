@@ -31,7 +31,11 @@ def test_token_ids_beyond_the_embedding_raise_a_value_error_that_suggests_the_vo
 
 
 def test_a_type_error_inside_the_model_raises_a_value_error_naming_the_input_shape():
-    with pytest.raises(ValueError, match=r"_ConcatsATensor failed on inputs of shape \(16, 20\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"_ConcatsATensor failed when called as model\(inputs\) on a tensor of shape "
+        r"\(16, 20\)",
+    ):
         assert_init_loss(_ConcatsATensor(), zoo.classification_batch(), F.cross_entropy)
 
 

@@ -15,23 +15,21 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import check_batch, tensors_in
-from nnsanity._messages import failure
+from nnsanity._arguments import check_bool, check_int, check_number, first_line
+from nnsanity._harness import Harness
+from nnsanity._messages import Explanation, Msg, fail, indices, up_to
 from nnsanity._perturbation import (
-    RTOL,
-    check_options,
+    MAX_DEPENDENCE,
     index_option,
-    int_option,
-    listing,
     outputs_along,
     perturbed,
     relative_change,
 )
-from nnsanity._state import isolated
+from nnsanity._result import CheckResult
 
 
-@dataclass(frozen=True)
-class CausalResult:
+@dataclass(frozen=True, kw_only=True)
+class CausalResult(CheckResult):
     """How much outputs at or before position t change when the inputs after t change.
 
     ``changes[k]`` is that change for ``t = positions[k]``, relative to the largest output.
@@ -39,14 +37,17 @@ class CausalResult:
     by changing the inputs after ``leak_after``, by ``leak_change``; None when nothing moved.
     """
 
+    max_dependence: float  # the bound on every change
     positions: tuple[int, ...]
     changes: tuple[float, ...]
     first_leak: int | None
     leak_after: int | None
     leak_change: float | None
     dim: int
-    rtol: float
-    passed: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.first_leak is None
 
 
 def measure_causal(
@@ -56,19 +57,23 @@ def measure_causal(
     dim: int = 1,
     positions: Sequence[int] | None = None,
     train_mode: bool = False,
-    rtol: float = RTOL,
+    max_dependence: float = MAX_DEPENDENCE,
+    output: Any = None,
+    unpack: bool | None = None,
+    perturb: Any = None,
     seed: int = 0,
 ) -> CausalResult:
     """Measure how much outputs up to each checked position t depend on inputs after t."""
-    check_options(model, train_mode, rtol, seed)
-    if not tensors_in(inputs):
-        raise TypeError(
-            f"inputs must be a tensor (or a container of tensors) of sequences, "
-            f"got {type(inputs).__name__}."
-        )
-    inputs, _ = check_batch((inputs, None), model)
-    first = tensors_in(inputs)[0]
-    dim = int_option(dim, "dim")
+    check_bool(train_mode, "train_mode")
+    bound = check_number(max_dependence, "max_dependence", low=0, what="a number >= 0")
+    dim = check_int(dim, "dim")
+    h = Harness(
+        model, inputs, seed=seed, output=output, unpack=unpack, perturb=perturb,
+        needs_loss=False, inputs_only=True,
+    )  # fmt: skip
+    first = next((t for _, t in h.data_leaves() if t.dim()), None)
+    if first is None:
+        raise ValueError("the inputs hold no data tensor to change; pass perturb= naming one.")
     if not -first.dim() <= dim < first.dim():
         raise ValueError(
             f"dim={dim} is not a dimension of inputs of shape {tuple(first.shape)}; "
@@ -88,31 +93,29 @@ def measure_causal(
             f"positions holds {n - 1}, the last position: no input comes after it. "
             f"Pass positions in [0, {n - 2}]."
         )
-    g = torch.Generator().manual_seed(seed)
-    with isolated(model):
-        model.train(train_mode)
+    g = torch.Generator().manual_seed(h.seed)
+    with h.isolated(train=train_mode):
         try:
-            base = outputs_along(model, inputs, dim, n, seed)
-        except (AttributeError, TypeError, ValueError) as e:
-            if not isinstance(inputs, (tuple, list)):
+            base = outputs_along(h, h.inputs, dim, n)
+        except ValueError as e:
+            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
                 raise
             # Most likely the whole (inputs, targets) batch pair, which the model cannot take.
-            detail = (str(e).splitlines() or [""])[0]
             raise TypeError(
                 f"{type(model).__name__} failed on inputs that are a {type(inputs).__name__} "
-                f"of {len(inputs)} ({type(e).__name__}: {detail}). assert_causal takes the "
-                "inputs tensor alone, not an (inputs, targets) batch pair: pass batch[0]."
+                f"of {len(inputs)} ({first_line(e)}). assert_causal takes the inputs alone, not "
+                "an (inputs, targets) batch pair: pass batch[0]."
             ) from e
 
         def moved(t: int) -> torch.Tensor:  # change of the outputs at <= t, inputs > t changed
-            changed = perturbed(inputs, dim, torch.arange(n) > t, g)
-            return relative_change(base, outputs_along(model, changed, dim, n, seed), dim)[: t + 1]
+            changed = perturbed(h, dim, torch.arange(n) > t, g)
+            return relative_change(base, outputs_along(h, changed, dim, n), dim)[: t + 1]
 
         changes, leak = [], None
         for t in checked:
             change = moved(t)
             changes.append(float(change.max()))
-            early = (change > rtol).nonzero().flatten()
+            early = (change > bound).nonzero().flatten()
             if len(early) and (leak is None or int(early[0]) < leak[0]):
                 leak = (int(early[0]), t, float(change.max()))
         if leak is not None:
@@ -120,18 +123,18 @@ def measure_causal(
             # the unchecked t below the leak in order finds the first such s.
             for t in (t for t in range(leak[0]) if t not in checked):
                 change = moved(t)
-                if float(change.max()) > rtol:
-                    leak = (int((change > rtol).nonzero()[0]), t, float(change.max()))
+                if float(change.max()) > bound:
+                    leak = (int((change > bound).nonzero()[0]), t, float(change.max()))
                     break
     return CausalResult(
+        seed=h.seed,
+        max_dependence=bound,
         positions=checked,
         changes=tuple(changes),
         first_leak=None if leak is None else leak[0],
         leak_after=None if leak is None else leak[1],
         leak_change=None if leak is None else leak[2],
         dim=dim,
-        rtol=float(rtol),
-        passed=leak is None,
     )
 
 
@@ -142,32 +145,49 @@ def assert_causal(
     dim: int = 1,
     positions: Sequence[int] | None = None,
     train_mode: bool = False,
-    rtol: float = RTOL,
+    max_dependence: float = MAX_DEPENDENCE,
+    output: Any = None,
+    unpack: bool | None = None,
+    perturb: Any = None,
     seed: int = 0,
+    msg: Msg = None,
 ) -> CausalResult:
     """Assert that the output at position t depends on no input after t.
 
-    For each checked t (default: up to 8 positions spread from 0 to T-2) the inputs after t are
-    changed (tokens to other tokens of the batch, floats redrawn) and the outputs at positions
-    <= t must stay within ``rtol`` of the output scale (a causal model reproduces them exactly).
-    The sequence is on ``dim`` of the inputs and of the outputs; the model runs in eval mode
-    unless ``train_mode=True``. Proves: no output looks ahead, for these inputs and positions.
-    Does NOT prove: that the targets are shifted by one, nor causality at other lengths.
+    For each checked t (default: up to 8 positions spread from 0 to T-2) the data inputs after t
+    are changed (tokens to other tokens of the batch, floats redrawn; masks and position ids
+    kept) and the outputs at positions <= t must stay within ``max_dependence`` of the output
+    scale (a causal model reproduces them exactly). The sequence is on ``dim`` of the inputs and
+    of the outputs; the model runs in eval mode unless ``train_mode=True``. ``inputs`` is what
+    the model takes: a tensor, or a dict such as a tokenizer's output (called as
+    ``model(**inputs)`` when its forward takes those keywords).
+
+    Proves: no output looks ahead, for these inputs and positions. Does NOT prove: that the
+    targets are shifted by one, nor causality at other lengths.
+
+    Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
-    result = measure_causal(
-        model, inputs, dim=dim, positions=positions, train_mode=train_mode, rtol=rtol, seed=seed
-    )
-    if result.passed:
-        return result
-    s, t = result.first_leak, result.leak_after
-    raise failure(
-        "Causality failed",
-        f"the output at position {s} sees the future: it changes by "
-        f"{result.leak_change:.3g} of the output scale when the inputs "
-        f"after position {t} change (up to {result.rtol:g} allowed; checked t = "
-        f"{listing(result.positions)} along dim {result.dim})",
-        [
+    r = measure_causal(
+        model, inputs, dim=dim, positions=positions, train_mode=train_mode,
+        max_dependence=max_dependence, output=output, unpack=unpack, perturb=perturb, seed=seed,
+    )  # fmt: skip
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
+    return r
+
+
+def _explain(r: CausalResult) -> Explanation:
+    assert r.leak_change is not None
+    return Explanation(
+        header=f"The output at position {r.first_leak} sees the future!",
+        lines=[
+            f"Change of outputs at <= {r.first_leak} when the inputs after position "
+            f"{r.leak_after} change: "
+            + up_to(f"{r.leak_change:.3g} of the output scale", f"{r.max_dependence:g}"),
+            f"Checked t = {indices(r.positions)} along dim {r.dim}",
+        ],
+        causes=[
             "no causal mask in self-attention: pass attn_mask=nn.Transformer."
             "generate_square_subsequent_mask(T) (is_causal=True alone is only a hint to "
             "nn.MultiheadAttention / nn.TransformerEncoderLayer)",
@@ -176,6 +196,5 @@ def assert_causal(
             "a layer that looks ahead: a bidirectional RNN, a convolution padded on both sides "
             "instead of on the left only, or normalisation/pooling over the time dim",
         ],
-        relax="rtol= relaxes the bound; dim= names the sequence dimension if it is not 1.",
-        result=result,
+        relax="max_dependence= (larger); dim= names the sequence dimension if it is not 1.",
     )

@@ -11,21 +11,20 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from nnsanity._arguments import LossFn, check_batch, check_model, check_seed
-from nnsanity._messages import failure
-from nnsanity._state import isolated
-from nnsanity._training import backward_once
+from nnsanity._arguments import LossFn, check_number
+from nnsanity._harness import Harness
+from nnsanity._messages import Explanation, Msg, fail, up_to
+from nnsanity._result import CheckResult
 from nnsanity.gradient_norms import gradient_stats
-from nnsanity.seeding import seed_torch
 
 
-@dataclass(frozen=True)
-class GradientRatioResult:
+@dataclass(frozen=True, kw_only=True)
+class GradientRatioResult(CheckResult):
     """RMS of the weight gradient of each weight-matrix layer, and their spread."""
 
+    max_ratio: float  # the bound on ``ratio``
     layers: tuple[str, ...]  # registration order: the first is nearest the input, usually
     rms: tuple[float, ...]
     ratio: float  # largest / smallest (inf if a layer's gradient is exactly zero)
@@ -35,6 +34,10 @@ class GradientRatioResult:
     loss: float
 
     @property
+    def passed(self) -> bool:
+        return self.ratio <= self.max_ratio
+
+    @property
     def direction(self) -> Literal["vanishing", "exploding"]:
         """Vanishing when the smallest gradient sits before the largest in the network."""
         small, large = self.layers.index(self.smallest), self.layers.index(self.largest)
@@ -42,46 +45,55 @@ class GradientRatioResult:
 
 
 def measure_gradient_ratio(
-    model: torch.nn.Module, batch: Any, loss_fn: LossFn, *, seed: int = 0
+    model: torch.nn.Module,
+    batch: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    max_ratio: float = 100.0,
+    unpack: bool | None = None,
+    seed: int = 0,
 ) -> GradientRatioResult:
     """Measure the spread of per-layer gradient RMS at the current weights (see the assert)."""
-    check_model(model)
-    check_seed(seed)
-    inputs, targets = check_batch(batch, model)
-    with isolated(model):
-        seed_torch(seed)
-        loss = backward_once(model, inputs, targets, loss_fn)
-        stats = gradient_stats(model)
+    max_ratio = check_number(max_ratio, "max_ratio", low=1, what="a number >= 1")
+    h = Harness(model, batch, loss_fn, seed=seed, unpack=unpack)
+    with h.isolated():
+        loss = h.backward()
+        stats = gradient_stats(h.model)
     layers = [(n, s.matrix_rms) for n, s in stats.items() if s.matrix_rms is not None]
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no trainable weight matrix (a parameter of "
             "dim >= 2, as in Linear, Conv or Embedding) to compare."
         )
-    names, rms = zip(*layers)
-    largest, smallest = names[int(np.argmax(rms))], names[int(np.argmin(rms))]
+    names = [n for n, _ in layers]
+    rms = [float(v) for _, v in layers]
+    largest, smallest = names[rms.index(max(rms))], names[rms.index(min(rms))]
 
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else math.inf  # all-zero gradients fail too
 
     return GradientRatioResult(
-        tuple(names),
-        tuple(rms),
-        ratio(max(rms), min(rms)),
-        ratio(rms[0], rms[-1]),
-        largest,
-        smallest,
-        loss,
+        seed=h.seed,
+        max_ratio=max_ratio,
+        layers=tuple(names),
+        rms=tuple(rms),
+        ratio=ratio(max(rms), min(rms)),
+        first_last_ratio=ratio(rms[0], rms[-1]),
+        largest=largest,
+        smallest=smallest,
+        loss=loss,
     )
 
 
 def assert_gradient_ratio(
     model: torch.nn.Module,
     batch: Any,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None = None,
     *,
     max_ratio: float = 100.0,
+    unpack: bool | None = None,
     seed: int = 0,
+    msg: Msg = None,
 ) -> GradientRatioResult:
     """Check that no layer's gradient is over ``max_ratio`` times smaller than another's.
 
@@ -101,57 +113,58 @@ def assert_gradient_ratio(
     all layers are not off by one common factor. In ReLU or linear nets a bad init scale shows
     in the activations more than here: error signals shrink toward the input as activations
     grow toward the output, and their product, the weight gradient, stays level.
+
+    Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
-    if not isinstance(max_ratio, (int, float)) or not max_ratio >= 1:
-        raise ValueError(f"max_ratio must be a number >= 1, got {max_ratio!r}.")
-    result = measure_gradient_ratio(model, batch, loss_fn, seed=seed)
-    if result.ratio <= max_ratio:
-        return result
-    rms = dict(zip(result.layers, result.rms))
-    small, large = result.smallest, result.largest
-    measured = (
-        f"layer '{small}' has gradient RMS {rms[small]:.3g}, '{large}' {rms[large]:.3g}"
-        f" (ratio {result.ratio:.3g}, up to {max_ratio:g} allowed; first/last layer "
-        f"{result.first_last_ratio:.3g})"
-    )
-    relax = f"Pass max_ratio= above {result.ratio:.3g} to accept this spread."
+    r = measure_gradient_ratio(model, batch, loss_fn, max_ratio=max_ratio, unpack=unpack, seed=seed)
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
+    return r
+
+
+def _explain(r: GradientRatioResult) -> Explanation:
+    rms = dict(zip(r.layers, r.rms, strict=True))
+    small, large = r.smallest, r.largest
+    lines = [
+        "Largest / smallest gradient RMS: " + up_to(f"{r.ratio:.3g}", f"{r.max_ratio:g}"),
+        f"Smallest: layer '{small}' {rms[small]:.3g}; largest: layer '{large}' {rms[large]:.3g}",
+        f"First / last layer: {r.first_last_ratio:.3g}",
+    ]
+    relax = f"max_ratio= above {r.ratio:.3g}."
     if rms[small] == 0:
-        raise failure(
-            f"Layer '{small}' gets an exactly zero gradient"
-            + (" (so does every layer)" if rms[large] == 0 else ""),
-            measured,
-            [
+        return Explanation(
+            header=f"Layer '{small}' gets an exactly zero gradient"
+            + (" (so does every layer)!" if rms[large] == 0 else "!"),
+            lines=lines,
+            causes=[
                 "it is cut from the loss (.detach(), no_grad, unused) or its units are dead: "
-                "run assert_params_update to find which parameters",
+                "run nnsanity.assert_params_update to find which parameters",
                 "a zero-initialised layer downstream blocks the gradient: initialise it randomly",
             ],
-            relax,
-            result,
+            relax=relax,
         )
-    if result.direction == "vanishing":
-        raise failure(
-            "Gradients vanish toward the input",
-            measured,
-            [
+    if r.direction == "vanishing":
+        return Explanation(
+            header="Gradients vanish toward the input!",
+            lines=lines,
+            causes=[
                 "saturating activations (sigmoid, tanh) stacked deep: use ReLU-family activations "
                 "with He (kaiming) init",
                 "weights initialised too small: use 1/sqrt(fan_in) scaling",
                 "a deep plain stack: add normalisation (BatchNorm, LayerNorm) or residual "
                 "connections",
             ],
-            relax,
-            result,
+            relax=relax,
         )
-    raise failure(
-        "Gradients explode toward the input",
-        measured,
-        [
+    return Explanation(
+        header="Gradients explode toward the input!",
+        lines=lines,
+        causes=[
             "weights initialised too large: check the init scale (1/sqrt(fan_in), He or Glorot)",
             "once training, a learning rate too high: lower it or clip gradients "
             "(torch.nn.utils.clip_grad_norm_)",
             "a deep plain stack: add normalisation or residual connections",
         ],
-        relax,
-        result,
+        relax=relax,
     )

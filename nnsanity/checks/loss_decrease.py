@@ -1,86 +1,39 @@
 """The loss falls: a few optimisation steps on one fixed batch lower its loss beyond its noise.
 
 Karpathy's recipe, "set up the end-to-end training/evaluation skeleton": verify that the loss
-decreases. The check trains ``model`` on ``batch`` with the library's own
-step (``optimizer`` factory, default Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs in
-the user's loop are caught too. The model and global state are restored afterwards; the user's
-own optimizer inside ``step`` is not (nnsanity never sees it), so give ``step`` a fresh one.
+decreases. The check trains ``model`` on ``batch`` with the library's own step (``optimizer``
+factory, default Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs in the user's loop are
+caught too. The model and global state are restored afterwards; the user's own optimizer inside
+``step`` is not (nnsanity never sees it), so give ``step`` a fresh one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nnsanity._arguments import LossFn, OptimizerFactory, Step, compute_loss, forward
-from nnsanity._messages import failure
-from nnsanity._state import autograd, preserved_module, preserved_rng
-from nnsanity._training import (
-    check_fraction,
-    divergence,
-    evaluate,
-    final_loss,
-    isolated_training,
-    make_stepper,
-    required_change,
-    validate,
-)
+from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._harness import N_EVALS, Harness
+from nnsanity._messages import Explanation, Msg, at_least, fail
+from nnsanity._result import CheckResult
+from nnsanity._state import autograd, preserved_module
+from nnsanity._training import NOISE_FACTOR, divergence, excerpt, required_change
+from nnsanity.seeding import preserved_rng
 
 
-def _grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    return torch.cat(
-        [
-            (torch.zeros_like(p) if p.grad is None else p.grad.detach()).flatten().double()
-            for p in params
-        ]
-    )
+@dataclass(frozen=True, kw_only=True)
+class LossDecreaseResult(CheckResult):
+    """What ``measure_loss_decrease`` measured; losses in the loss's own unit (e.g. nats)."""
 
-
-def _call_checking_accumulation(
-    model: torch.nn.Module, inputs: Any, targets: Any, loss_fn: LossFn, run: Callable[[], float]
-) -> tuple[float, bool | None]:
-    """Call the user's step once; tell whether it added its gradient to the one left in ``.grad``.
-
-    Before the call we compute the gradient of ``loss_fn`` at the current parameters ourselves
-    (same RNG state, model restored). A step that zeroes the gradients leaves ``.grad`` equal to it;
-    one that never calls ``zero_grad`` leaves the previous ``.grad`` plus it. Anything else (another
-    loss, gradient clipping, zero_grad after the update) gives no verdict: None.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    before = _grads(params)
-    with preserved_rng(), preserved_module(model), autograd():
-        for p in params:
-            p.grad = None
-        compute_loss(loss_fn, forward(model, inputs), targets).backward()
-        fresh = _grads(params)
-    loss = run()
-    after, scale = _grads(params), float(fresh.norm())
-    if not (scale > 0 and math.isfinite(scale)) or float(before.norm()) < 0.1 * scale:
-        return loss, None  # nothing to tell the two apart by
-    if float((after - fresh).norm()) <= 0.01 * scale:
-        return loss, False
-    if float((after - before - fresh).norm()) <= 0.01 * scale:
-        return loss, True
-    return loss, None
-
-
-def _trace_str(trace: list[float] | tuple[float, ...], n: int = 6) -> str:
-    idx = sorted({round(i * (len(trace) - 1) / (n - 1)) for i in range(n)}) if trace else []
-    return ", ".join(f"{i}: {trace[i]:.4g}" for i in idx)
-
-
-@dataclass(frozen=True)
-class LossDecreaseResult:
-    """What ``measure_loss_decrease`` measured."""
-
+    steps: int  # the ``steps`` asked for
+    min_decrease: float  # the bound's fraction of the initial loss
     initial_loss: float  # mean of N_EVALS train-mode losses before training
-    final_loss: float  # the same after ``steps`` steps
+    final_loss: float  # the same after the steps
     decrease: float  # initial_loss - final_loss
-    required: float  # max(min_decrease * |initial_loss|, 3 sd of the noise)
+    required: float  # max(min_decrease * |initial_loss|, 1.5 * noise_sd): the bound
     noise_sd: float  # sd of one train-mode evaluation of the initial loss
     trace: tuple[float, ...]  # loss returned by each step, before its update
     diverged_at: int | None  # first step with a NaN/Inf loss, or above initial + required
@@ -97,150 +50,209 @@ class LossDecreaseResult:
         )
 
 
+def _flat_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if p.grad is None else p.grad.detach()).flatten().double()
+            for p in params
+        ]
+    )
+
+
+# A step's .grad is compared with a gradient computed independently: a match within 1% of its
+# norm says the step zeroed the gradient first, a match to "previous plus new" says it did not.
+# Below 10% of the new gradient's norm the previous gradient is too small to tell them apart.
+_MATCH, _DISTINCT = 0.01, 0.1
+
+
+def _step_accumulates(harness: Harness, run: Any) -> tuple[float, bool | None]:
+    """Call the user's step once; tell whether it added its gradient to the one left in ``.grad``.
+
+    Before the call the gradient of the loss at the current parameters is computed here (same RNG
+    state, model restored). A step that zeroes the gradients leaves ``.grad`` equal to it; one
+    that never calls ``zero_grad`` leaves the previous ``.grad`` plus it. Anything else (another
+    loss, gradient clipping, zero_grad after the update) gives no verdict: None.
+    """
+    params = [p for p in harness.model.parameters() if p.requires_grad]
+    before = _flat_grads(params)
+    with preserved_rng(), preserved_module(harness.model), autograd():
+        for p in params:
+            p.grad = None
+        harness.loss(harness.forward()).backward()
+        fresh = _flat_grads(params)
+    loss = run()
+    after, scale = _flat_grads(params), float(fresh.norm())
+    if not (scale > 0 and math.isfinite(scale)) or float(before.norm()) < _DISTINCT * scale:
+        return loss, None
+    if float((after - fresh).norm()) <= _MATCH * scale:
+        return loss, False
+    if float((after - before - fresh).norm()) <= _MATCH * scale:
+        return loss, True
+    return loss, None
+
+
 def measure_loss_decrease(
     model: torch.nn.Module,
     batch: Any,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None = None,
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
     steps: int = 25,
     min_decrease: float = 0.01,
+    unpack: bool | None = None,
     seed: int = 0,
 ) -> LossDecreaseResult:
     """Train ``steps`` steps on ``batch`` and measure the loss before and after.
 
     See :func:`assert_loss_decreases`. Never raises ``SanityError``.
     """
-    inputs, targets = validate(model, batch, loss_fn, optimizer, step, seed, steps=steps)
-    check_fraction(min_decrease, "min_decrease")
-    with isolated_training(model, seed):
-        initial, sd = evaluate(model, inputs, targets, loss_fn)
-        start = [p.detach().clone() for p in model.parameters()]
-        run = make_stepper(model, inputs, targets, loss_fn, optimizer, step)
+    steps = check_int(steps, "steps", minimum=1)
+    min_decrease = check_number(
+        min_decrease, "min_decrease", low=0, high=1, high_open=True, what="a fraction"
+    )
+    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    with h.isolated():
+        initial, sd = h.evaluate()
+        start = [p.detach().clone() for p in h.model.parameters()]
+        run = h.stepper()
         trace: list[float] = []
         accumulates = None
         for k in range(steps if math.isfinite(initial) else 0):
             if k == 1 and step is not None:  # the first call left gradients for this one to find
-                loss, accumulates = _call_checking_accumulation(
-                    model, inputs, targets, loss_fn, run
-                )
+                loss, accumulates = _step_accumulates(h, run)
             else:
                 loss = run()
             trace.append(loss)
             if not math.isfinite(loss):
                 break
-        final = final_loss(model, inputs, targets, loss_fn, trace)
-        changed = any(not torch.equal(a, p) for a, p in zip(start, model.parameters()))
+        final = h.evaluate()[0] if all(map(math.isfinite, trace)) else math.nan
+        changed = any(not torch.equal(a, p) for a, p in zip(start, h.model.parameters()))
     required = required_change(min_decrease, initial, sd)
-    diverged = divergence(
-        trace + ([final] if math.isfinite(final) and final > initial + required else []),
-        initial + required,
-    )
+    above = [final] if math.isfinite(final) and final > initial + required else []
     return LossDecreaseResult(
-        initial, final, initial - final, required, sd, tuple(trace), diverged, changed, accumulates
+        seed=h.seed,
+        steps=steps,
+        min_decrease=min_decrease,
+        initial_loss=initial,
+        final_loss=final,
+        decrease=initial - final,
+        required=required,
+        noise_sd=sd,
+        trace=tuple(trace),
+        diverged_at=divergence(trace + above, initial + required),
+        parameters_changed=changed,
+        accumulates_gradients=accumulates,
     )
 
 
 def assert_loss_decreases(
     model: torch.nn.Module,
     batch: Any,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None = None,
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
     steps: int = 25,
     min_decrease: float = 0.01,
+    unpack: bool | None = None,
     seed: int = 0,
+    msg: Msg = None,
 ) -> LossDecreaseResult:
     """Assert that ``steps`` optimisation steps on one batch lower its loss by a clear margin.
 
     The loss before and after is the mean of 8 train-mode evaluations; the decrease must reach
-    ``min_decrease`` (1%) of the initial loss and 3 standard deviations of the dropout/BatchNorm
-    noise those evaluations show. 25 steps of Adam 3e-4 lower every healthy model in the test zoo
-    by 4% to 40%. With ``step``, the check also catches a step that never calls
-    ``optimizer.step()`` (no parameter changes), flips the loss sign (the loss rises), diverges
-    (NaN/Inf: "diverged at step k") or never calls ``zero_grad`` (its second call leaves the
-    previous gradient plus the new one in ``.grad``, compared with a gradient computed
-    independently; without this probe such a step still lowers the loss on one batch under Adam).
+    ``min_decrease`` (1%) of the initial loss and 3 standard deviations of the difference of two
+    such means (1.5 sd of one evaluation's dropout/BatchNorm noise). 25 steps of Adam 3e-4 lower
+    every healthy model in the test zoo by 4% to 40%. With ``step``, the check also catches a
+    step that never calls ``optimizer.step()`` (no parameter changes), flips the loss sign (the
+    loss rises), diverges (NaN/Inf: "diverged at step k") or never calls ``zero_grad`` (its
+    second call leaves the previous gradient plus the new one in ``.grad``, compared with a
+    gradient computed independently; without this probe such a step still lowers the loss on one
+    batch under Adam).
 
     It proves the wiring from loss to parameters works and descends. It does NOT prove the model
-    can fit the batch (:func:`assert_can_overfit`), uses its inputs
+    can fit the batch (:func:`nnsanity.assert_can_overfit`), uses its inputs
     (:func:`nnsanity.assert_uses_inputs`) or generalises.
+
+    Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_loss_decrease(
-        model,
-        batch,
-        loss_fn,
-        optimizer=optimizer,
-        step=step,
-        steps=steps,
-        min_decrease=min_decrease,
-        seed=seed,
-    )
-    if r.passed:
-        return r
-    n = len(r.trace)
-    header = f"Loss did not decrease over {steps} steps on one batch"
+        model, batch, loss_fn, optimizer=optimizer, step=step, steps=steps,
+        min_decrease=min_decrease, unpack=unpack, seed=seed,
+    )  # fmt: skip
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
+    return r
+
+
+def _explain(r: LossDecreaseResult) -> Explanation:
+    losses = f"Loss: {r.initial_loss:.4g} -> {r.final_loss:.4g} (train mode, mean of {N_EVALS})"
     if not math.isfinite(r.initial_loss):
-        raise failure(
-            "Loss is not finite at initialisation",
-            f"{r.initial_loss}, before any step",
-            [
-                "log/exp/division without an epsilon in the model or loss",
+        return Explanation(
+            header="Loss is not finite at initialisation!",
+            lines=[f"Initial loss: {r.initial_loss} (before any step)"],
+            causes=[
+                "log/exp/division without an epsilon in the model or loss: run "
+                "nnsanity.assert_finite to find the first non-finite value",
                 "a broken init (NaN/Inf weights)",
             ],
-            result=r,
         )
     if not r.parameters_changed:
-        raise failure(
-            header,
-            f"no parameter changed (loss {r.initial_loss:.4g} -> {r.final_loss:.4g})",
-            [
+        return Explanation(
+            header="No parameter changed during training!",
+            lines=[f"Parameters changed after {len(r.trace)} steps: none", losses],
+            causes=[
                 "the step never calls optimizer.step()",
-                "the optimizer holds other parameters (built before the model was "
-                "replaced, copied or moved), or lr=0",
+                "the optimizer holds other parameters (built before the model was replaced, "
+                "copied or moved), or lr=0",
                 "every gradient is zero or None: a detach() or no_grad() cuts the graph",
             ],
-            result=r,
         )
     if r.accumulates_gradients:
-        raise failure(
-            "Training step accumulates gradients across calls",
-            "after its 2nd call .grad held the previous gradient plus the new one "
-            "(compared with a gradient computed independently)",
-            [
+        return Explanation(
+            header="Training step accumulates gradients across calls!",
+            lines=[
+                "After its 2nd call .grad held the previous gradient plus the new one "
+                "(compared with a gradient computed independently)",
+            ],
+            causes=[
                 "optimizer.zero_grad() is never called: call it before loss.backward()",
                 "gradient accumulation that never zeroes .grad after optimizer.step()",
             ],
-            result=r,
         )
     if r.diverged_at is not None:
+        n = len(r.trace)
         loss = r.trace[r.diverged_at] if r.diverged_at < n else r.final_loss
         exploded = not math.isfinite(loss) or max(r.trace) > 10 * abs(r.initial_loss)
         lr = "the learning rate is too high: lower it 10x (Adam 3e-4 is a safe start)"
         sign = (
-            "the update climbs the loss: a flipped sign ((-loss).backward(), "
-            "maximize=True, or a negated loss_fn)"
+            "the update climbs the loss: a flipped sign ((-loss).backward(), maximize=True, "
+            "or a negated loss_fn)"
         )
-        raise failure(
-            header,
-            f"diverged at step {r.diverged_at} (loss {loss:.4g}, from "
-            f"{r.initial_loss:.4g}; trace {_trace_str(r.trace)})",
-            [lr, sign] if exploded else [sign, lr],
-            result=r,
+        return Explanation(
+            header="Loss diverged!",
+            lines=[
+                f"Loss at step {r.diverged_at}: {loss:.4g} (up to {r.initial_loss + r.required:.4g}"
+                f" allowed: the initial {r.initial_loss:.4g} plus the required change)",
+                f"Trace: {excerpt(r.trace)}",
+            ],
+            causes=[lr, sign] if exploded else [sign, lr],
         )
-    raise failure(
-        header,
-        f"{r.initial_loss:.4g} -> {r.final_loss:.4g}, a decrease of "
-        f"{r.decrease:.3g} < {r.required:.3g} required (max of {min_decrease:g} x the "
-        f"initial loss and 3 sd of its noise, sd {r.noise_sd:.2g})",
-        [
+    return Explanation(
+        header="Loss did not decrease enough!",
+        lines=[
+            f"Decrease over {r.steps} steps: " + at_least(f"{r.decrease:.3g}", f"{r.required:.3g}"),
+            f"Required: max({r.min_decrease:g} x |initial loss|, {NOISE_FACTOR:g} x noise sd "
+            f"{r.noise_sd:.2g}) = max({r.min_decrease * abs(r.initial_loss):.3g}, "
+            f"{NOISE_FACTOR * r.noise_sd:.3g})",
+            losses,
+        ],
+        causes=[
             "the learning rate is too low for this optimizer",
-            "most parameters are frozen or receive no gradient",
+            "most parameters are frozen or receive no gradient: run nnsanity.assert_params_update",
             "the loss is very noisy (heavy dropout): raise steps=",
         ],
-        "Pass steps= (more) or min_decrease= (smaller) to relax.",
-        result=r,
+        relax="steps= (more) or min_decrease= (smaller).",
     )

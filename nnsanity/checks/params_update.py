@@ -7,22 +7,17 @@ a layer frozen or detached by mistake, dead ReLU units, a step that never update
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 
-from nnsanity._arguments import (
-    LossFn,
-    OptimizerFactory,
-    Step,
-)
-from nnsanity._messages import failure
-from nnsanity._state import isolated
-from nnsanity._training import backward_once, make_stepper, validate
-from nnsanity.seeding import seed_torch
+from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_number
+from nnsanity._harness import Harness
+from nnsanity._messages import Explanation, Msg, fail, names
+from nnsanity._result import CheckResult
 
 # A unit is a row of a Linear/Conv weight (dim 1 of a transposed conv's weight); it is dead on
 # the batch when that row's gradient is exactly zero: e.g. a ReLU whose input is < 0 for every
@@ -32,10 +27,11 @@ _UNIT_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv
 _TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
 
-@dataclass(frozen=True)
-class ParamsUpdateResult:
+@dataclass(frozen=True, kw_only=True)
+class ParamsUpdateResult(CheckResult):
     """Parameter names by problem found (empty tuples when healthy)."""
 
+    max_dead_fraction: float  # the bound on dead units per layer
     loss: float
     n_params: int
     n_trainable: int
@@ -49,10 +45,22 @@ class ParamsUpdateResult:
     frozen_changed: tuple[str, ...]  # requires_grad=False, yet changed by the step
     nonfinite_after: tuple[str, ...]  # NaN/Inf after the step
 
+    @property
+    def too_dead(self) -> tuple[tuple[str, int, int], ...]:
+        """The layers with more than ``max_dead_fraction`` of their units dead."""
+        return tuple(d for d in self.dead_units if d[1] > self.max_dead_fraction * d[2])
 
-def _names(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """The problems found, most fundamental first (the first is the one reported)."""
+        found = [p for p in _PROBLEMS if p != "nothing_changed" and getattr(self, p)]
+        if "unchanged" in found and len(self.unchanged) == self.n_trainable:
+            found[found.index("unchanged")] = "nothing_changed"
+        return tuple(found)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
 
 
 def _patterns(frozen: Any, model: torch.nn.Module) -> tuple[str, ...]:
@@ -63,12 +71,12 @@ def _patterns(frozen: Any, model: torch.nn.Module) -> tuple[str, ...]:
             f"frozen=['backbone.*'], got {frozen!r}."
         )
     patterns = tuple(patterns)
-    names = [n for n, _ in model.named_parameters()]
+    all_names = [n for n, _ in model.named_parameters()]
     for pat in patterns:
-        if not any(fnmatchcase(n, pat) for n in names):
+        if not any(fnmatchcase(n, pat) for n in all_names):
             raise ValueError(
                 f"frozen pattern {pat!r} matches no parameter of "
-                f"{type(model).__name__}; its parameters are {_names(names)}."
+                f"{type(model).__name__}; its parameters are {names(all_names)}."
             )
     return patterns
 
@@ -98,35 +106,39 @@ def _dead_units(model: torch.nn.Module) -> list[tuple[str, int, int]]:
 def measure_params_update(
     model: torch.nn.Module,
     batch: Any,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None = None,
     *,
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    max_dead_fraction: float = 0.5,
+    unpack: bool | None = None,
     seed: int = 0,
 ) -> ParamsUpdateResult:
     """Backward once (training mode), then take one optimisation step; see the assert."""
-    inputs, targets = validate(model, batch, loss_fn, optimizer, step, seed)
-    patterns = _patterns(frozen, model)
-    with isolated(model):
-        seed_torch(seed)
-        params = dict(model.named_parameters())
+    max_dead_fraction = check_number(max_dead_fraction, "max_dead_fraction", low=0, high=1)
+    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    patterns = _patterns(frozen, h.model)
+    with h.isolated():
+        params = dict(h.model.named_parameters())
         listed = {n for n in params if any(fnmatchcase(n, pat) for pat in patterns)}
         trainable = [n for n, p in params.items() if p.requires_grad]
-        loss = backward_once(model, inputs, targets, loss_fn)
+        loss = h.backward()
         grads = {n: params[n].grad for n in trainable}
-        dead = _dead_units(model)
+        dead = _dead_units(h.model)
 
         before = {n: p.detach().clone() for n, p in params.items()}
         for p in params.values():
             p.grad = None  # the step starts from fresh gradients, as in a training loop
-        make_stepper(model, inputs, targets, loss_fn, optimizer, step)()
+        h.stepper()()
         after = {n: p.detach() for n, p in params.items()}
 
         def pick(cond: Any, among: Iterable[str]) -> tuple[str, ...]:
             return tuple(n for n in among if cond(n))
 
         return ParamsUpdateResult(
+            seed=h.seed,
+            max_dead_fraction=max_dead_fraction,
             loss=loss,
             n_params=len(params),
             n_trainable=len(trainable),
@@ -150,13 +162,15 @@ def measure_params_update(
 def assert_params_update(
     model: torch.nn.Module,
     batch: Any,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None = None,
     *,
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
     max_dead_fraction: float = 0.5,
+    unpack: bool | None = None,
     seed: int = 0,
+    msg: Msg = None,
 ) -> ParamsUpdateResult:
     """Check that every trainable parameter gets a non-zero finite gradient and is updated.
 
@@ -170,140 +184,140 @@ def assert_params_update(
     Proves: on this batch, every parameter is wired to the loss and the step updates it.
     Does not prove: the updates have a sensible size or direction (see the loss-decrease and
     overfitting checks), or that a unit dead on this batch is dead on all data.
+
+    Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
-    if not isinstance(max_dead_fraction, (int, float)) or not 0 <= max_dead_fraction <= 1:
-        raise ValueError(
-            f"max_dead_fraction must be a number in [0, 1], got {max_dead_fraction!r}."
-        )
     r = measure_params_update(
-        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step, seed=seed
-    )
-    count = f"of {r.n_params} parameters"
-    detach = (
-        "a .detach(), .item()/.numpy() round trip or torch.no_grad() in forward cuts it "
-        "from the loss: keep the graph"
-    )
-    if r.frozen_by_mistake:
-        raise failure(
-            f"{len(r.frozen_by_mistake)} {count} are frozen (requires_grad=False)",
-            _names(r.frozen_by_mistake),
-            [
-                "left frozen after fine-tuning or a freeze loop that matched too much: call "
-                "requires_grad_(True)",
-                "frozen on purpose: list it in frozen=[...]",
-            ],
-            "Pass frozen=[glob, ...] naming the parameters meant to stay fixed.",
-            r,
-        )
-    if r.not_frozen:
-        raise failure(
-            f"{len(r.not_frozen)} {count} match frozen= but are trainable",
-            _names(r.not_frozen),
-            [
-                "the freeze was never applied: call requires_grad_(False) on them",
-                "the glob matches more than intended: narrow it",
-            ],
-            None,
-            r,
-        )
-    if r.nonfinite_grad:
-        raise failure(
-            f"{len(r.nonfinite_grad)} {count} get NaN/Inf gradients",
-            _names(r.nonfinite_grad),
-            [
-                "log/sqrt/division of a value that can be zero: clamp it or add an epsilon",
-                "exploding activations: run assert_finite to find the first non-finite tensor",
-            ],
-            None,
-            r,
-        )
-    if r.no_grad:
-        raise failure(
-            f"{len(r.no_grad)} {count} receive no gradient (.grad is None after backward)",
-            _names(r.no_grad),
-            [
-                detach,
-                "the module is never called in forward (or its output never reaches the "
-                "loss): remove it or wire it in",
-                "frozen on purpose: set requires_grad=False and list it in frozen=[...]",
-            ],
-            None,
-            r,
-        )
-    dead = [(n, d, t) for n, d, t in r.dead_units if d > max_dead_fraction * t]
-    dead_text = "; ".join(f"'{n}' {d}/{t} units ({d / t:.0%})" for n, d, t in dead[:5])
-    relu = (
-        "dead ReLUs: a large negative bias or too high a learning rate pushed units below "
-        "zero for every example; use He init with zero biases, LeakyReLU, or a lower lr"
-    )
-    if r.zero_grad:
-        raise failure(
-            f"{len(r.zero_grad)} {count} get an exactly zero gradient",
-            _names(r.zero_grad) + (f" (dead units: {dead_text})" if dead else ""),
-            [
-                relu,
-                "a zero-initialised layer or a multiplication by zero blocks the gradient: "
-                "initialise it randomly",
-                detach,
-            ],
-            None,
-            r,
-        )
-    if dead:
-        raise failure(
-            f"Over {max_dead_fraction:.0%} of a layer's units get exactly zero gradient (dead)",
-            dead_text,
-            [relu, "inputs all zero or constant: check the data pipeline"],
-            f"Pass max_dead_fraction={math.ceil(100 * max(d / t for _, d, t in dead)) / 100:g} "
-            "or more to allow this.",
-            r,
-        )
-    if r.nonfinite_after:
-        raise failure(
-            f"{len(r.nonfinite_after)} {count} are NaN/Inf after one step",
-            _names(r.nonfinite_after),
-            [
-                "a learning rate far too high: lower it",
-                "the step divides by zero (e.g. a custom optimiser without an epsilon)",
-            ],
-            None,
-            r,
-        )
-    if r.unchanged and len(r.unchanged) == r.n_trainable:
-        raise failure(
-            f"None of the {r.n_trainable} trainable parameters changed after one step",
-            "every parameter is identical before and after",
-            [
-                "the step never calls optimizer.step() (or calls it before backward)",
-                "the optimizer holds copies or another model's parameters: build it from "
-                "model.parameters() after moving the model to its device",
-                "a learning rate of zero",
-            ],
-            None,
-            r,
-        )
-    if r.unchanged:
-        raise failure(
-            f"{len(r.unchanged)} {count} did not change after one step",
-            _names(r.unchanged),
-            [
-                "they are missing from the optimizer: build it from model.parameters() (or add "
-                "a param group)",
-                "a learning rate of zero in their param group",
-            ],
-            None,
-            r,
-        )
-    if r.frozen_changed:
-        raise failure(
-            f"{len(r.frozen_changed)} frozen parameters changed after one step",
-            _names(r.frozen_changed),
-            [
-                "the step writes to them directly (weight decay or an EMA outside the "
-                "optimizer): skip parameters with requires_grad=False"
-            ],
-            None,
-            r,
-        )
+        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step,
+        max_dead_fraction=max_dead_fraction, unpack=unpack, seed=seed,
+    )  # fmt: skip
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
     return r
+
+
+_DETACH = (
+    "a .detach(), .item()/.numpy() round trip or torch.no_grad() in forward cuts it from the "
+    "loss: keep the graph"
+)
+_RELU = (
+    "dead ReLUs: a large negative bias or too high a learning rate pushed units below zero for "
+    "every example; use He init with zero biases, LeakyReLU, or a lower lr"
+)
+_FROZEN_HINT = "frozen= [glob, ...] naming the parameters meant to stay fixed."
+# Each problem, in the order it is reported: (header, causes, relax).
+_PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "frozen_by_mistake": (
+        "{n} of {total} parameters are frozen (requires_grad=False)!",
+        (
+            "left frozen after fine-tuning or a freeze loop that matched too much: call "
+            "requires_grad_(True)",
+            "frozen on purpose: list it in frozen=[...]",
+        ),
+        _FROZEN_HINT,
+    ),
+    "not_frozen": (
+        "{n} of {total} parameters match frozen= but are trainable!",
+        (
+            "the freeze was never applied: call requires_grad_(False) on them",
+            "the glob matches more than intended: narrow it",
+        ),
+        None,
+    ),
+    "nonfinite_grad": (
+        "{n} of {total} parameters get NaN/Inf gradients!",
+        (
+            "log/sqrt/division of a value that can be zero: clamp it or add an epsilon",
+            "exploding activations: run nnsanity.assert_finite to find the first non-finite value",
+        ),
+        None,
+    ),
+    "no_grad": (
+        "{n} of {total} parameters receive no gradient (.grad is None after backward)!",
+        (
+            _DETACH,
+            "the module is never called in forward (or its output never reaches the loss): "
+            "remove it or wire it in",
+            "frozen on purpose: set requires_grad=False and list it in frozen=[...]",
+        ),
+        None,
+    ),
+    "zero_grad": (
+        "{n} of {total} parameters get an exactly zero gradient!",
+        (
+            _RELU,
+            "a zero-initialised layer or a multiplication by zero blocks the gradient: "
+            "initialise it randomly",
+            _DETACH,
+        ),
+        None,
+    ),
+    "too_dead": (
+        "Over {fraction:.0%} of a layer's units get exactly zero gradient (dead)!",
+        (_RELU, "inputs all zero or constant: check the data pipeline"),
+        "max_dead_fraction= (larger).",
+    ),
+    "nonfinite_after": (
+        "{n} of {total} parameters are NaN/Inf after one step!",
+        (
+            "a learning rate far too high: lower it",
+            "the step divides by zero (e.g. a custom optimiser without an epsilon)",
+        ),
+        None,
+    ),
+    "nothing_changed": (
+        "None of the {trainable} trainable parameters changed after one step!",
+        (
+            "the step never calls optimizer.step() (or calls it before backward)",
+            "the optimizer holds copies or another model's parameters: build it from "
+            "model.parameters() after moving the model to its device",
+            "a learning rate of zero",
+        ),
+        None,
+    ),
+    "unchanged": (
+        "{n} of {total} parameters did not change after one step!",
+        (
+            "they are missing from the optimizer: build it from model.parameters() (or add a "
+            "param group)",
+            "a learning rate of zero in their param group",
+        ),
+        None,
+    ),
+    "frozen_changed": (
+        "{n} frozen parameters changed after one step!",
+        (
+            "the step writes to them directly (weight decay or an EMA outside the optimizer): "
+            "skip parameters with requires_grad=False",
+        ),
+        None,
+    ),
+}
+
+
+def _dead_text(dead: tuple[tuple[str, int, int], ...]) -> str:
+    return "; ".join(f"'{n}' {d}/{t} units ({d / t:.0%})" for n, d, t in dead[:5])
+
+
+def _explain(r: ParamsUpdateResult) -> Explanation:
+    problem = r.problems[0]
+    header, causes, relax = _PROBLEMS[problem]
+    if problem == "too_dead":
+        worst = max(d / t for _, d, t in r.too_dead)
+        lines = [
+            f"Dead units: {_dead_text(r.too_dead)} "
+            f"(up to {r.max_dead_fraction:.0%} of a layer allowed)"
+        ]
+        relax = f"max_dead_fraction={math.ceil(100 * worst) / 100:g} or more."
+    elif problem == "nothing_changed":
+        lines = ["Every parameter is identical before and after the step"]
+    else:
+        lines = [f"Parameters: {names(getattr(r, problem))}"]
+        if problem == "zero_grad" and r.too_dead:
+            lines.append(f"Dead units: {_dead_text(r.too_dead)}")
+    n = r.n_trainable if problem == "nothing_changed" else len(getattr(r, problem))
+    text = header.format(
+        n=n, total=r.n_params, trainable=r.n_trainable, fraction=r.max_dead_fraction
+    )
+    return Explanation(header=text, lines=lines, causes=causes, relax=relax)

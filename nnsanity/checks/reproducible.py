@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from nnsanity._arguments import check_seed
-from nnsanity._messages import failure
+from nnsanity._messages import Explanation, Msg, fail
+from nnsanity._result import CheckResult
 from nnsanity._state import preserved_globals
 from nnsanity.seeding import seeded
 
@@ -118,21 +119,23 @@ def _differences(a: Any, b: Any, path: str) -> list[str]:
     return [] if a == b else [f"{path}: {_show(a)} vs {_show(b)}"]
 
 
-@dataclass(frozen=True)
-class ReproducibilityResult:
+@dataclass(frozen=True, kw_only=True)
+class ReproducibilityResult(CheckResult):
     """Two runs of ``fn`` under ``seed`` and, unless skipped, one under ``other_seed``.
 
     ``differences`` lists the entries where the two same-seed results differ (at most 10,
     ``n_differences`` counts them all); ``same_under_other_seed`` is None when not checked.
     """
 
-    seed: int
     other_seed: int | None
     deterministic: bool
     differences: tuple[str, ...]
     n_differences: int
     same_under_other_seed: bool | None
-    passed: bool
+
+    @property
+    def passed(self) -> bool:
+        return not self.differences and not self.same_under_other_seed
 
 
 def measure_reproducibility(
@@ -191,7 +194,6 @@ def measure_reproducibility(
         differences=tuple(differences[:10]),
         n_differences=len(differences),
         same_under_other_seed=same_other,
-        passed=not differences and not same_other,
     )
 
 
@@ -202,6 +204,7 @@ def assert_reproducible(
     other_seed: int | None = None,
     deterministic: bool = False,
     check_different: bool = True,
+    msg: Msg = None,
 ) -> ReproducibilityResult:
     """Assert that ``fn()`` gives bit-identical results under the same seed, and not otherwise.
 
@@ -217,21 +220,26 @@ def assert_reproducible(
     Does NOT prove: the same results on other hardware, library versions or thread counts.
     """
     __tracebackhide__ = True
-    result = measure_reproducibility(
-        fn,
-        seed=seed,
-        other_seed=other_seed,
-        deterministic=deterministic,
+    r = measure_reproducibility(
+        fn, seed=seed, other_seed=other_seed, deterministic=deterministic,
         check_different=check_different,
-    )
-    if result.differences:
-        more = result.n_differences - 1
-        raise failure(
-            "Not reproducible",
-            f"two runs under seed {result.seed} differ at {result.differences[0]}"
-            + (f" (and {more} more entries)" if more else "")
-            + "; bit-identical required",
-            [
+    )  # fmt: skip
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
+    return r
+
+
+def _explain(r: ReproducibilityResult) -> Explanation:
+    if r.differences:
+        more = r.n_differences - len(r.differences)
+        return Explanation(
+            header="Not reproducible!",
+            lines=[
+                f"Two runs under seed {r.seed} differ at {len(r.differences)}"
+                f"{f' (+{more})' if more else ''} entries (bit-identical required):",
+                *(f"  {d}" for d in r.differences[:5]),
+            ],
+            causes=[
                 "unseeded randomness: torch.Generator().seed(), np.random.default_rng() without a "
                 "seed, os.urandom, time or uuid in the model, data or loop; draw from the global "
                 "RNGs or seed your generators from them",
@@ -240,20 +248,14 @@ def assert_reproducible(
                 "nondeterministic kernels (CUDA atomics in scatter/index_add, cuDNN autotuning): "
                 "deterministic=True makes torch raise at the culprit",
             ],
-            result=result,
         )
-    if result.same_under_other_seed:
-        raise failure(
-            "fn ignores the seed",
-            f"its result under seed {result.other_seed} is bit-identical to the one under seed "
-            f"{result.seed}",
-            [
-                "fn seeds itself (torch.manual_seed, a fixed Generator or a model factory with a "
-                "fixed seed inside fn overrides the seed set here)",
-                "fn draws no random numbers at all",
-            ],
-            relax="check_different=False skips this part for an fn that is meant to be "
-            "deterministic.",
-            result=result,
-        )
-    return result
+    return Explanation(
+        header="fn ignores the seed!",
+        lines=[f"Result under seed {r.other_seed}: bit-identical to the one under seed {r.seed}"],
+        causes=[
+            "fn seeds itself (torch.manual_seed, a fixed Generator or a model factory with a "
+            "fixed seed inside fn overrides the seed set here)",
+            "fn draws no random numbers at all",
+        ],
+        relax="check_different=False, for an fn that is meant to be deterministic.",
+    )

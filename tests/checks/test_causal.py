@@ -76,13 +76,13 @@ def test_causal_passes_on_a_left_padded_convolution_over_float_sequences():
 
 
 def test_fails_when_the_lm_has_no_causal_mask_and_names_position_zero():
-    with pytest.raises(SanityError, match=r"the output at position 0 sees the future"):
+    with pytest.raises(SanityError, match=r"The output at position 0 sees the future!"):
         assert_causal(UnmaskedLM(), zoo.token_batch()[0])
 
 
 def test_fails_when_the_causal_mask_is_transposed():
     with pytest.raises(
-        SanityError, match=r"(?s)position 0 sees the future.*\(2\) a mask of the wrong"
+        SanityError, match=r"(?s)position 0 sees the future.*2\. a mask of the wrong"
     ):
         assert_causal(TransposedMaskLM(), zoo.token_batch()[0])
 
@@ -117,7 +117,7 @@ def test_dim_names_the_sequence_dimension_of_time_major_inputs():
 
 def test_an_inputs_targets_batch_pair_passed_as_inputs_raises_a_type_error_naming_the_fix():
     with pytest.raises(
-        TypeError, match=r"the inputs tensor alone, not an \(inputs, targets\) batch"
+        TypeError, match=r"takes the inputs alone, not an \(inputs, targets\) batch pair"
     ):
         assert_causal(zoo.TinyCausalLM(), zoo.token_batch())
 
@@ -125,7 +125,7 @@ def test_an_inputs_targets_batch_pair_passed_as_inputs_raises_a_type_error_namin
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"inputs": [1, 2, 3]}, TypeError, "inputs must be a tensor"),
+        ({"inputs": [1, 2, 3]}, TypeError, "inputs hold no tensor"),
         ({"dim": 2}, ValueError, "dim=2 is not a dimension"),
         ({"positions": [11]}, ValueError, "the last position"),
         ({"inputs": torch.zeros(4, 1, dtype=torch.long)}, ValueError, "at least 2 positions"),

@@ -41,7 +41,9 @@ def test_flags_network2s_init_whose_output_biases_are_unit_gaussians(seed):
     # layer's too, which starts it more confident than unit-scale random logits (loss 8.4 to 10.1
     # against a bound of 8.27 for these seeds; 6 of seeds 0-9 are flagged).
     model, batch, loss_fn = healthy("nielsen_784_30_10", seed)
-    with pytest.raises(SanityError, match=r"above 8\.2\d+, the loss of unit-scale random outputs"):
+    with pytest.raises(
+        SanityError, match=r"up to 8\.2\d+ allowed: the loss of unit-scale random outputs"
+    ):
         assert_init_loss(model, batch, loss_fn)
 
 
@@ -59,17 +61,21 @@ def test_fails_when_the_last_layer_is_badly_scaled(name):
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(20)
-    with pytest.raises(SanityError, match=r"Loss at initialisation is .* outputs have std") as e:
+    with pytest.raises(
+        SanityError, match=r"(?s)Loss at initialisation is too high!.*Output std"
+    ) as e:
         assert_init_loss(model, batch, loss_fn)
     message = str(e.value)
-    assert "(1) the final layer is too large: scale its weights down" in message
+    assert "1. the final layer is too large: scale its weights down" in message
     assert "set it to log(class frequencies)" in message
 
 
 def test_an_explicit_expected_and_rtol_bound_the_loss_on_both_sides():
     model, batch, loss_fn = healthy("mlp")
     assert assert_init_loss(model, batch, loss_fn, expected=math.log(10), rtol=0.05).passed
-    with pytest.raises(SanityError, match=r"outside \[2\.85, 3\.15\] \(expected 3 ± 0\.05\)") as e:
+    with pytest.raises(
+        SanityError, match=r"within \[2\.85, 3\.15\] required: expected 3 ± 0\.05"
+    ) as e:
         assert_init_loss(model, batch, loss_fn, expected=3.0, rtol=0.05)
     assert "lower than expected" in str(e.value)
 
@@ -95,7 +101,8 @@ def test_a_model_returning_probabilities_needs_an_explicit_reference():
     [
         ({"model": nn.Identity()}, ValueError, "no trainable parameters"),
         ({"batch": [torch.zeros(3)]}, TypeError, r"batch must be an \(inputs, targets\) pair"),
-        ({"loss_fn": None}, TypeError, "loss_fn must be callable"),
+        ({"loss_fn": "ce"}, TypeError, "loss_fn must be callable"),
+        ({"loss_fn": None}, TypeError, "loss_fn is None, which needs a mapping batch"),
         ({"expected": "ln 10"}, TypeError, "expected must be a finite number"),
         ({"expected": math.nan}, TypeError, "expected must be a finite number"),
         ({"rtol": 0}, ValueError, "rtol must be a positive number"),
@@ -108,7 +115,7 @@ def test_bad_arguments_raise_errors_that_name_the_problem(kwargs, error, match):
         assert_init_loss(args.pop("model"), args.pop("batch"), args.pop("loss_fn"), **args)
 
 
-def test_a_model_with_non_tensor_outputs_needs_an_explicit_reference():
+def test_a_model_returning_a_dict_of_logits_gets_the_default_reference():
     class ReturnsDict(nn.Module):
         def __init__(self):
             super().__init__()
@@ -119,9 +126,8 @@ def test_a_model_with_non_tensor_outputs_needs_an_explicit_reference():
 
     loss_fn = lambda out, y: F.cross_entropy(out["logits"], y)  # noqa: E731
     batch = zoo.classification_batch()
-    with pytest.raises(ValueError, match="one floating-point tensor of logits"):
-        assert_init_loss(ReturnsDict(), batch, loss_fn)
-    assert assert_init_loss(ReturnsDict(), batch, loss_fn, expected=2.3, rtol=0.1).passed
+    r = assert_init_loss(ReturnsDict(), batch, loss_fn)
+    assert r.n_classes == 10 and r.zero_output_loss == pytest.approx(math.log(10), rel=1e-6)
 
 
 def test_the_check_leaves_the_model_and_global_state_as_it_found_them():

@@ -67,8 +67,7 @@ def test_fails_when_a_layer_is_frozen_by_mistake():
     model[2].requires_grad_(False)
     with pytest.raises(
         SanityError,
-        match=r"2 of 6 parameters are frozen.*'2\.weight', '2\.bias'"
-        r"(.|\n)*frozen=\[",
+        match=r"(?s)2 of 6 parameters are frozen.*'2\.weight', '2\.bias'.*frozen=\[",
     ):
         assert_params_update(model, BATCH, F.cross_entropy)
 
@@ -81,15 +80,17 @@ def test_passes_when_the_frozen_layer_is_listed_by_glob():
 
 
 def test_fails_when_a_parameter_listed_as_frozen_is_trainable():
-    with pytest.raises(SanityError, match=r"match frozen= but are trainable: '0\.weight'"):
+    with pytest.raises(
+        SanityError, match=r"(?s)match frozen= but are trainable!.*Parameters: '0\.weight'"
+    ):
         assert_params_update(zoo.mlp(), BATCH, F.cross_entropy, frozen="0.weight")
 
 
 def test_fails_when_a_layer_is_detached_by_mistake():
     with pytest.raises(
         SanityError,
-        match=r"2 of 4 parameters receive no gradient.*'a\.weight', "
-        r"'a\.bias'\n.*\.detach\(\)",
+        match=r"(?s)2 of 4 parameters receive no gradient.*'a\.weight', 'a\.bias'\n"
+        r".*1\. .*\.detach\(\)",
     ):
         assert_params_update(Detached(), BATCH, F.cross_entropy)
 
@@ -97,8 +98,8 @@ def test_fails_when_a_layer_is_detached_by_mistake():
 def test_fails_on_a_layer_of_dead_relus_naming_the_zero_gradient_parameters():
     with pytest.raises(
         SanityError,
-        match=r"get an exactly zero gradient: '0\.weight', '0\.bias', "
-        r"'2\.weight', '2\.bias'.*dead units: .*'2' 32/32 units.*\n.*dead ReLUs",
+        match=r"(?s)get an exactly zero gradient!.*Parameters: '0\.weight', '0\.bias', "
+        r"'2\.weight', '2\.bias'.*Dead units: .*'2' 32/32 units.*1\. dead ReLUs",
     ):
         assert_params_update(with_dead_units(32), BATCH, F.cross_entropy)
 
@@ -106,8 +107,8 @@ def test_fails_on_a_layer_of_dead_relus_naming_the_zero_gradient_parameters():
 def test_fails_when_most_units_of_a_layer_are_dead():
     with pytest.raises(
         SanityError,
-        match=r"Over 50% of a layer's units get exactly zero gradient"
-        r" \(dead\): '2' 24/32 units \(75%\)(.|\n)*max_dead_fraction=0\.75",
+        match=r"(?s)Over 50% of a layer's units get exactly zero gradient \(dead\)!"
+        r".*'2' 24/32 units \(75%\).*max_dead_fraction=0\.75",
     ):
         assert_params_update(with_dead_units(24), BATCH, F.cross_entropy)
     assert_params_update(with_dead_units(24), BATCH, F.cross_entropy, max_dead_fraction=0.75)
@@ -128,7 +129,7 @@ def test_fails_naming_parameters_missing_from_the_optimizer():
     step = sgd_step(model, params=[*model[0].parameters(), *model[4].parameters()])
     with pytest.raises(
         SanityError,
-        match=r"2 of 6 parameters did not change after one step: "
+        match=r"(?s)2 of 6 parameters did not change after one step!.*"
         r"'2\.weight', '2\.bias'\n.*missing from the optimizer",
     ):
         assert_params_update(model, BATCH, F.cross_entropy, step=step)
@@ -144,7 +145,7 @@ def test_fails_when_the_step_changes_a_frozen_parameter():
             model[0].weight.mul_(0.99)  # hand-rolled weight decay that ignores requires_grad
         return inner(batch)
 
-    with pytest.raises(SanityError, match=r"1 frozen parameters changed.*'0\.weight'"):
+    with pytest.raises(SanityError, match=r"(?s)1 frozen parameters changed.*'0\.weight'"):
         assert_params_update(model, BATCH, F.cross_entropy, frozen="0.*", step=step)
 
 

@@ -35,7 +35,9 @@ def test_every_healthy_model_beats_its_input_independent_baseline(name):
 
 def test_fails_when_the_forward_ignores_its_input():
     batch = zoo.classification_batch()
-    with pytest.raises(SanityError, match=r"a gap of 0 \(identical: the outputs ignore"):
+    with pytest.raises(
+        SanityError, match=r"Gap after 200 steps: 0 \(identical: the outputs ignore"
+    ):
         assert_uses_inputs(IgnoresItsInput(), batch, F.cross_entropy)
 
 
@@ -44,7 +46,7 @@ def test_a_correct_user_training_step_beats_the_input_independent_baseline():
     assert assert_uses_inputs(model, batch, loss_fn, step=user_step(model)).passed
 
 
-# The arguments it shares with the other training checks are tested in test_optimisation.py.
+# The arguments it shares with the other training checks: test_loss_decrease_and_overfit.py.
 def test_an_out_of_range_min_gap_raises_a_value_error():
     with pytest.raises(ValueError, match="min_gap must be a fraction"):
         assert_uses_inputs(*healthy("mlp"), min_gap=-0.1)

@@ -1,0 +1,440 @@
+"""One check call's hold on the user's model, batch and loss: validated once, isolated once.
+
+A :class:`Harness` reads the batch (an ``(inputs, targets)`` pair, or a mapping such as a
+tokenizer's ``BatchEncoding`` with its labels inside), moves it to the model's device, decides
+once how to call the model (``model(x)``, ``model(**inputs)`` or ``model(*inputs)``) and how to
+get the loss (``loss_fn(outputs, targets)``, or ``outputs.loss`` for a model that computes its
+own), and owns forward, loss, backward and the optimisation step. A check module then reads as
+the measurement alone: ``with harness.isolated(): ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import torch
+
+from nnsanity._arguments import (
+    LossFn,
+    OptimizerFactory,
+    Step,
+    check_model,
+    check_seed,
+    check_training,
+    default_optimizer,
+    first_line,
+)
+from nnsanity._state import autograd, isolated, preserved_module
+from nnsanity._structures import (
+    LABEL_KEYS,
+    Path,
+    Role,
+    check_perturb,
+    describe,
+    leaves,
+    map_leaves,
+    map_tensors,
+    replace_at,
+    roles,
+    select_output,
+    summarize,
+    tensors_in,
+)
+from nnsanity.seeding import seed_torch
+
+N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
+
+CallStyle = Literal["single", "kwargs", "args"]
+
+
+def _binds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): assume it takes what it is given
+        return True
+    return True
+
+
+def _call_style(model: torch.nn.Module, inputs: Any, unpack: bool | None) -> CallStyle:
+    """How the model takes its inputs: keywords for a mapping whose keys its forward accepts,
+    positional arguments for a tuple its forward needs spread out, else one argument."""
+    if unpack is False or isinstance(inputs, torch.Tensor):
+        return "single"
+    if isinstance(inputs, Mapping):
+        keys = {str(k): None for k in inputs}
+        if unpack or _binds(model.forward, **keys):
+            return "kwargs"
+        return "single"
+    spread = unpack or (not _binds(model.forward, inputs) and _binds(model.forward, *inputs))
+    if isinstance(inputs, (tuple, list)) and not hasattr(inputs, "_fields") and spread:
+        return "args"
+    return "single"
+
+
+def _shape(x: Any) -> str:
+    return f"of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"({summarize(x)})"
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if not t.is_inference():
+        return t.to(device)
+    # A tensor made under torch.inference_mode() cannot enter autograd; a copy made outside it can.
+    with torch.inference_mode(False):
+        return t.to(device, copy=True)
+
+
+def _check_finite(x: Any, root: str, role: dict[Path, Role] | None = None) -> None:
+    for path, t in leaves(x):
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        structure = role is not None and role.get(path) == "structure"
+        bad = t.isnan() if structure else ~torch.isfinite(t)  # -inf is a valid additive mask
+        if bad.any():
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{describe(path, root)} holds {int(bad.sum())} NaN/Inf value(s) (first at index "
+                f"{where}); the check would measure garbage. Clean or impute the data first."
+            )
+
+
+class Harness:
+    """The model, batch and loss of one check call, validated and on the model's device.
+
+    ``batch`` is ``(inputs, targets)`` (targets may be None for checks without a loss), or a
+    mapping whose ``LABEL_KEYS`` entries are the targets and the rest the inputs; with
+    ``loss_fn=None`` the model computes its own loss from the whole mapping
+    (``model(**batch).loss``, the Hugging Face convention). ``inputs_only``: ``batch`` is the
+    inputs alone (for checks of the model's outputs, such as causality).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        batch: Any,
+        loss_fn: LossFn | None = None,
+        *,
+        seed: Any,
+        optimizer: OptimizerFactory | None = None,
+        step: Step | None = None,
+        output: Any = None,
+        unpack: bool | None = None,
+        perturb: Any = None,
+        needs_loss: bool = True,
+        inputs_only: bool = False,
+    ) -> None:
+        self.model = check_model(model)
+        self.seed = check_seed(seed)
+        check_training(optimizer, step)
+        self.optimizer, self.step = optimizer, step
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable as loss_fn(outputs, targets), got "
+                f"{type(loss_fn).__name__}."
+            )
+        if unpack is not None and not isinstance(unpack, bool):
+            raise TypeError(f"unpack must be None (decide), True or False, got {unpack!r}.")
+        if output is not None and not (callable(output) or isinstance(output, (str, int))):
+            raise TypeError(
+                f"output must be a key, an index or a callable outputs -> tensor, got {output!r}."
+            )
+        self.output = output
+        self.loss_fn = loss_fn
+        inputs, targets, self._form = self._split(batch, loss_fn, needs_loss, inputs_only)
+        self.self_loss = needs_loss and loss_fn is None
+        device = next(iter(model.parameters())).device
+        self.inputs = map_tensors(lambda t: _to(t, device), inputs)
+        self.targets = map_tensors(lambda t: _to(t, device), targets)
+        self.roles = roles(self.inputs, check_perturb(self.inputs, perturb))
+        _check_finite(self.inputs, "inputs", self.roles)
+        _check_finite(self.targets, "targets")
+        if not any(t.dim() for t in tensors_in(self.inputs)):
+            raise TypeError(
+                f"the inputs hold no tensor with a batch dimension ({summarize(inputs)}); pass "
+                "the inputs as a tensor or a container (dict, tuple, dataclass) of tensors."
+            )
+        if self.batch_size == 0:
+            raise ValueError(
+                f"the batch is empty (inputs: {summarize(self.inputs)}); pass at least one sample."
+            )
+        self._style = _call_style(model, self.inputs, unpack)
+
+    # -- reading the batch --------------------------------------------------------------------
+
+    @staticmethod
+    def _split(
+        batch: Any, loss_fn: Any, needs_loss: bool, inputs_only: bool
+    ) -> tuple[Any, Any, str]:
+        if inputs_only:
+            return batch, None, "inputs"
+        if isinstance(batch, Mapping):
+            labels = {k: v for k, v in batch.items() if k in LABEL_KEYS}
+            inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+            if needs_loss and not labels:
+                raise ValueError(
+                    f"the batch is a mapping with no labels (keys: {list(batch)}); put the "
+                    f"targets under one of {list(LABEL_KEYS[:3])}, or pass (inputs, targets)."
+                )
+            if needs_loss and loss_fn is not None:
+                targets = next(iter(labels.values())) if len(labels) == 1 else labels
+                return inputs, targets, "mapping"
+            return inputs, labels, "mapping"
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            if needs_loss and loss_fn is None:
+                raise TypeError(
+                    "loss_fn is None, which needs a mapping batch with its labels inside for a "
+                    "model that computes its own loss (model(**batch).loss); pass loss_fn= for "
+                    "an (inputs, targets) batch."
+                )
+            return batch[0], batch[1], "pair"
+        got = (
+            f"a {type(batch).__name__} of length {len(batch)}"
+            if isinstance(batch, (tuple, list))
+            else f"a {type(batch).__name__}"
+        )
+        raise TypeError(
+            f"batch must be an (inputs, targets) pair or a mapping with its labels inside, got "
+            f"{got}. Pass e.g. batch=(x, y), next(iter(loader)), or a tokenizer's output with "
+            "'labels'."
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """The first dimension of the first data tensor (of any tensor if none is data)."""
+        found = [(p, t) for p, t in leaves(self.inputs) if t.dim()]
+        data = [t for p, t in found if self.roles.get(p) == "data"] or [t for _, t in found]
+        return int(data[0].shape[0])
+
+    def user_batch(self, inputs: Any = None) -> Any:
+        """The batch in the user's own form (for their ``step``), with ``inputs`` swapped in."""
+        inputs = self.inputs if inputs is None else inputs
+        if self._form == "mapping":
+            labels = self.targets if isinstance(self.targets, Mapping) else {}
+            if not labels:  # loss_fn with one label key: rebuild it under its key
+                labels = {k: self.targets for k in LABEL_KEYS[:1]}
+            return {**inputs, **labels}
+        return (inputs, self.targets)
+
+    # -- calling the model --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def isolated(self, *, train: bool = True) -> Iterator[None]:
+        """The model in train (or eval) mode and the RNGs seeded; all restored on exit."""
+        with isolated(self.model):
+            seed_torch(self.seed)
+            self.model.train(train)
+            yield
+
+    def forward(self, inputs: Any = None) -> Any:
+        """Call the model on ``inputs`` (default: the batch's), turning a shape, index or type
+        error inside it into a ValueError that names the inputs."""
+        inputs = self.inputs if inputs is None else inputs
+        extra = self.targets if self.self_loss else {}
+        try:
+            if self._style == "kwargs":
+                out = self.model(**inputs, **extra)
+            elif self._style == "args":
+                out = self.model(*inputs)
+            elif extra:
+                out = self.model(inputs, **extra)
+            else:
+                out = self.model(inputs)
+        except (RuntimeError, IndexError, KeyError, AttributeError, TypeError, ValueError) as e:
+            hint = (
+                "index out of range — token ids >= the embedding size? "
+                if isinstance(e, IndexError)
+                else ""
+            )
+            call = {"kwargs": "model(**inputs)", "args": "model(*inputs)"}.get(
+                self._style, "model(inputs)"
+            )
+            raise ValueError(
+                f"{type(self.model).__name__} failed when called as {call} on "
+                f"{summarize(inputs)}: {hint}{first_line(e)}. Check that the batch matches what "
+                "the model expects (unpack= chooses how a dict or tuple is passed)."
+            ) from e
+        if out is None:
+            raise TypeError(
+                f"{type(self.model).__name__}.forward returned None; it must return its outputs "
+                "(a tensor, a tuple or a dict of them)."
+            )
+        return out
+
+    def logits(self, outputs: Any) -> torch.Tensor:
+        """The output tensor the checks judge; see ``_structures.select_output``."""
+        return select_output(outputs, self.output)[0]
+
+    def loss(self, outputs: Any, targets: Any = None) -> torch.Tensor:
+        """The scalar loss of ``outputs``: ``loss_fn(outputs, targets)``, or the model's own."""
+        if self.self_loss:
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
+            if loss is None and isinstance(outputs, (tuple, list)) and outputs:
+                loss = outputs[0]
+            if not isinstance(loss, torch.Tensor):
+                raise ValueError(
+                    f"loss_fn is None but the model returned no loss ({summarize(outputs)}); "
+                    "a model that computes its own loss returns it as outputs.loss. Pass loss_fn."
+                )
+            return self._scalar(loss, "the model's loss")
+        assert self.loss_fn is not None
+        targets = self.targets if targets is None else targets
+        try:
+            loss = self.loss_fn(outputs, targets)
+        except TypeError as e:  # most often the wrong arity: loss_fn(outputs) or 3 arguments
+            raise TypeError(
+                f"loss_fn failed on outputs {_shape(outputs)} and targets {_shape(targets)}: "
+                f"{first_line(e)}. It must be callable as loss_fn(outputs, targets) -> scalar "
+                "tensor."
+            ) from e
+        except (RuntimeError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"loss_fn failed on outputs {_shape(outputs)} and targets {_shape(targets)}: "
+                f"{first_line(e)}. Check the target shape and dtype the loss expects."
+            ) from e
+        return self._scalar(loss, "loss_fn")
+
+    @staticmethod
+    def _scalar(loss: Any, what: str) -> torch.Tensor:
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"{what} must return a tensor, got {type(loss).__name__}.")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"{what} returned a tensor of shape {tuple(loss.shape)}, not a scalar. "
+                "Reduce it (reduction='mean' or .mean()) so it can be minimised."
+            )
+        if not loss.is_floating_point():
+            raise TypeError(f"{what} returned a {loss.dtype} tensor; it must be floating point.")
+        return loss.reshape(())
+
+    def loss_of_logits(self, outputs: Any, replacement: torch.Tensor) -> torch.Tensor | None:
+        """The loss had the model output ``replacement`` in place of its logits; None when that
+        cannot be arranged (an ``output=`` callable, or a self-computed loss whose logits no
+        module returns)."""
+        path = select_output(outputs, self.output)[1]
+        if not self.self_loss:
+            return None if path is None else self.loss(replace_at(outputs, path, replacement))
+        return self._self_loss_with(replacement)
+
+    def _self_loss_with(self, replacement: torch.Tensor) -> torch.Tensor | None:
+        """Rerun a model that computes its own loss with the module that produces its logits
+        returning ``replacement`` instead, and read the loss it computes."""
+        seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+        def spot(module: torch.nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                seen.append((module, out))  # hooks fire innermost first
+
+        with _hooks(self.model, spot):
+            logits = self.logits(self.forward())
+        producer = next((m for m, o in seen if o is logits and m is not self.model), None)
+        seen.clear()
+        if producer is None or logits.shape != replacement.shape:
+            return None
+
+        def swap(module: torch.nn.Module, args: Any, out: Any) -> torch.Tensor:
+            return replacement
+
+        handle = producer.register_forward_hook(swap)
+        try:
+            return self.loss(self.forward())
+        finally:
+            handle.remove()
+
+    # -- training -----------------------------------------------------------------------------
+
+    def backward(self) -> float:
+        """One forward/backward in train mode on fresh gradients; returns the loss."""
+        self.model.train()
+        for p in self.model.parameters():
+            p.grad = None
+        with autograd():
+            loss = self.loss(self.forward())
+            loss.backward()
+        return float(loss.detach())
+
+    def stepper(self, inputs: Any = None) -> Callable[[], float]:
+        """``run() -> loss``: one optimisation step on the batch (with ``inputs`` swapped in).
+
+        With the user's ``step``, it is called on the batch in the user's form and must return
+        the loss *before* its update (a tensor or a float), so that bugs in the user's loop are
+        what gets tested. Either step runs with autograd on, even inside ``torch.no_grad()``.
+        """
+        if self.step is not None:
+            step, batch = self.step, self.user_batch(inputs)
+
+            def run_user() -> float:
+                with autograd():
+                    loss = step(batch)
+                if isinstance(loss, torch.Tensor):
+                    if loss.numel() != 1:
+                        raise ValueError(
+                            f"step returned a tensor of shape {tuple(loss.shape)}; it must return "
+                            "the scalar loss of the batch (a 0-d tensor or a float)."
+                        )
+                    return float(loss.detach())
+                if isinstance(loss, (int, float)):
+                    return float(loss)
+                raise TypeError(
+                    f"step must return the loss as a tensor or float, got {type(loss).__name__}."
+                )
+
+            return run_user
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = (self.optimizer or default_optimizer)(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a factory params -> torch.optim.Optimizer, e.g. "
+                "lambda p: torch.optim.SGD(p, lr=0.1); got one returning "
+                f"{type(opt).__name__}."
+            )
+
+        def run_default() -> float:
+            with autograd():
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss(self.forward(inputs))
+                loss.backward()
+                opt.step()
+            return float(loss.detach())
+
+        return run_default
+
+    def evaluate(self, inputs: Any = None) -> tuple[float, float]:
+        """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks and BatchNorm batch
+        statistics make them differ, and that spread is the noise floor of any comparison."""
+        with preserved_module(self.model), torch.no_grad():  # BatchNorm running stats untouched
+            losses = [float(self.loss(self.forward(inputs))) for _ in range(N_EVALS)]
+        if not all(map(math.isfinite, losses)):
+            return math.nan, math.nan
+        return statistics.fmean(losses), statistics.stdev(losses)
+
+    def data_leaves(self, inputs: Any = None) -> list[tuple[Path, torch.Tensor]]:
+        """The data tensors (those a check may change) of the inputs, with their paths."""
+        return [
+            (p, t)
+            for p, t in leaves(self.inputs if inputs is None else inputs)
+            if self.roles.get(p) == "data"
+        ]
+
+    def map_data(self, fn: Callable[[Path, torch.Tensor], torch.Tensor], inputs: Any = None) -> Any:
+        """The inputs with each data tensor replaced by ``fn(path, t)``; structure kept."""
+        return map_leaves(
+            lambda p, t: fn(p, t) if self.roles.get(p) == "data" else t,
+            self.inputs if inputs is None else inputs,
+        )
+
+
+@contextlib.contextmanager
+def _hooks(model: torch.nn.Module, hook: Callable[..., Any]) -> Iterator[None]:
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
