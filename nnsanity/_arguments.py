@@ -44,10 +44,12 @@ def check_model(model: Any) -> torch.nn.Module:
 
 def check_seed(seed: Any, name: str = "seed") -> int:
     """One rule for every ``seed``: an int in [0, 2**64), what ``torch.manual_seed`` accepts."""
-    seed = check_int(seed, name)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name}={seed} is outside [0, 2**64), the range torch can be seeded with")
-    return seed
+    value = check_int(seed, name)
+    if not 0 <= value < 2**64:
+        raise ValueError(
+            f"{name}={value} is outside [0, 2**64), the range torch can be seeded with"
+        )
+    return value
 
 
 def check_int(value: Any, name: str, minimum: int | None = None) -> int:
@@ -55,12 +57,12 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     try:
         if isinstance(value, bool):
             raise TypeError
-        value = operator.index(value)
+        number = int(operator.index(value))
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}.") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
-    return value
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}.")
+    return number
 
 
 def check_number(

@@ -44,7 +44,10 @@ def _different(t: torch.Tensor, g: torch.Generator, where: str) -> torch.Tensor:
             "carry the data."
         )
     shift = torch.randint(1, values.numel(), t.shape, generator=g).to(t.device)
-    return values[(torch.searchsorted(values, t.contiguous()) + shift) % values.numel()]
+    changed: torch.Tensor = values[
+        (torch.searchsorted(values, t.contiguous()) + shift) % values.numel()
+    ]
+    return changed
 
 
 def perturbed(h: Harness, dim: int, which: torch.Tensor, g: torch.Generator) -> Any:

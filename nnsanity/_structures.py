@@ -58,8 +58,9 @@ def _rebuild(x: Any, values: list[Any]) -> Any:
         items = dict(zip(list(x.keys()), values, strict=True))
         if type(x) is dict:
             return items
+        make: Any = type(x)
         try:  # ModelOutput(**fields), BatchEncoding(dict), UserDict(dict), OrderedDict(dict)
-            return type(x)(**items) if _is_dataclass_instance(x) else type(x)(items)
+            return make(**items) if _is_dataclass_instance(x) else make(items)
         except Exception:  # a mapping type that cannot be built from a dict
             return items
     if _is_namedtuple(x):

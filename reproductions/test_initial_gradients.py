@@ -66,7 +66,7 @@ def norms(nnsanity_budget, nnsanity_mnist, nnsanity_device):
 
 
 @pytest.mark.parametrize(
-    "depth,layer", [(d, j) for d, values in PUBLISHED.items() for j in range(len(values))]
+    ("depth", "layer"), [(d, j) for d, values in PUBLISHED.items() for j in range(len(values))]
 )
 def test_published_initial_gradient_norm_is_typical_of_an_init(depth, layer, norms, nnsanity_claim):
     values = norms[depth][:, layer]

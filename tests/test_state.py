@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
-from state import assert_restores
+from state_oracle import assert_restores
 from torch.nn import functional as F
 
 import nnsanity

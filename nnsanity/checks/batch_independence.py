@@ -82,7 +82,9 @@ def _gradient_chart(
         weights = [torch.randn(o.shape[1:], generator=g, dtype=torch.float64).to(o) for o in rows]
         chart = []
         for i in samples:
-            objective = sum((o[i] * w).sum() for o, w in zip(rows, weights, strict=True))
+            objective = torch.stack(
+                [(o[i] * w).sum() for o, w in zip(rows, weights, strict=True)]
+            ).sum()
             grads = torch.autograd.grad(objective, wrt, retain_graph=True, allow_unused=True)
             sizes = [
                 gr.detach().abs().reshape(b, -1).amax(1).double().cpu()

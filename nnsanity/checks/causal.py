@@ -9,7 +9,7 @@ token and float inputs alike. Batch independence, the same question across the b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,32 @@ class CausalResult(CheckResult):
     @property
     def passed(self) -> bool:
         return self.first_leak is None
+
+
+def _first_leak(
+    moved: Callable[[int], torch.Tensor],
+    checked: Sequence[int],
+    changes: Sequence[torch.Tensor],
+    bound: float,
+) -> tuple[int, int, float] | None:
+    """(first output position that moved, the t whose change moved it, by how much), or None.
+
+    ``changes[k]`` holds the change of outputs 0..t for ``t = checked[k]``. Output s sees the
+    future exactly when changing the inputs after s moves it; trying the unchecked t below the
+    earliest leak in order finds the first such s.
+    """
+    leak = None
+    for t, change in zip(checked, changes, strict=True):
+        early = (change > bound).nonzero().flatten()
+        if len(early) and (leak is None or int(early[0]) < leak[0]):
+            leak = (int(early[0]), t, float(change.max()))
+    if leak is None:
+        return None
+    for t in (t for t in range(leak[0]) if t not in checked):
+        change = moved(t)
+        if float(change.max()) > bound:
+            return int((change > bound).nonzero()[0]), t, float(change.max())
+    return leak
 
 
 def measure_causal(
@@ -111,26 +137,13 @@ def measure_causal(
             changed = perturbed(h, dim, torch.arange(n) > t, g)
             return relative_change(base, outputs_along(h, changed, dim, n), dim)[: t + 1]
 
-        changes, leak = [], None
-        for t in checked:
-            change = moved(t)
-            changes.append(float(change.max()))
-            early = (change > bound).nonzero().flatten()
-            if len(early) and (leak is None or int(early[0]) < leak[0]):
-                leak = (int(early[0]), t, float(change.max()))
-        if leak is not None:
-            # Output s sees the future exactly when changing the inputs after s moves it; trying
-            # the unchecked t below the leak in order finds the first such s.
-            for t in (t for t in range(leak[0]) if t not in checked):
-                change = moved(t)
-                if float(change.max()) > bound:
-                    leak = (int((change > bound).nonzero()[0]), t, float(change.max()))
-                    break
+        changes = [moved(t) for t in checked]
+        leak = _first_leak(moved, checked, changes, bound)
     return CausalResult(
         seed=h.seed,
         max_dependence=bound,
         positions=checked,
-        changes=tuple(changes),
+        changes=tuple(float(c.max()) for c in changes),
         first_leak=None if leak is None else leak[0],
         leak_after=None if leak is None else leak[1],
         leak_change=None if leak is None else leak[2],

@@ -127,7 +127,9 @@ def measure_loss_decrease(
             if not math.isfinite(loss):
                 break
         final = h.evaluate()[0] if all(map(math.isfinite, trace)) else math.nan
-        changed = any(not torch.equal(a, p) for a, p in zip(start, h.model.parameters()))
+        changed = any(
+            not torch.equal(a, p) for a, p in zip(start, h.model.parameters(), strict=True)
+        )
     required = required_change(min_decrease, initial, sd)
     above = [final] if math.isfinite(final) and final > initial + required else []
     return LossDecreaseResult(

@@ -124,7 +124,7 @@ def measure_params_update(
         listed = {n for n in params if any(fnmatchcase(n, pat) for pat in patterns)}
         trainable = [n for n, p in params.items() if p.requires_grad]
         loss = h.backward()
-        grads = {n: params[n].grad for n in trainable}
+        grads = {n: g for n in trainable if (g := params[n].grad) is not None}
         dead = _dead_units(h.model)
 
         before = {n: p.detach().clone() for n, p in params.items()}
@@ -144,12 +144,9 @@ def measure_params_update(
             n_trainable=len(trainable),
             frozen_by_mistake=pick(lambda n: n not in listed and n not in trainable, params),
             not_frozen=pick(lambda n: n in listed, trainable),
-            nonfinite_grad=pick(
-                lambda n: grads[n] is not None and not bool(torch.isfinite(grads[n]).all()),
-                trainable,
-            ),
-            no_grad=pick(lambda n: grads[n] is None, trainable),
-            zero_grad=pick(lambda n: grads[n] is not None and not bool(grads[n].any()), trainable),
+            nonfinite_grad=pick(lambda n: not bool(torch.isfinite(grads[n]).all()), grads),
+            no_grad=pick(lambda n: n not in grads, trainable),
+            zero_grad=pick(lambda n: not bool(grads[n].any()), grads),
             dead_units=tuple(dead),
             unchanged=pick(lambda n: torch.equal(before[n], after[n]), trainable),
             frozen_changed=pick(

@@ -27,11 +27,11 @@ from nnsanity.seeding import seeded
 _ATOMS = (bool, int, float, complex, str, bytes, type(None))
 
 
-class _Fields(dict):
+class _Fields(dict[str, Any]):
     """A snapshotted dataclass: its fields by name (shown as ``.name`` in paths)."""
 
 
-def _snapshot(x: Any, path: str) -> Any:
+def _snapshot(x: Any, path: str) -> Any:  # noqa: PLR0911 - one return per kind of value
     """A copy of ``x`` that later runs cannot change: tensors on the CPU, modules and optimizers
     as their state dicts, containers as plain dicts, lists and tuples."""
     if isinstance(x, torch.Tensor):
@@ -93,7 +93,7 @@ def _value_differences(a: Any, b: Any, path: str) -> list[str]:
     return [f"{where}: {_show(a[idx])} vs {_show(b[idx])}{count}"]
 
 
-def _differences(a: Any, b: Any, path: str) -> list[str]:
+def _differences(a: Any, b: Any, path: str) -> list[str]:  # noqa: PLR0911 - one return per kind
     """Every entry where two snapshots differ, in order, as 'path: first vs second'."""
     if type(a) is not type(b):
         return [f"{path}: a {type(a).__name__} vs a {type(b).__name__}"]
@@ -111,7 +111,11 @@ def _differences(a: Any, b: Any, path: str) -> list[str]:
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return [f"{path}: length {len(a)} vs {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _differences(x, y, f"{path}[{i}]")
+        ]
     if isinstance(a, float) and (math.isnan(a) and math.isnan(b)):
         return []
     if isinstance(a, float) and a == b and math.copysign(1, a) != math.copysign(1, b):

@@ -122,7 +122,7 @@ def ordering_claim(
         alpha=alpha,
     )
     if paired:
-        diffs = [h - lo for h, lo in zip(higher, lower)]
+        diffs = [h - lo for h, lo in zip(higher, lower, strict=True)]
         return Claim(
             measured=diffs,
             statistic=f"one-sided paired t-test at alpha={alpha}; measured: per-seed differences; "

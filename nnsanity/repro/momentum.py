@@ -76,13 +76,13 @@ def momentum_step(
     if len(params) != len(velocities):
         raise ValueError(f"{len(params)} params but {len(velocities)} velocities.")
     if nesterov:
-        point = [p + mu * v for p, v in zip(params, velocities)]
+        point = [p + mu * v for p, v in zip(params, velocities, strict=True)]
     else:
         point = [p.detach().clone() for p in params]
     with torch.enable_grad():
         grads = list(grad_fn(point))
     if len(grads) != len(params):
         raise ValueError(f"grad_fn returned {len(grads)} gradients for {len(params)} params.")
-    for p, v, g in zip(params, velocities, grads):
+    for p, v, g in zip(params, velocities, grads, strict=True):
         v.mul_(mu).sub_(lr * g)
         p.add_(v)

@@ -99,7 +99,7 @@ def init_parameters(
     so every dtype and device starts from the same numbers."""
     g = torch.Generator().manual_seed(2 * config.seed)
     weights, biases = [], []
-    for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:]):
+    for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:], strict=True):
         w = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
         if config.init == "default":
             w /= math.sqrt(n_in)
@@ -136,9 +136,14 @@ class Network2(nn.Module):
         net.load_parameters(weights, biases)
         return net
 
+    @property
+    def linears(self) -> list[nn.Linear]:
+        """The layers, typed as what they are."""
+        return [layer for layer in self.layers if isinstance(layer, nn.Linear)]
+
     @torch.no_grad()
     def load_parameters(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> None:
-        for layer, w, b in zip(self.layers, weights, biases, strict=True):
+        for layer, w, b in zip(self.linears, weights, biases, strict=True):
             layer.weight.copy_(w)
             layer.bias.copy_(b)
 
@@ -158,7 +163,7 @@ def network2_cost(z: Tensor, y: Tensor) -> Tensor:
 def total_cost(net: Network2, x: Tensor, y: Tensor, lmbda: float) -> float:
     """network2's ``total_cost``, regulariser included (with ``len(data)``, as network2 does)."""
     with torch.no_grad():
-        sq = sum(float(layer.weight.double().square().sum()) for layer in net.layers)
+        sq = sum(float(layer.weight.double().square().sum()) for layer in net.linears)
         return float(network2_cost(net(x), y)) + 0.5 * lmbda / len(x) * sq
 
 
@@ -207,7 +212,7 @@ def check_training_arguments(
     _check_data(train_x, train_y, n_in, n_out, "training")
     if (eval_x is None) != (eval_y is None):
         raise ValueError("pass both eval_x and eval_y, or neither")
-    if eval_x is not None:
+    if eval_x is not None and eval_y is not None:
         _check_data(eval_x, eval_y, n_in, n_out, "evaluation")
     _check_hyper(epochs, mini_batch_size, eta, lmbda, len(train_x))
 
@@ -242,13 +247,13 @@ def train_single(
     x, y = train_x.to(device, dtype), train_y.to(device)
     onehot = F.one_hot(y, n_out).to(dtype)
     net = Network2(config, dtype=dtype, device=device)
-    weights = [layer.weight for layer in net.layers]
-    biases = [layer.bias for layer in net.layers]
+    weights = [layer.weight for layer in net.linears]
+    biases = [layer.bias for layer in net.linears]
     optimizer = torch.optim.SGD(
         [{"params": weights, "weight_decay": lmbda / n}, {"params": biases, "weight_decay": 0.0}],
         lr=eta,
     )
-    if eval_x is not None:
+    if eval_x is not None and eval_y is not None:
         ex, ey = eval_x.to(x.device, dtype), eval_y.to(x.device)
     order = order_generator(config.seed)
     correct, eval_cost, train_cost = [], [], []
@@ -287,7 +292,7 @@ def _stacked_logits(weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tens
     s, h, n_in = weights[0].shape
     z = torch.addmm(biases[0].reshape(s * h), x, weights[0].reshape(s * h, n_in).t())  # (N, S*h)
     a = torch.sigmoid(z).view(len(x), s, h).transpose(0, 1)  # (S, N, h)
-    for w, b in zip(weights[1:-1], biases[1:-1]):
+    for w, b in zip(weights[1:-1], biases[1:-1], strict=True):
         a = torch.sigmoid(torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2)))
     return torch.baddbmm(biases[-1].unsqueeze(1), a, weights[-1].transpose(1, 2))
 
@@ -297,8 +302,8 @@ def _stacked_init(sizes, seeds, init, dtype, device) -> tuple[list[Tensor], list
         init_parameters(Network2Config(sizes, s, init), dtype=dtype, device=device) for s in seeds
     ]
     return (
-        [torch.stack(ws) for ws in zip(*(p[0] for p in params))],
-        [torch.stack(bs) for bs in zip(*(p[1] for p in params))],
+        [torch.stack(ws) for ws in zip(*(p[0] for p in params), strict=True)],
+        [torch.stack(bs) for bs in zip(*(p[1] for p in params), strict=True)],
     )
 
 
@@ -380,8 +385,8 @@ def gradient_descent_speeds(
         gw, gb = grads[: len(weights)], grads[len(weights) :]
         norms[:, epoch] = torch.stack([g.norm(dim=1) for g in gb[:-1]], dim=1).double().cpu()
         with torch.no_grad():
-            weights = [w * decay - eta * g for w, g in zip(weights, gw)]
-            biases = [b - eta * g for b, g in zip(biases, gb)]
+            weights = [w * decay - eta * g for w, g in zip(weights, gw, strict=True)]
+            biases = [b - eta * g for b, g in zip(biases, gb, strict=True)]
         if progress is not None:
             progress(epoch + 1, epochs)
     return norms

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -76,7 +76,7 @@ def pytest_nnsanity_rerun_flags(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def nnsanity_budget(pytestconfig: pytest.Config) -> str:
     """'smoke' (default, CI-sized) or 'full' (the faithful setting), from --nnsanity-budget."""
-    return option(pytestconfig, "budget", "smoke")
+    return str(option(pytestconfig, "budget", "smoke"))
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +168,9 @@ class _ClaimTable:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
-            self.claims += [v for k, v in report.user_properties if k == "nnsanity_claim"]
+            self.claims += [
+                cast(dict[str, Any], v) for k, v in report.user_properties if k == "nnsanity_claim"
+            ]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.claims:

@@ -134,7 +134,7 @@ class _Stack:
         z = torch.addmm(self.b_in.view(k * hp), x, self.w_in.view(k * hp, self.n_in).t())
         acts = x.new_empty(len(self.active), k, len(x), h)
         acts[0] = torch.sigmoid(z.view(len(x), k, hp)[:, :, :h]).transpose(0, 1)
-        for j, (w, b) in enumerate(zip(self.w_mid, self.b_mid), 1):
+        for j, (w, b) in enumerate(zip(self.w_mid, self.b_mid, strict=True), 1):
             c = len(w)
             torch.sigmoid(torch.baddbmm(b, acts[j - 1, :c], w.transpose(1, 2)), out=acts[j, :c])
         top = acts.view(-1, len(x), h).index_select(0, self.top)
@@ -166,7 +166,7 @@ class _Step:
         self.first = (s.b_in, s.w_in.transpose(1, 2), self.z1, self.z1[:, :, :h], self.act0)
         self.stages = [  # (bias, input, weight^T, output) per hidden-to-hidden stage
             (b, self.acts[j - 1, : len(w)], w.transpose(1, 2), self.acts[j, : len(w)])
-            for j, (w, b) in enumerate(zip(s.w_mid, s.b_mid), 1)
+            for j, (w, b) in enumerate(zip(s.w_mid, s.b_mid, strict=True), 1)
         ]
         self.stages_back = [  # (delta, delta^T, tmp, input act, W, b, bias grad), last first
             (delta[:c], delta[:c].transpose(1, 2), tmp[:c], a, w, b, g)
@@ -269,7 +269,7 @@ def train_population(
     correct = torch.zeros(k, epochs, dtype=torch.int64)
     eval_cost = torch.zeros(k, epochs, dtype=torch.float64)
     train_cost = torch.zeros(k, epochs, dtype=torch.float64)
-    if eval_x is not None:
+    if eval_x is not None and eval_y is not None:
         ex, ey = eval_x.to(dev, dtype), eval_y.to(dev)
     with torch.no_grad():
         for epoch in range(epochs):

@@ -54,7 +54,9 @@ def table(claims: list[dict[str, Any]]) -> list[str]:
     """Fixed-width lines: one per claim, sorted by id, then the verdict counts."""
     rows = [_COLUMNS] + [_row(c) for c in sorted(claims, key=lambda c: c["id"])]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts: dict[str, int] = {}
     for c in claims:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
-from state import assert_restores
+from state_oracle import assert_restores
 from torch import nn
 
 from nnsanity import assert_batch_independence, measure_batch_independence

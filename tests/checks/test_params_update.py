@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
-from state import assert_same, snapshot
+from state_oracle import assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
 

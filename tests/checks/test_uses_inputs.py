@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import zoo
-from state import assert_restores
+from state_oracle import assert_restores
 from torch import nn
 from torch.nn import functional as F
 from zoo import healthy, user_step

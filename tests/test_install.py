@@ -1,0 +1,61 @@
+"""`pip install nnsanity` without extras: the checks and the plugin need only torch and numpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+# A fresh interpreter in which the extras' packages cannot be imported, as after a plain
+# `pip install nnsanity`: every public check runs on a small model.
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoExtras(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"scipy", "torchvision", "matplotlib", "transformers", "timm"}:
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked: no extras)")
+
+    sys.meta_path.insert(0, NoExtras())
+
+    import torch
+    import torch.nn.functional as F
+    import nnsanity, nnsanity.plugin
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    batch = (torch.randn(6, 8), torch.randint(0, 3, (6,)))
+    loss = F.cross_entropy
+    calls = {
+        "assert_init_loss": lambda: nnsanity.assert_init_loss(model, batch, loss),
+        "assert_loss_decreases": lambda: nnsanity.assert_loss_decreases(model, batch, loss),
+        "assert_can_overfit": lambda: nnsanity.assert_can_overfit(model, batch, loss),
+        "assert_params_update": lambda: nnsanity.assert_params_update(model, batch, loss),
+        "assert_gradient_ratio": lambda: nnsanity.assert_gradient_ratio(model, batch, loss),
+        "assert_finite": lambda: nnsanity.assert_finite(model, batch, loss),
+        "assert_uses_inputs": lambda: nnsanity.assert_uses_inputs(model, batch, loss, steps=50),
+        "assert_batch_independence": lambda: nnsanity.assert_batch_independence(model, batch),
+        "assert_causal": lambda: nnsanity.assert_causal(
+            torch.nn.Linear(4, 4), torch.randn(2, 5, 4)
+        ),
+        "assert_reproducible": lambda: nnsanity.assert_reproducible(lambda: torch.randn(3)),
+    }
+    missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)
+    assert not missing, f"add these checks to tests/test_install.py: {missing}"
+    for call in calls.values():
+        assert call().passed
+    nnsanity.layer_gradient_norms(model, batch, loss)
+    blocked = {"scipy", "torchvision", "matplotlib"} & set(sys.modules)
+    assert not blocked, blocked
+    print("ok")
+    """
+)
+
+
+def test_every_check_runs_without_the_extras_installed():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
