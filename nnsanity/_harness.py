@@ -164,6 +164,14 @@ class Harness:
                 f"the batch is empty (inputs: {summarize(self.inputs)}); pass at least one sample."
             )
         self._style = _call_style(model, self.inputs, unpack)
+        # Labels travel in the call when the model computes its loss from them, and for the
+        # checks without a loss when it takes them (an encoder-decoder builds its decoder inputs
+        # from them); they are structure then, never changed.
+        labels = (
+            self.targets if self._form == "mapping" and isinstance(self.targets, Mapping) else {}
+        )
+        takes = self._style == "kwargs" and _binds(model.forward, **self.inputs, **labels)
+        self._call_labels = labels if self.self_loss or (not needs_loss and takes) else {}
 
     # -- reading the batch --------------------------------------------------------------------
 
@@ -235,7 +243,7 @@ class Harness:
         """Call the model on ``inputs`` (default: the batch's), turning a shape, index or type
         error inside it into a ValueError that names the inputs."""
         inputs = self.inputs if inputs is None else inputs
-        extra = self.targets if self.self_loss else {}
+        extra = self._call_labels
         try:
             if self._style == "kwargs":
                 out = self.model(**inputs, **extra)

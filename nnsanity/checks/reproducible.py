@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,33 +32,39 @@ class _Fields(dict[str, Any]):
     """A snapshotted dataclass: its fields by name (shown as ``.name`` in paths)."""
 
 
-def _snapshot(x: Any, path: str) -> Any:  # noqa: PLR0911 - one return per kind of value
+def _snapshot(x: Any, path: str, seen: frozenset[int] = frozenset()) -> Any:  # noqa: PLR0911
     """A copy of ``x`` that later runs cannot change: tensors on the CPU, modules and optimizers
-    as their state dicts, containers as plain dicts, lists and tuples."""
+    as their state dicts, containers as plain dicts, lists and tuples, and any other object (a
+    ``DynamicCache`` inside a ``ModelOutput``) as its attributes."""
     if isinstance(x, torch.Tensor):
         x = x.detach()
         x = x.to_dense() if x.layout != torch.strided else x
         return (x.dequantize() if x.is_quantized else x).to("cpu", copy=True)
     if isinstance(x, (torch.nn.Module, torch.optim.Optimizer)):
-        return _snapshot(x.state_dict(), path)
+        return _snapshot(x.state_dict(), path, seen)
     if isinstance(x, np.ndarray):
         return x.copy()
     if isinstance(x, np.generic):
         return x.item() if x.dtype.kind in "biufc" else x
     if isinstance(x, _ATOMS):
         return x
+    if id(x) in seen:  # a reference back to an object being copied: compare it once
+        return f"<{type(x).__name__} seen above>"
+    seen = seen | {id(x)}
     if isinstance(x, Mapping):
-        return {k: _snapshot(v, f"{path}[{k!r}]") for k, v in x.items()}
+        return {k: _snapshot(v, f"{path}[{k!r}]", seen) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        items = [_snapshot(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        items = [_snapshot(v, f"{path}[{i}]", seen) for i, v in enumerate(x)]
         return tuple(items) if isinstance(x, tuple) else items  # namedtuples become tuples
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         names = [f.name for f in dataclasses.fields(x)]
-        return _Fields({k: _snapshot(getattr(x, k), f"{path}.{k}") for k in names})
+        return _Fields({k: _snapshot(getattr(x, k), f"{path}.{k}", seen) for k in names})
+    if hasattr(x, "__dict__") and not callable(x):
+        return _Fields({k: _snapshot(v, f"{path}.{k}", seen) for k, v in vars(x).items()})
     raise TypeError(
         f"fn returned a value of type {type(x).__name__} at {path}, which cannot be compared "
-        "between runs. Return tensors, modules, state dicts, arrays, numbers, or dicts, lists, "
-        "tuples or dataclasses of them."
+        "between runs. Return tensors, modules, state dicts, arrays, numbers, or containers or "
+        "objects holding them."
     )
 
 
@@ -70,27 +77,32 @@ def _show(value: Any) -> str:
 
 
 def _value_differences(a: Any, b: Any, path: str) -> list[str]:
-    """Where two snapshotted arrays differ; NaN equals NaN, 0.0 differs from -0.0."""
+    """Where two snapshotted arrays differ; NaN equals NaN, 0.0 differs from -0.0. Reports the
+    first differing element and the count, without listing every index (an 11M-element weight
+    would take seconds and gigabytes)."""
     if isinstance(a, torch.Tensor):
         x, y = (torch.view_as_real(a), torch.view_as_real(b)) if a.is_complex() else (a, b)
         same = x == y
         if x.is_floating_point():
             same = (same & (x.signbit() == y.signbit())) | (x.isnan() & y.isnan())
-        same = same.all(-1) if a.is_complex() else same
-        bad = (~same).nonzero().tolist()
+        differ = ~(same.all(-1) if a.is_complex() else same)
+        count = int(differ.sum())
+        first = int(differ.flatten().to(torch.uint8).argmax()) if count else 0
     else:
         same = np.asarray(a == b)
         if a.dtype.kind in "fc":
             same = same | (np.isnan(a) & np.isnan(b))
         if a.dtype.kind == "f":
             same = same & (np.signbit(a) == np.signbit(b))
-        bad = np.argwhere(~same).tolist()
-    if not bad:
+        differ = ~same
+        count = int(differ.sum())
+        first = int(differ.argmax()) if count else 0
+    if not count:
         return []
-    idx = tuple(bad[0])
+    idx = tuple(int(i) for i in np.unravel_index(first, tuple(a.shape))) if a.shape else ()
     where = f"{path}[{', '.join(map(str, idx))}]" if idx else path
-    count = f" ({len(bad)} of {math.prod(a.shape)} elements differ)" if len(bad) > 1 else ""
-    return [f"{where}: {_show(a[idx])} vs {_show(b[idx])}{count}"]
+    share = f" ({count} of {math.prod(a.shape)} elements differ)" if count > 1 else ""
+    return [f"{where}: {_show(a[idx])} vs {_show(b[idx])}{share}"]
 
 
 def _differences(a: Any, b: Any, path: str) -> list[str]:  # noqa: PLR0911 - one return per kind
@@ -135,11 +147,31 @@ class ReproducibilityResult(CheckResult):
     deterministic: bool
     differences: tuple[str, ...]
     n_differences: int
-    same_under_other_seed: bool | None
+    draws_randomness: bool  # fn advanced a global RNG (torch, CUDA, numpy or random)
+    same_under_other_seed: bool | None  # None: not checked (or fn drew no random numbers)
 
     @property
     def passed(self) -> bool:
         return not self.differences and not self.same_under_other_seed
+
+
+def _rng_states() -> list[Any]:
+    numpy_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
+    states: list[Any] = [torch.get_rng_state(), *numpy_state, random.getstate()]
+    if torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return states
+
+
+def _same_states(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x, y)
+        if isinstance(x, torch.Tensor)
+        else np.array_equal(x, y)
+        if isinstance(x, np.ndarray)
+        else x == y
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def measure_reproducibility(
@@ -173,9 +205,13 @@ def measure_reproducibility(
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
 
+    drew: list[bool] = []
+
     def run(s: int) -> Any:
         with seeded(s):
+            before = _rng_states()
             result = fn()
+            drew.append(not _same_states(before, _rng_states()))
         if result is None:  # two Nones are equal whatever fn did: nothing to compare
             raise TypeError(
                 "fn returned nothing comparable (None): return what it computed, e.g. the "
@@ -189,7 +225,9 @@ def measure_reproducibility(
         first, second = run(seed), run(seed)
         differences = _differences(first, second, "result")
         same_other = None
-        if check_different and not differences:
+        # A function that draws no random numbers (a forward pass without dropout) has nothing
+        # the seed could change: its sameness under another seed says nothing.
+        if check_different and not differences and any(drew):
             same_other = not _differences(first, run(other_seed), "result")
     return ReproducibilityResult(
         seed=seed,
@@ -197,6 +235,7 @@ def measure_reproducibility(
         deterministic=deterministic,
         differences=tuple(differences[:10]),
         n_differences=len(differences),
+        draws_randomness=any(drew),
         same_under_other_seed=same_other,
     )
 
@@ -215,9 +254,11 @@ def assert_reproducible(
     ``fn`` takes no arguments and is called inside :func:`seeded` (torch, CUDA, numpy and
     ``random`` seeded with ``seed``), twice; the two results must be identical bit for bit:
     tensors and arrays (dtype, shape, values, NaN positions), modules and optimizers (their state
-    dicts), numbers, and dicts/lists/tuples/dataclasses of them. A third call under
-    ``other_seed`` (default ``seed + 1``) must give a different result, or fn ignores the seed
-    (``check_different=False`` skips that). ``deterministic=True`` runs under
+    dicts), numbers, and containers or objects holding them (a ``ModelOutput`` with its cache).
+    When fn draws random numbers from a global generator, a third call under ``other_seed``
+    (default ``seed + 1``) must give a different result, or fn ignores the seed
+    (``check_different=False`` skips that); a fn that draws none (a forward pass without
+    dropout) passes with ``draws_randomness=False``, since no seed can change it. ``deterministic=True`` runs under
     ``torch.use_deterministic_algorithms(True)``. All RNG states and the flag are restored.
 
     Proves: fn's randomness all flows from the global seeds, on this machine and these versions.
@@ -259,7 +300,7 @@ def _explain(r: ReproducibilityResult) -> Explanation:
         causes=[
             "fn seeds itself (torch.manual_seed, a fixed Generator or a model factory with a "
             "fixed seed inside fn overrides the seed set here)",
-            "fn draws no random numbers at all",
+            "fn draws its random numbers from a generator of its own, seeded with a constant",
         ],
         relax="check_different=False, for an fn that is meant to be deterministic.",
     )

@@ -1,26 +1,18 @@
-"""Per-layer gradient norms, the GradientMonitor, and the vanishing/exploding gradient check."""
+"""The vanishing/exploding gradient check: a depth trend of the error signal, like with like."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import zoo
-from state_oracle import assert_same, snapshot
+from state_oracle import assert_restores
 from torch import nn
 from torch.nn import functional as F
 
-from nnsanity import (
-    GradientMonitor,
-    assert_gradient_ratio,
-    layer_gradient_norms,
-    measure_gradient_ratio,
-)
+from nnsanity import assert_gradient_ratio, measure_gradient_ratio
 from nnsanity.errors import SanityError
-
-# Planted bugs -----------------------------------------------------------------------------------
 
 
 def deep_net(
@@ -30,16 +22,17 @@ def deep_net(
     *,
     width: int = 32,
     scale_by_fan_in: bool = True,
+    bias_std: float = 1.0,
     seed: int = 0,
 ) -> nn.Sequential:
-    """``depth`` hidden layers; weights N(0, std^2 / fan_in) (or N(0, std^2)), biases N(0, 1)."""
+    """``depth`` hidden layers; weights N(0, std^2 / fan_in) (or N(0, std^2)), biases N(0, b^2)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     d = 20
     for _ in range(depth):
         layer = nn.Linear(d, width)
         nn.init.normal_(layer.weight, 0.0, std / math.sqrt(d) if scale_by_fan_in else std)
-        nn.init.normal_(layer.bias)
+        nn.init.normal_(layer.bias, 0.0, bias_std)
         layers += [layer, activation()]
         d = width
     return nn.Sequential(*layers, nn.Linear(d, zoo.N_CLASSES))
@@ -48,8 +41,8 @@ def deep_net(
 class NielsenChain(nn.Module):
     """Ch. 5's exploding chain: one sigmoid neuron per layer, w = 100, biases making every z = 0.
 
-    Every factor w sigma'(z) is 25, so the first layer's gradient is 25^3 = 15625 times the
-    fourth's (the weight gradients too, as every layer's input is 0.5).
+    Every factor w sigma'(z) is 25, so the first layer's error signal is 25^3 = 15625 times the
+    fourth's.
     """
 
     def __init__(self, a0: float = 0.5, w: float = 100.0, n: int = 4):
@@ -70,227 +63,108 @@ def chain_batch():
     return torch.full((4, 1), 0.5, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)
 
 
-class ZeroedMiddle(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(20, 32), nn.Linear(32, 32), nn.Linear(32, 10)
-        nn.init.zeros_(self.c.weight)  # blocks every gradient below it
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
-
-
-# layer_gradient_norms ---------------------------------------------------------------------------
-
-
-def test_norms_match_autograd_computed_by_hand():
-    model, (x, y) = zoo.mlp(), zoo.classification_batch()
-    norms = layer_gradient_norms(model, (x, y), F.cross_entropy)
-    F.cross_entropy(model(x), y).backward()
-    for name in ("0", "2", "4"):
-        layer = model.get_submodule(name)
-        assert norms[name].weight_norm == pytest.approx(float(layer.weight.grad.norm()), rel=1e-5)
-        assert norms[name].bias_norm == pytest.approx(float(layer.bias.grad.norm()), rel=1e-5)
-        assert norms[name].bias_rms == pytest.approx(
-            norms[name].bias_norm / math.sqrt(32 if (name != "4") else 10), rel=1e-6
-        )
-
-
-def test_there_is_one_entry_per_module_owning_parameters_in_registration_order():
-    model = zoo.TinyCausalLM()
-    norms = layer_gradient_norms(model, zoo.token_batch(), zoo.lm_loss)
-    owners = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
-    assert list(norms) == owners
-    assert norms["block.norm1"].module == "LayerNorm"
-    assert norms["tok"].bias_norm is None  # an Embedding has no bias group
-
-
-def test_frozen_parameters_are_left_out():
-    model = zoo.mlp()
-    model[0].requires_grad_(False)
-    assert list(layer_gradient_norms(model, zoo.classification_batch(), F.cross_entropy)) == [
-        "2",
-        "4",
-    ]
-
-
-def test_a_two_hidden_layer_sigmoid_net_learns_slower_in_its_first_hidden_layer():
-    norms = layer_gradient_norms(
-        zoo.NielsenNet((784, 30, 30, 10)), zoo.mnist_like_batch(100), zoo.nielsen_loss
-    )
-    assert norms["layers.0"].bias_norm < norms["layers.1"].bias_norm
-
-
-def test_norms_leave_gradients_and_global_state_as_they_were():
-    model, batch = zoo.mlp(), zoo.classification_batch()
-    model[0].weight.grad = torch.ones_like(model[0].weight)
-    model.eval()
-    before = snapshot(model)
-    layer_gradient_norms(model, batch, F.cross_entropy)
-    assert_same(before, snapshot(model))
-
-
-# GradientMonitor --------------------------------------------------------------------------------
-
-
-def train(model, batch, steps, lr=0.1, accumulate=1):
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    x, y = batch
-    for _ in range(steps):
-        opt.zero_grad()
-        for _ in range(accumulate):
-            zoo.nielsen_loss(model(x), y).backward()
-        opt.step()
-    return opt
-
-
-def test_monitor_records_one_entry_per_optimizer_step_of_an_unchanged_loop():
-    model, batch = zoo.NielsenNet((784, 30, 30, 10)), zoo.mnist_like_batch(32)
-    at_init = layer_gradient_norms(model, batch, zoo.nielsen_loss)
-    with GradientMonitor(model) as monitor:
-        train(model, batch, steps=4)
-    assert len(monitor.history) == 4
-    assert monitor.layers == ["layers.0", "layers.1", "layers.2"]
-    assert monitor.history[0] == at_init  # read before the first update
-    speed = monitor.as_array("bias")
-    assert speed.shape == (4, 3)
-    assert (speed[:, 0] < speed[:, 1]).all()
-
-
-def test_monitor_reads_accumulated_gradients_once_per_step():
-    model, batch = zoo.NielsenNet(), zoo.mnist_like_batch()
-    once = layer_gradient_norms(model, batch, zoo.nielsen_loss)["layers.0"].weight_norm
-    with GradientMonitor(model) as monitor:
-        train(model, batch, steps=1, accumulate=3)
-    assert len(monitor.history) == 1
-    assert monitor.history[0]["layers.0"].weight_norm == pytest.approx(3 * once, rel=1e-5)
-
-
-def test_monitor_ignores_other_models_optimizers_and_removes_its_hook_on_exit():
-    model, other = zoo.NielsenNet(), zoo.NielsenNet(seed=1)
-    batch = zoo.mnist_like_batch()
-    with GradientMonitor(model) as monitor:
-        train(other, batch, steps=2)
-    assert monitor.history == []
-    train(model, batch, steps=2)
-    assert monitor.history == []
-
-
-def test_monitor_watches_only_the_given_optimizer():
-    model, batch = zoo.NielsenNet(), zoo.mnist_like_batch()
-    watched = torch.optim.SGD(model.parameters(), lr=0.1)
-    with GradientMonitor(model, optimizer=watched) as monitor:
-        train(model, batch, steps=2)  # its own optimizer, not the watched one
-        zoo.nielsen_loss(model(batch[0]), batch[1]).backward()
-        watched.step()
-    assert len(monitor.history) == 1
-
-
-def test_monitor_records_on_demand_and_fills_missing_biases_with_nan():
-    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2))
-    monitor = GradientMonitor(model)
-    model(torch.ones(1, 4)).sum().backward()
-    monitor.record()
-    bias = monitor.as_array("bias", "rms")
-    assert np.isnan(bias[0, 0]) and bias[0, 1] == pytest.approx(1.0)
-    assert monitor.as_array("weight", layers=["1"]).shape == (1, 1)
-
-
-def test_monitor_rejects_bad_arguments():
-    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
-        GradientMonitor("model")
-    with pytest.raises(TypeError, match="not a factory"):
-        GradientMonitor(zoo.mlp(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    with pytest.raises(ValueError, match="kind must be"):
-        GradientMonitor(zoo.mlp()).as_array("biases")
-    monitor = GradientMonitor(zoo.mlp())
-    with monitor, pytest.raises(RuntimeError, match="already active"), monitor:
-        pass
-
-
-# assert_gradient_ratio --------------------------------------------------------------------------
+BATCH = zoo.classification_batch()
 
 
 @pytest.mark.parametrize("name", list(zoo.HEALTHY))
-def test_gradient_ratio_passes_on_healthy_models_with_defaults(name):
-    model_factory, batch_factory, loss_fn = zoo.HEALTHY[name]
-    result = assert_gradient_ratio(model_factory(), batch_factory(), loss_fn)
-    assert 1 <= result.ratio <= 100
+def test_passes_on_the_healthy_toy_models_with_defaults(name):
+    assert assert_gradient_ratio(*zoo.healthy(name)).passed
+
+
+def test_a_deep_relu_net_at_he_scale_has_no_depth_trend():
+    result = assert_gradient_ratio(
+        deep_net(10, nn.ReLU, math.sqrt(2), bias_std=0.0), BATCH, F.cross_entropy
+    )
+    (group,) = result.groups
+    assert group.pattern == "*" and len(group.layers) == 9 and group.trend < 2
 
 
 def test_fails_when_gradients_vanish_in_a_deep_sigmoid_net_with_unit_gaussian_weights():
     model = deep_net(10, nn.Sigmoid, 1.0, scale_by_fan_in=False)
     with pytest.raises(
         SanityError,
-        match=r"(?s)Gradients vanish toward the input!.*up to 100 allowed.*Smallest: layer '\d+'"
-        r".*1\. .*ReLU.*He.*normalisation.*residual",
-    ) as info:
-        assert_gradient_ratio(model, zoo.classification_batch(), F.cross_entropy)
-    assert info.value.result.ratio > 100
+        match=r"(?s)Gradients vanish toward the input!.*"
+        r"shrinks toward the input along '\*' \(9 layers\)",
+    ) as e:
+        assert_gradient_ratio(model, BATCH, F.cross_entropy)
+    message = str(e.value)
+    assert "from '2' (RMS" in message and "to '18'" in message  # the first and last of the group
+    assert "1. saturating activations (sigmoid, tanh) stacked deep" in message
+    assert e.value.result.worst.trend > 10
 
 
-def test_fails_on_nielsens_four_hidden_layer_network():
-    model = zoo.NielsenNet((784, 30, 30, 30, 30, 10))
-    with pytest.raises(SanityError, match=r"(?s)vanish.*Smallest: layer 'layers\.0'"):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fails_on_nielsens_four_hidden_layer_network(seed):
+    model = zoo.NielsenNet((784, 30, 30, 30, 30, 10), seed=seed)
+    with pytest.raises(SanityError, match=r"(?s)vanish.*along 'layers\.\*' \(3 layers\)"):
         assert_gradient_ratio(model, zoo.mnist_like_batch(), zoo.nielsen_loss)
 
 
-def test_fails_when_gradients_explode_in_a_deep_tanh_net_with_weights_four_times_too_large():
-    model = deep_net(20, nn.Tanh, 4.0, width=64)
+def test_passes_nielsens_three_hidden_layer_network_whose_decay_stays_under_10x():
+    result = measure_gradient_ratio(
+        zoo.NielsenNet((784, 30, 30, 30, 10)), zoo.mnist_like_batch(), zoo.nielsen_loss
+    )
+    assert result.passed and 3 < result.groups[0].trend < 10
+    assert result.groups[0].toward_input == "shrinks"
+
+
+def test_fails_when_gradients_explode_in_a_deep_relu_net_initialised_at_three_times_he():
+    # The forward signal and the loss explode (activations x3 per layer); the weight gradients
+    # are flat across layers, but the error signal grows 3x per layer toward the input.
+    model = deep_net(10, nn.ReLU, 3 * math.sqrt(2), width=64, bias_std=0.0)
     with pytest.raises(
         SanityError,
-        match=r"(?s)Gradients explode toward the input!.*1\. .*init scale.*learning rate.*clip",
-    ) as info:
-        assert_gradient_ratio(model, zoo.classification_batch(), F.cross_entropy)
-    assert info.value.result.first_last_ratio > 1
+        match=r"(?s)Gradients explode toward the input!.*grows toward the input"
+        r".*1\. weights initialised too large",
+    ) as e:
+        assert_gradient_ratio(model, BATCH, F.cross_entropy)
+    assert e.value.result.worst.rate == pytest.approx(3, rel=0.1)
+
+
+def test_fails_when_gradients_explode_in_a_deep_tanh_net_with_weights_four_times_too_large():
+    with pytest.raises(SanityError, match="Gradients explode toward the input!"):
+        assert_gradient_ratio(deep_net(20, nn.Tanh, 4.0, width=64), BATCH, F.cross_entropy)
 
 
 def test_nielsens_w100_chain_explodes_by_exactly_25_cubed():
     result = measure_gradient_ratio(NielsenChain(), chain_batch(), F.mse_loss)
-    assert result.first_last_ratio == pytest.approx(25.0**3, rel=1e-9)
-    with pytest.raises(SanityError, match=r"(?s)explode.*smallest gradient RMS: 1\.56e\+04"):
-        assert_gradient_ratio(NielsenChain(), chain_batch(), F.mse_loss)
+    (group,) = result.groups
+    assert group.trend == pytest.approx(25.0**3, rel=1e-9) and group.toward_input == "grows"
+    assert not result.passed
 
 
-def test_fails_naming_a_layer_whose_gradient_is_exactly_zero():
-    with pytest.raises(
-        SanityError, match=r"(?s)Layer 'a' gets an exactly zero gradient!.*assert_params_update"
-    ):
-        assert_gradient_ratio(ZeroedMiddle(), zoo.classification_batch(), F.cross_entropy)
+def test_a_zero_initialised_branch_is_listed_as_silent_not_failed():
+    model = deep_net(4, nn.ReLU, math.sqrt(2))
+    nn.init.zeros_(model[-1].weight)  # blocks every error signal below it at step 0
+    result = assert_gradient_ratio(model, BATCH, F.cross_entropy)
+    assert result.silent == ("0", "2", "4", "6") and result.groups == ()
 
 
-def test_max_ratio_relaxes_the_check():
+def test_max_decay_and_max_growth_relax_the_check():
     model = zoo.NielsenNet((784, 30, 30, 30, 30, 10))
-    ratio = measure_gradient_ratio(model, zoo.mnist_like_batch(), zoo.nielsen_loss).ratio
-    assert_gradient_ratio(model, zoo.mnist_like_batch(), zoo.nielsen_loss, max_ratio=ratio * 1.01)
-
-
-def test_embedding_rms_counts_only_the_rows_of_tokens_in_the_batch():
-    model = zoo.TinyCausalLM()
-    batch = zoo.token_batch()  # 12 positions of the 64 in the position table
-    stats = layer_gradient_norms(model, batch, zoo.lm_loss)["pos"]
-    assert stats.matrix_rms == pytest.approx(stats.weight_norm / math.sqrt(12 * 32), rel=1e-6)
+    trend = measure_gradient_ratio(model, zoo.mnist_like_batch(), zoo.nielsen_loss).worst.trend
+    assert_gradient_ratio(model, zoo.mnist_like_batch(), zoo.nielsen_loss, max_decay=trend * 1.01)
+    chain = NielsenChain()
+    assert_gradient_ratio(chain, chain_batch(), F.mse_loss, max_growth=2e4)
 
 
 def test_gradient_ratio_works_in_float64():
-    model, (x, y) = zoo.mlp().double(), zoo.classification_batch()
-    assert assert_gradient_ratio(model, (x.double(), y), F.cross_entropy).ratio < 100
+    model = deep_net(4, nn.ReLU, math.sqrt(2)).double()
+    assert assert_gradient_ratio(model, (BATCH[0].double(), BATCH[1]), F.cross_entropy).passed
 
 
 def test_gradient_ratio_rejects_bad_arguments():
-    batch = zoo.classification_batch()
-    with pytest.raises(ValueError, match="max_ratio must be a number >= 1"):
-        assert_gradient_ratio(zoo.mlp(), batch, F.cross_entropy, max_ratio=0.5)
-    with pytest.raises(TypeError, match="batch must be an \\(inputs, targets\\) pair"):
-        assert_gradient_ratio(zoo.mlp(), batch[0], F.cross_entropy)
-    with pytest.raises(ValueError, match="no trainable weight matrix"):
-        measure_gradient_ratio(nn.LayerNorm(20), batch, lambda o, y: o.sum())
+    with pytest.raises(ValueError, match="max_growth must be a number >= 1"):
+        assert_gradient_ratio(zoo.mlp(), BATCH, F.cross_entropy, max_growth=0.5)
+    with pytest.raises(TypeError, match="max_decay must be a number >= 1"):
+        assert_gradient_ratio(zoo.mlp(), BATCH, F.cross_entropy, max_decay="10")
+    with pytest.raises(TypeError, match=r"batch must be an \(inputs, targets\) pair"):
+        assert_gradient_ratio(zoo.mlp(), BATCH[0], F.cross_entropy)
 
 
-def test_gradient_ratio_leaves_model_and_global_state_unchanged():
+def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
     model = zoo.cnn()
-    model[0].weight.grad = torch.ones_like(model[0].weight)
-    before = snapshot(model)
-    with pytest.raises(SanityError):
-        assert_gradient_ratio(model, zoo.image_batch(), F.cross_entropy, max_ratio=1.0)
-    assert_same(before, snapshot(model))
+    model.eval()
+    assert_restores(
+        lambda: measure_gradient_ratio(model, zoo.image_batch(), F.cross_entropy), model
+    )

@@ -1,0 +1,321 @@
+"""Real architectures, built from small configs with random init (nothing is downloaded).
+
+The models people actually train, with the batches they actually feed them: Hugging Face
+transformers (a mapping batch with its labels inside, the model computing its own loss),
+torchvision and timm image models, a packed LSTM with ``(x, lengths)`` inputs, a log-softmax +
+NLL CNN, a model returning ``(logits, aux_loss)``, a label-smoothing LM with dict inputs and
+outputs. Every applicable check must pass on every one with default arguments
+(``tests/checks/test_architectures.py``); the README's compatibility table comes from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+ALL_CHECKS = (
+    "init_loss",
+    "finite",
+    "loss_decreases",
+    "can_overfit",
+    "params_update",
+    "gradient_ratio",
+    "batch_independence",
+    "uses_inputs",
+    "reproducible",
+    "causal",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How to build one zoo model and its batch, and which checks apply to it."""
+
+    build: Callable[[], nn.Module]  # seeded inside: the same model every call
+    batch: Callable[[], Any]
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None  # None: the model computes its loss
+    causal_inputs: Callable[[Any], Any] | None = None  # the inputs of an autoregressive model
+    skip: tuple[str, ...] = ()  # checks that do not apply, each for a stated reason
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        return tuple(
+            c for c in ALL_CHECKS if c not in self.skip and (c != "causal" or self.causal_inputs)
+        )
+
+
+def _generator(seed: int = 1) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _quiet_transformers() -> Any:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+# -- Hugging Face transformers -----------------------------------------------------------------
+
+VOCAB, T = 96, 16
+
+
+def _token_batch(n: int = 4, pad_rows: bool = False) -> dict[str, torch.Tensor]:
+    g = _generator()
+    ids = torch.randint(3, VOCAB, (n, T), generator=g)
+    mask = torch.ones(n, T, dtype=torch.long)
+    if pad_rows:  # right padding, as a tokenizer gives a batch of unequal sentences
+        for i, length in enumerate([T, T - 5, T - 2, T - 9][:n]):
+            mask[i, length:] = 0
+            ids[i, length:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _lm_batch() -> dict[str, torch.Tensor]:
+    batch = _token_batch()
+    return {**batch, "labels": batch["input_ids"].clone()}  # HF shifts the labels itself
+
+
+def _gpt2() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=64, n_layer=2, n_head=4, bos_token_id=1,
+        eos_token_id=2,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _llama() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+def _bert() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64, num_labels=3,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+def _bert_batch() -> dict[str, torch.Tensor]:
+    batch = _token_batch(pad_rows=True)
+    labels = torch.randint(0, 3, (4,), generator=_generator(2))
+    return {**batch, "token_type_ids": torch.zeros_like(batch["input_ids"]), "labels": labels}
+
+
+def _t5() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    return transformers.T5ForConditionalGeneration(config)
+
+
+def _t5_batch() -> dict[str, torch.Tensor]:
+    batch = _token_batch(pad_rows=True)
+    labels = torch.randint(3, VOCAB, (4, 8), generator=_generator(3))
+    return {**batch, "labels": labels}
+
+
+def _lm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+# -- torchvision and timm ----------------------------------------------------------------------
+
+
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    g = _generator()
+    return torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        torch.manual_seed(0)
+        return getattr(torchvision.models, name)(num_classes=10)
+
+    return build
+
+
+def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        torch.manual_seed(0)
+        return timm.create_model(name, num_classes=10, **kwargs)
+
+    return build
+
+
+# -- patterns people post ----------------------------------------------------------------------
+
+
+class PackedRegressor(nn.Module):
+    """A bidirectional LSTM over variable-length sequences: inputs ``(x, lengths)``, MSE."""
+
+    def __init__(self, d_in: int = 4, hidden: int = 16):
+        super().__init__()
+        self.rnn = nn.LSTM(d_in, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, 1)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, lengths = inputs
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.rnn(packed)
+        return self.out(torch.cat([h[0], h[1]], dim=-1))
+
+
+def _packed_lstm() -> nn.Module:
+    torch.manual_seed(0)
+    return PackedRegressor()
+
+
+def _sequences() -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    g = _generator()
+    lengths = torch.tensor([9, 4, 7, 3, 9, 5, 8, 6, 2, 9, 7, 5])
+    x = torch.randn(12, 9, 4, generator=g)
+    x[torch.arange(9) >= lengths[:, None]] = 0.0
+    y = torch.stack([x[i, : lengths[i], 0].sum() for i in range(12)]).unsqueeze(1)
+    return (x, lengths), (y - y.mean()) / y.std()
+
+
+class MnistExampleNet(nn.Module):
+    """pytorch/examples mnist/main.py, scaled to 12x12 images: it returns log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 16, 3)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def _mnist_example() -> nn.Module:
+    torch.manual_seed(0)
+    return MnistExampleNet()
+
+
+def _small_images() -> tuple[torch.Tensor, torch.Tensor]:
+    g = _generator()
+    return torch.randn(16, 1, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+class MoEClassifier(nn.Module):
+    """Two experts behind a softmax gate, returning ``(logits, aux_loss)`` (a load-balance loss)."""
+
+    def __init__(self, d: int = 20, hidden: int = 32, experts: int = 2) -> None:
+        super().__init__()
+        self.gate = nn.Linear(d, experts)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 10))
+            for _ in range(experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.gate(x).softmax(-1)  # (B, experts)
+        logits = torch.stack([e(x) for e in self.experts], -1)  # (B, 10, experts)
+        load = weights.mean(0)
+        return (logits * weights[:, None, :]).sum(-1), (load * load).sum() * len(self.experts)
+
+
+def _moe() -> nn.Module:
+    torch.manual_seed(0)
+    return MoEClassifier()
+
+
+def _moe_loss(outputs: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    logits, aux = outputs
+    return F.cross_entropy(logits, y) + 0.01 * aux
+
+
+def _vectors() -> tuple[torch.Tensor, torch.Tensor]:
+    g = _generator()
+    return torch.randn(16, 20, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+class SmoothedLM(nn.Module):
+    """A GPT-2-style LM in a user's own code: dict in, dict out, tied head, 0.02 init."""
+
+    def __init__(self, vocab: int = 40, t: int = 12, d: int = 32) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(t, d)
+        self.ln1, self.ln2, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+        nn.init.normal_(self.tok.weight, 0, 0.02)
+        nn.init.normal_(self.pos.weight, 0, 0.02)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        t = ids.shape[1]
+        h = self.tok(ids) + self.pos(torch.arange(t, device=ids.device))
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).triu(1)
+        a = self.ln1(h)
+        h = h + self.attn(a, a, a, attn_mask=causal, key_padding_mask=mask == 0)[0]
+        h = h + self.mlp(self.ln2(h))
+        return {"logits": self.head(self.ln_f(h))}
+
+
+def _smoothed_lm() -> nn.Module:
+    torch.manual_seed(0)
+    return SmoothedLM()
+
+
+def _smoothed_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    ids = torch.randint(0, 40, (6, 12), generator=_generator())
+    labels = torch.cat([ids[:, 1:], torch.full((6, 1), -100)], 1)
+    return {"input_ids": ids, "attention_mask": torch.ones(6, 12, dtype=torch.long)}, labels
+
+
+def _smoothed_loss(out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    logits = out["logits"]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+        label_smoothing=0.1,
+    )  # fmt: skip
+
+
+ZOO: dict[str, Arch] = {
+    "gpt2": Arch(_gpt2, _lm_batch, None, causal_inputs=_lm_inputs),
+    "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
+    "bert_classifier": Arch(_bert, _bert_batch, None),
+    "t5": Arch(_t5, _t5_batch, None),
+    "torchvision_resnet18": Arch(_torchvision("resnet18"), _images, F.cross_entropy),
+    "torchvision_mobilenet_v3_small": Arch(
+        _torchvision("mobilenet_v3_small"), _images, F.cross_entropy
+    ),
+    "timm_resnet18": Arch(_timm("resnet18"), _images, F.cross_entropy),  # zero_init_last
+    "timm_vit_tiny": Arch(_timm("vit_tiny_patch16_224", img_size=32), _images, F.cross_entropy),
+    "packed_lstm": Arch(_packed_lstm, _sequences, F.mse_loss),
+    "log_softmax_nll_cnn": Arch(_mnist_example, _small_images, F.nll_loss),
+    "logits_and_aux_loss": Arch(_moe, _vectors, _moe_loss),
+    "label_smoothing_lm": Arch(
+        _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
+    ),
+}
