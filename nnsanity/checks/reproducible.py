@@ -253,13 +253,14 @@ def assert_reproducible(
 
     ``fn`` takes no arguments and is called inside :func:`seeded` (torch, CUDA, numpy and
     ``random`` seeded with ``seed``), twice; the two results must be identical bit for bit:
-    tensors and arrays (dtype, shape, values, NaN positions), modules and optimizers (their state
-    dicts), numbers, and containers or objects holding them (a ``ModelOutput`` with its cache).
-    When fn draws random numbers from a global generator, a third call under ``other_seed``
-    (default ``seed + 1``) must give a different result, or fn ignores the seed
+    tensors and arrays (dtype, shape, values, NaN positions), modules and optimizers (their
+    state dicts), numbers, and containers or objects holding them (a ``ModelOutput`` with its
+    cache). When fn draws random numbers from a global generator, a third call under
+    ``other_seed`` (default ``seed + 1``) must give a different result, or fn ignores the seed
     (``check_different=False`` skips that); a fn that draws none (a forward pass without
-    dropout) passes with ``draws_randomness=False``, since no seed can change it. ``deterministic=True`` runs under
-    ``torch.use_deterministic_algorithms(True)``. All RNG states and the flag are restored.
+    dropout) passes with ``draws_randomness=False``, since no seed can change it.
+    ``deterministic=True`` runs under ``torch.use_deterministic_algorithms(True)``. All RNG
+    states and the flag are restored.
 
     Proves: fn's randomness all flows from the global seeds, on this machine and these versions.
     Does NOT prove: the same results on other hardware, library versions or thread counts.
