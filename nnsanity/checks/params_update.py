@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_number
+from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
 from nnsanity._result import CheckResult
@@ -32,6 +32,7 @@ class ParamsUpdateResult(CheckResult):
     """Parameter names by problem found (empty tuples when healthy)."""
 
     max_dead_fraction: float  # the bound on dead units per layer
+    steps: int  # optimisation steps taken: 1, or up to ``steps`` while gradients were zero
     loss: float
     n_params: int
     n_trainable: int
@@ -81,13 +82,13 @@ def _patterns(frozen: Any, model: torch.nn.Module) -> tuple[str, ...]:
     return patterns
 
 
-def _dead_units(model: torch.nn.Module) -> list[tuple[str, int, int]]:
-    """Per layer, the units whose weight row and bias both get exactly zero gradient.
+def _dead_units(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Per Linear/Conv layer, which units get exactly zero gradient in weight row and bias.
 
     The bias gradient is the unit's summed error, so a layer fed all-zero inputs (weight rows
     zero, bias alive) is not counted; without a bias only the weight row can be read.
     """
-    found = []
+    found = {}
     for name, m in model.named_modules():
         if not isinstance(m, _UNIT_LAYERS + _TRANSPOSED):
             continue
@@ -98,8 +99,7 @@ def _dead_units(model: torch.nn.Module) -> list[tuple[str, int, int]]:
         zero = (g.reshape(g.shape[0], -1) == 0).all(1)
         if b is not None and b.grad is not None and b.shape[0] == zero.shape[0]:
             zero &= b.grad.detach() == 0
-        if dead := int(zero.sum()):
-            found.append((name or type(m).__name__, dead, zero.shape[0]))
+        found[name or type(m).__name__] = zero
     return found
 
 
@@ -111,11 +111,13 @@ def measure_params_update(
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    steps: int = 3,
     max_dead_fraction: float = 0.5,
     unpack: bool | None = None,
     seed: int = 0,
 ) -> ParamsUpdateResult:
-    """Backward once (training mode), then take one optimisation step; see the assert."""
+    """Read the gradients, then take up to ``steps`` optimisation steps; see the assert."""
+    steps = check_int(steps, "steps", minimum=1)
     max_dead_fraction = check_number(max_dead_fraction, "max_dead_fraction", low=0, high=1)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     patterns = _patterns(frozen, h.model)
@@ -123,14 +125,31 @@ def measure_params_update(
         params = dict(h.model.named_parameters())
         listed = {n for n in params if any(fnmatchcase(n, pat) for pat in patterns)}
         trainable = [n for n, p in params.items() if p.requires_grad]
+        before = {n: p.detach().clone() for n, p in params.items()}
         loss = h.backward()
         grads = {n: g for n in trainable if (g := params[n].grad) is not None}
+        nonzero = {n for n, g in grads.items() if bool(g.any())}
         dead = _dead_units(h.model)
-
-        before = {n: p.detach().clone() for n, p in params.items()}
-        for p in params.values():
-            p.grad = None  # the step starts from fresh gradients, as in a training loop
-        h.stepper()()
+        run = h.stepper()
+        # A gradient that is None stays None (the parameter is not in the graph), so those fail
+        # at once; an exactly zero one can belong to a zero-initialised branch (a residual
+        # block's last norm at 0, a gate) that opens after the first update, so while some are
+        # zero (or units dead) and none is None, up to ``steps`` steps probe again.
+        taken = 0
+        while True:
+            for p in params.values():
+                p.grad = None  # the step starts from fresh gradients, as in a training loop
+            run()
+            taken += 1
+            waiting = set(grads) - nonzero or any(z.any() for z in dead.values())
+            finite = all(bool(torch.isfinite(p).all()) for p in params.values())
+            if taken == steps or not waiting or len(grads) < len(trainable) or not finite:
+                break
+            h.backward()
+            nonzero |= {n for n in grads if (g := params[n].grad) is not None and bool(g.any())}
+            for name, zero in _dead_units(h.model).items():
+                if name in dead:
+                    dead[name] &= zero
         after = {n: p.detach() for n, p in params.items()}
 
         def pick(cond: Any, among: Iterable[str]) -> tuple[str, ...]:
@@ -138,6 +157,7 @@ def measure_params_update(
 
         return ParamsUpdateResult(
             seed=h.seed,
+            steps=taken,
             max_dead_fraction=max_dead_fraction,
             loss=loss,
             n_params=len(params),
@@ -146,8 +166,8 @@ def measure_params_update(
             not_frozen=pick(lambda n: n in listed, trainable),
             nonfinite_grad=pick(lambda n: not bool(torch.isfinite(grads[n]).all()), grads),
             no_grad=pick(lambda n: n not in grads, trainable),
-            zero_grad=pick(lambda n: not bool(grads[n].any()), grads),
-            dead_units=tuple(dead),
+            zero_grad=pick(lambda n: n not in nonzero, grads),
+            dead_units=tuple((n, int(z.sum()), z.numel()) for n, z in dead.items() if z.any()),
             unchanged=pick(lambda n: torch.equal(before[n], after[n]), trainable),
             frozen_changed=pick(
                 lambda n: n not in trainable and not torch.equal(before[n], after[n]), params
@@ -164,6 +184,7 @@ def assert_params_update(
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    steps: int = 3,
     max_dead_fraction: float = 0.5,
     unpack: bool | None = None,
     seed: int = 0,
@@ -171,14 +192,19 @@ def assert_params_update(
 ) -> ParamsUpdateResult:
     """Check that every trainable parameter gets a non-zero finite gradient and is updated.
 
-    Fails when a parameter has ``requires_grad=False`` without matching a glob in ``frozen``
-    (or matches one yet is trainable), gets no gradient (``.detach()``, ``no_grad``, unused),
-    an all-zero or non-finite gradient, when over ``max_dead_fraction`` of a Linear/Conv
-    layer's units get exactly zero gradient on the batch (dead ReLUs), or when one step of
-    ``optimizer`` (default Adam 3e-4) or of your ``step(batch) -> loss`` leaves a trainable
-    parameter unchanged, changes a frozen one, or makes one non-finite.
+    Fails at once when a parameter has ``requires_grad=False`` without matching a glob in
+    ``frozen`` (or matches one yet is trainable), gets no gradient at all (``.detach()``,
+    ``no_grad``, never used: ``.grad`` stays None) or a non-finite one. A gradient that is
+    exactly zero, and units of a Linear/Conv layer whose gradient is exactly zero, get up to
+    ``steps`` (3) optimisation steps of ``optimizer`` (default Adam 3e-4) or of your
+    ``step(batch) -> loss`` to come alive: a zero-initialised branch (timm's ``zero_init_last``
+    residual blocks, a gate initialised at 0) passes its gradient on after the first update, one
+    level of zero-init per step. After them it fails when a parameter's gradient was zero at
+    every step, when over ``max_dead_fraction`` of a layer's units stayed dead (dead ReLUs), or
+    when the steps left a trainable parameter unchanged, changed a frozen one, or made one
+    non-finite.
 
-    Proves: on this batch, every parameter is wired to the loss and the step updates it.
+    Proves: on this batch, every parameter is wired to the loss and the steps update it.
     Does not prove: the updates have a sensible size or direction (see the loss-decrease and
     overfitting checks), or that a unit dead on this batch is dead on all data.
 
@@ -186,7 +212,7 @@ def assert_params_update(
     """
     __tracebackhide__ = True
     r = measure_params_update(
-        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step,
+        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step, steps=steps,
         max_dead_fraction=max_dead_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
@@ -241,22 +267,23 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         None,
     ),
     "zero_grad": (
-        "{n} of {total} parameters get an exactly zero gradient!",
+        "{n} of {total} parameters get an exactly zero gradient at every step!",
         (
             _RELU,
-            "a zero-initialised layer or a multiplication by zero blocks the gradient: "
-            "initialise it randomly",
-            _DETACH,
+            "a multiplication by a constant zero (a mask or gate that is not learned), or zero-"
+            "initialised layers nested deeper than the steps taken: initialise one randomly",
+            "an op with a zero derivative between it and the loss (argmax, rounding, a step "
+            "function, a clamp that is always active)",
         ),
-        None,
+        "steps= (more), for zero-initialised layers nested deeper.",
     ),
     "too_dead": (
         "Over {fraction:.0%} of a layer's units get exactly zero gradient (dead)!",
         (_RELU, "inputs all zero or constant: check the data pipeline"),
-        "max_dead_fraction= (larger).",
+        "max_dead_fraction= (larger), or steps= (more) for units behind a zero-initialised layer.",
     ),
     "nonfinite_after": (
-        "{n} of {total} parameters are NaN/Inf after one step!",
+        "{n} of {total} parameters are NaN/Inf after {steps}!",
         (
             "a learning rate far too high: lower it",
             "the step divides by zero (e.g. a custom optimiser without an epsilon)",
@@ -264,7 +291,7 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         None,
     ),
     "nothing_changed": (
-        "None of the {trainable} trainable parameters changed after one step!",
+        "None of the {trainable} trainable parameters changed after {steps}!",
         (
             "the step never calls optimizer.step() (or calls it before backward)",
             "the optimizer holds copies or another model's parameters: build it from "
@@ -274,7 +301,7 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         None,
     ),
     "unchanged": (
-        "{n} of {total} parameters did not change after one step!",
+        "{n} of {total} parameters did not change after {steps}!",
         (
             "they are missing from the optimizer: build it from model.parameters() (or add a "
             "param group)",
@@ -283,7 +310,7 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         None,
     ),
     "frozen_changed": (
-        "{n} frozen parameters changed after one step!",
+        "{n} frozen parameters changed after {steps}!",
         (
             "the step writes to them directly (weight decay or an EMA outside the optimizer): "
             "skip parameters with requires_grad=False",
@@ -315,6 +342,10 @@ def _explain(r: ParamsUpdateResult) -> Explanation:
             lines.append(f"Dead units: {_dead_text(r.too_dead)}")
     n = r.n_trainable if problem == "nothing_changed" else len(getattr(r, problem))
     text = header.format(
-        n=n, total=r.n_params, trainable=r.n_trainable, fraction=r.max_dead_fraction
+        n=n,
+        total=r.n_params,
+        trainable=r.n_trainable,
+        fraction=r.max_dead_fraction,
+        steps=f"{r.steps} step" + ("s" if r.steps > 1 else ""),
     )
     return Explanation(header=text, lines=lines, causes=causes, relax=relax)
