@@ -3,14 +3,16 @@
 Karpathy's recipe, "verify loss @ init": with softmax cross-entropy over C classes a sane
 initialisation gives about -ln(1/C) = ln C, because the network has not yet learned a preference.
 A loss far above that means the outputs start out large and confidently wrong, and the first
-steps are spent shrinking them (the "hockey stick" loss curve) instead of learning.
+steps are spent shrinking them (the "hockey stick" loss curve) instead of learning. A loss that
+the outputs could never bring to its minimum, or that goes negative, means the model's output
+and the loss disagree about what the output is (probabilities into a loss that wants logits).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -19,62 +21,159 @@ from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail
 from nnsanity._result import CheckResult
 
-# The reference "no more confident than unit-scale random logits" is the mean loss of this many
-# fixed-seed draws of N(0, 1) outputs: 8 x batch-size samples keep its Monte Carlo error ~0.05 nats.
+# The bound "no more confident than random outputs of standard deviation NOISE_STD" is the mean
+# loss of NOISE_DRAWS fixed-seed draws on this batch: 8 x batch-size samples keep its Monte Carlo
+# error ~0.05 nats. Xavier and He inits give a last layer unit-variance outputs on unit-variance
+# features (He's gain sqrt(2) up to 1.4x that on raw inputs; Glorot & Bengio 2010, He et al.
+# 2015), T5's init ~1.1 and network2's N(0, 1) biases ~1.2-1.4: twice the unit scale admits all
+# of them, while a last layer 10x too large (outputs of std ~10) lands far above.
+NOISE_STD = 2.0
 NOISE_DRAWS = 8
+# A perfect prediction at this margin (logits 100 on the right class) reaches a proper loss's
+# minimum to within e^-100; a loss still above FLOOR there has a floor the outputs cannot pass.
+PERFECT_MARGIN = 100.0
+FLOOR = 0.05
+
+Kind = Literal["logits", "log-probabilities", "probabilities"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class InitLossResult(CheckResult):
-    """What ``measure_init_loss`` measured; ``lower <= loss <= upper`` is the pass criterion."""
+    """What ``measure_init_loss`` measured; ``lower <= loss <= upper`` and no misuse pass."""
 
-    loss: float  # the loss at initialisation, train mode
-    expected: float  # the user's value, or the loss of all-zero outputs
-    lower: float  # the bounds: -inf unless rtol was given
+    loss: float  # the loss at initialisation, train mode, in the loss's unit (e.g. nats)
+    expected: float  # the user's value, or the loss of the no-preference output
+    lower: float  # the bounds
     upper: float
-    zero_output_loss: float | None  # the loss of all-zero outputs
-    unit_noise_loss: float | None  # mean loss of i.i.d. N(0, 1) outputs
-    n_classes: int | None  # C where the zero-output loss is ln C (softmax cross-entropy)
+    output_kind: Kind  # what the judged output holds, read from its values
+    zero_output_loss: float | None  # the loss of the no-preference output (ln C for C classes)
+    noise_loss: float | None  # mean loss of random outputs of std NOISE_STD
+    perfect_loss: float | None  # the loss of a confident right prediction: the loss's minimum
+    n_classes: int | None  # C where the no-preference loss is ln C
     ln_classes: float | None
-    output_std: float | None  # std of the outputs; ~1 or below at a sane init
+    summed_over: int | None  # the no-preference loss is this many times ln C: reduction='sum'
+    output_std: float | None  # std of the output
     rtol: float | None
 
     @property
+    def misuse(self) -> str | None:
+        """How output and loss disagree, if they do: 'negative', 'floor' or 'summed'."""
+        if self.perfect_loss is not None and self.perfect_loss < -FLOOR:
+            return "negative"
+        if self.output_kind == "probabilities" and (self.perfect_loss or 0.0) > FLOOR:
+            return "floor"
+        if self.summed_over is not None and self.rtol is None:
+            return "summed"
+        return None
+
+    @property
     def passed(self) -> bool:
-        return self.lower <= self.loss <= self.upper
+        return self.misuse is None and self.lower <= self.loss <= self.upper
 
 
-def _references(h: Harness, outputs: Any) -> tuple[float, float, float] | None:
-    """Loss of all-zero outputs, mean loss of N(0, 1) outputs, and the outputs' std; or None
-    where they do not apply (no float output to replace, or a loss not finite on them)."""
+def _class_dim(logits: torch.Tensor, targets: Any) -> int | None:
+    """The class dimension of ``logits`` for integer class ``targets`` (F.cross_entropy's
+    (N, C) or (N, C, d1, ...), or (..., C) against (...)), else None."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or logits.dim() < 2:
+        return None
+    if logits.shape[:-1] == targets.shape:
+        return logits.dim() - 1
+    if logits.shape[:1] + logits.shape[2:] == targets.shape:
+        return 1
+    return None
+
+
+def _kind(logits: torch.Tensor, dim: int | None) -> Kind:
+    """Probabilities sum to 1 in [0, 1] along the class dim; log-probabilities have a
+    logsumexp of 0 there; anything else counts as logits (or values)."""
+    if dim is None or logits.shape[dim] < 2:
+        return "logits"
+    z = logits.detach().double()
+    tol = 1e-4  # float32 (and float16) rounding of a softmax, not a different kind
+    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(dim) - 1).abs() <= tol).all()):
+        return "probabilities"
+    if bool((z <= tol).all()) and bool((z.logsumexp(dim).abs() <= tol).all()):
+        return "log-probabilities"
+    return "logits"
+
+
+def _as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
+    """Logits ``z`` expressed the way the model's output is: log_softmax or softmax of them."""
+    if kind == "log-probabilities":
+        return z.log_softmax(dim if dim is not None else -1)
+    if kind == "probabilities":
+        return z.softmax(dim if dim is not None else -1)
+    return z
+
+
+def _perfect(logits: torch.Tensor, targets: torch.Tensor, dim: int) -> torch.Tensor:
+    """Logits of +PERFECT_MARGIN on each target's class and -PERFECT_MARGIN elsewhere, right for
+    softmax and per-class sigmoid outputs alike (ignored targets, such as -100, get 0)."""
+    c = logits.shape[dim]
+    valid = (targets >= 0) & (targets < c)
+    onehot = torch.nn.functional.one_hot(targets.clamp(0, c - 1), c).to(logits.dtype)
+    signs = (2 * onehot - 1) * valid.unsqueeze(-1).to(logits.dtype)
+    return PERFECT_MARGIN * signs.movedim(-1, dim)
+
+
+def _references(h: Harness, outputs: Any) -> dict[str, Any] | None:
+    """The no-preference loss, the random-output loss, the perfect-output loss and the kind;
+    None where the output cannot be replaced or the loss is not finite on replacements."""
     logits = h.logits(outputs)
     if not logits.is_floating_point():
         return None
+    dim = _class_dim(logits, None if h.self_loss else h.targets)
+    kind = _kind(logits, dim)
     g = torch.Generator().manual_seed(h.seed)  # on the CPU: the same draws on every device
-    draws = [
-        torch.randn(logits.shape, generator=g, dtype=logits.dtype).to(logits.device)
-        for _ in range(NOISE_DRAWS)
-    ]
+
+    def loss_at(z: torch.Tensor) -> float | None:
+        value = h.loss_of_logits(outputs, _as_kind(z, kind, dim).to(logits.dtype))
+        return None if value is None else float(value)
+
     try:
-        zero = h.loss_of_logits(outputs, torch.zeros_like(logits))
-        noise = [h.loss_of_logits(outputs, d) for d in draws]
+        zero = loss_at(torch.zeros_like(logits))
+        noise = [
+            loss_at(
+                NOISE_STD
+                * torch.randn(logits.shape, generator=g, dtype=logits.dtype).to(logits.device)
+            )
+            for _ in range(NOISE_DRAWS)
+        ]
+        perfect = (
+            loss_at(_perfect(logits, h.targets, dim))
+            if dim is not None and not h.self_loss
+            else None
+        )
     except ValueError:  # e.g. a loss that insists on probabilities in [0, 1]
         return None
-    if zero is None or any(n is None for n in noise):
+    if zero is None or any(n is None for n in noise) or not math.isfinite(zero):
         return None
-    z, n = float(zero), sum(float(v) for v in noise if v is not None) / NOISE_DRAWS
-    if not (math.isfinite(z) and math.isfinite(n)):
+    mean_noise = sum(n for n in noise if n is not None) / NOISE_DRAWS
+    if not math.isfinite(mean_noise):
         return None
-    return z, n, float(logits.double().std()) if logits.numel() > 1 else 0.0
+    return {
+        "zero": zero,
+        "noise": mean_noise,
+        "perfect": perfect if perfect is not None and math.isfinite(perfect) else None,
+        "kind": kind,
+        "dim": dim,
+        "std": float(logits.double().std()) if logits.numel() > 1 else 0.0,
+    }
 
 
-def _classes(zero_loss: float, logits: torch.Tensor) -> int | None:
-    """The class dimension's size C if the zero-output loss is exactly ln C, else None."""
+def _classes(zero_loss: float, logits: torch.Tensor, targets: Any) -> tuple[int | None, int | None]:
+    """(C, None) if the no-preference loss is ln C, (C, m) if it is m x ln C over m targets."""
     dims = [logits.shape[-1]] + ([logits.shape[1]] if logits.dim() >= 2 else [])
     for size in dims:
-        if size >= 2 and math.isclose(zero_loss, math.log(size), rel_tol=1e-4):
-            return int(size)
-    return None
+        if size < 2:
+            continue
+        if math.isclose(zero_loss, math.log(size), rel_tol=1e-4):
+            return int(size), None
+        if isinstance(targets, torch.Tensor) and not targets.is_floating_point():
+            m = int(((targets >= 0) & (targets < size)).sum())
+            if m >= 2 and math.isclose(zero_loss, m * math.log(size), rel_tol=1e-4):
+                return int(size), m
+    return None, None
 
 
 def measure_init_loss(
@@ -104,30 +203,38 @@ def measure_init_loss(
         logits = h.logits(outputs)
     if refs is None and (expected is None or rtol is None):
         raise ValueError(
-            "the default reference, the loss of all-zero and of unit-noise outputs, is not "
-            "available: the model must return one floating-point tensor of logits for which "
-            "the loss is finite (not probabilities). Pass expected= and rtol= instead."
+            "the default references, the loss of the no-preference output and of random "
+            "outputs, are not available: the model must return a floating-point output (logits, "
+            "log-probabilities or probabilities) for which the loss is finite. Pass expected= "
+            "and rtol= instead, or output= to pick the output to judge."
         )
-    zero_loss, noise_loss, output_std = refs or (None, None, None)
-    ref = zero_loss if expected is None else expected
+    zero = refs["zero"] if refs else None
+    ref = zero if expected is None else expected
     assert ref is not None
-    if rtol is None:  # allow what unit-scale random outputs add over "no preference at all"
-        assert noise_loss is not None and zero_loss is not None
-        lower, upper = -math.inf, ref + (noise_loss - zero_loss)
-    else:
+    if rtol is not None:
         lower, upper = ref - rtol * abs(ref), ref + rtol * abs(ref)
-    n = _classes(zero_loss, logits) if zero_loss is not None else None
+    else:  # allow what random outputs of std NOISE_STD add over no preference at all
+        assert refs is not None
+        # a confident right prediction is the loss's minimum, unless the loss penalises
+        # confidence (label smoothing): then its minimum lies elsewhere and is not bounded here
+        perfect = refs["perfect"]
+        lower = perfect if perfect is not None and perfect <= refs["zero"] else -math.inf
+        upper = ref + (refs["noise"] - refs["zero"])
+    n, summed = _classes(zero, logits, h.targets) if zero is not None else (None, None)
     return InitLossResult(
         seed=h.seed,
         loss=loss,
         expected=ref,
-        lower=lower,
+        lower=min(lower, upper),
         upper=upper,
-        zero_output_loss=zero_loss,
-        unit_noise_loss=noise_loss,
+        output_kind=refs["kind"] if refs else "logits",
+        zero_output_loss=zero,
+        noise_loss=refs["noise"] if refs else None,
+        perfect_loss=refs["perfect"] if refs else None,
         n_classes=n,
         ln_classes=math.log(n) if n else None,
-        output_std=output_std,
+        summed_over=summed,
+        output_std=refs["std"] if refs else None,
         rtol=rtol,
     )
 
@@ -146,23 +253,31 @@ def assert_init_loss(
 ) -> InitLossResult:
     """Assert that the loss at initialisation is no larger than an uninformed guess allows.
 
-    The loss is measured once, in train mode (the loss the first optimisation step sees), on
-    ``batch``. The default ``expected`` is the loss of all-zero outputs,
-    ``loss_fn(zeros_like(outputs), targets)``: zero logits are "no preference", so for C-class
-    softmax cross-entropy this is exactly ln C (reported as ``n_classes``/``ln_classes``), for
-    network2's summed binary cross-entropy over 10 sigmoid outputs 10 ln 2, for MSE the mean
-    squared target; it needs no knowledge of the loss. The default bound is the mean loss of
-    i.i.d. N(0, 1) outputs of the same shape (fixed-seed draws): at init the model should be no
-    more confident than unit-scale random logits (ln 10 = 2.30 becomes ~2.74 for 10 classes).
-    The check is one-sided by default, since a loss below the reference is a good init (e.g. the
-    final bias set to the log class prior). With ``expected`` the same allowance is added to it;
-    with ``rtol`` the loss must lie in ``expected ± rtol·|expected|`` instead.
+    The loss is measured once, in train mode (the loss the first optimisation step sees). The
+    output it is judged on (``output=`` picks it from a dict or tuple; the logits by default) is
+    read for its kind: probabilities (in [0, 1], summing to 1 over the class dimension),
+    log-probabilities (logsumexp 0, as ``log_softmax`` gives for ``F.nll_loss``), or logits and
+    plain values. The reference, ``expected`` by default, is the loss of the no-preference output
+    of that kind (zero logits, uniform log-probabilities or probabilities): ln C for C-class
+    cross-entropy (``n_classes``), 10 ln 2 for network2's summed binary cross-entropy over 10
+    outputs, the mean squared target for MSE; it needs no knowledge of the loss. The bound is the
+    mean loss of random outputs of standard deviation 2 of the same kind on this batch (8
+    fixed-seed draws): ln 10 = 2.30 allows up to 3.76 for 10 classes, ln 96 = 4.56 up to 6.48.
+    Twice the unit scale admits the field's inits (Xavier, He, PyTorch's default, GPT-2's 0.02,
+    T5's ~1.1 output std) and catches a last layer scaled up 10x (a loss of 13.8 nats against a
+    reference of 1.6). The loss may not lie below the loss of a confident right prediction (the
+    loss's minimum). With ``expected`` the same allowance is added to it; with ``rtol`` the loss
+    must lie in ``expected ± rtol·|expected|`` instead.
 
-    It proves the outputs start unconfident on this batch. It does NOT prove the model can learn,
-    nor that the init of hidden layers is well scaled (:func:`nnsanity.assert_gradient_ratio`
-    catches vanishing or exploding gradients across layers), and the default assumes the model
-    returns logits/scores where 0 means "no preference"; for outputs such as probabilities pass
-    ``expected`` and ``rtol``.
+    It also fails when output and loss disagree: the loss goes negative for a right prediction
+    (probabilities into ``NLLLoss``, or logits into it without ``log_softmax``), a right
+    prediction in probabilities cannot bring the loss near 0 (softmax applied twice: probabilities
+    into ``CrossEntropyLoss``), or the reference is m x ln C over the batch's m targets (a loss
+    summed over the batch, ``reduction='sum'``: pass ``rtol`` to accept it).
+
+    It proves the outputs start unconfident on this batch and fit the loss they are fed to. It
+    does NOT prove the model can learn, nor that hidden layers are well scaled
+    (:func:`nnsanity.assert_gradient_ratio`).
 
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
@@ -177,40 +292,78 @@ def assert_init_loss(
 
 
 def _explain(r: InitLossResult) -> Explanation:
+    kind = f"Output: {r.output_kind}" + (
+        f" (std {r.output_std:.3g})" if r.output_std is not None else ""
+    )
+    misuse = r.misuse
+    if misuse == "negative":
+        return Explanation(
+            header="The loss goes negative for a right prediction!",
+            lines=[
+                f"Loss of a confident right prediction: {r.perfect_loss:.4g} (a log-likelihood "
+                "loss is at least 0)",
+                f"Loss at initialisation: {r.loss:.4g}",
+                kind,
+            ],
+            causes=[
+                "NLLLoss (F.nll_loss) receives probabilities or raw logits: it expects "
+                "log-probabilities; end the model with log_softmax, or use F.cross_entropy on "
+                "the logits",
+                "a loss that rewards large outputs without bound (a sign error in a custom loss)",
+            ],
+        )
+    if misuse == "floor":
+        return Explanation(
+            header="The loss cannot reach its minimum from these outputs!",
+            lines=[
+                f"Loss of a confident right prediction: {r.perfect_loss:.4g} (near 0 required)",
+                kind + ", but the loss treats them as logits",
+            ],
+            causes=[
+                "softmax applied twice: the model returns probabilities (softmax at its end) and "
+                "CrossEntropyLoss applies log_softmax itself; return the logits",
+                "sigmoid before BCEWithLogitsLoss, which applies it itself; return the logits",
+            ],
+        )
+    if misuse == "summed":
+        return Explanation(
+            header="The loss is summed over the batch!",
+            lines=[
+                f"Loss of the no-preference output: {r.zero_output_loss:.4g} = {r.summed_over} x "
+                f"ln {r.n_classes} (ln {r.n_classes} per target expected)",
+            ],
+            causes=[
+                "reduction='sum': the loss and its gradient grow with the batch size, so the "
+                "learning rate must change with it; use reduction='mean'",
+            ],
+            relax="expected= and rtol= to accept a summed loss.",
+        )
     if r.rtol is not None:
         bound = (
             f"(within [{r.lower:.4g}, {r.upper:.4g}] required: expected {r.expected:.4g} "
             f"± {r.rtol:g})"
         )
-        relax = "a larger rtol= (or a different expected=)."
-    elif r.zero_output_loss is not None and r.expected == r.zero_output_loss:
+    elif r.loss < r.lower:
+        bound = f"(at least {r.lower:.4g} required: the loss of a confident right prediction)"
+    else:
         ln_c = f" = ln {r.n_classes}" if r.n_classes else ""
         bound = (
-            f"(up to {r.upper:.4g} allowed: the loss of unit-scale random outputs; all-zero "
-            f"outputs give {r.expected:.4g}{ln_c})"
+            f"(up to {r.upper:.4g} allowed: the mean loss of random outputs of std {NOISE_STD:g} "
+            f"on this batch; the no-preference output gives {r.expected:.4g}{ln_c})"
         )
-        relax = "expected= and rtol= to compare with your own reference instead."
-    else:
-        bound = (
-            f"(up to {r.upper:.4g} allowed: the expected {r.expected:.4g} plus the "
-            f"{r.upper - r.expected:.3g} that unit-scale random outputs add)"
-        )
-        relax = "expected= and rtol= to compare with your own reference instead."
-    lines = [f"Loss at initialisation: {r.loss:.4g} {bound}"]
-    if r.output_std is not None:
-        lines.append(f"Output std: {r.output_std:.3g} (about 1 or below at a sane init)")
+    lines = [f"Loss at initialisation: {r.loss:.4g} {bound}", kind]
     if r.loss < r.lower:
         causes = [
-            "the loss is lower than expected at init: does the loss see the targets through the "
-            "inputs (label leakage), or is expected= wrong for this loss?"
+            "the loss is lower than expected: expected= does not fit this loss (its reduction, "
+            "its number of classes), or the loss is computed on something other than the "
+            "outputs and targets it was given (a stale tensor)",
         ]
     else:
         causes = [
             "the final layer is too large: scale its weights down (e.g. x0.01) or zero them",
             "the final bias is not the log class prior: set it to log(class frequencies), "
             "zero for balanced classes (the target mean for regression)",
-            "the loss receives the wrong thing: probabilities instead of logits, or mis-scaled "
-            "targets",
+            "the targets are mis-scaled (regression targets not standardised)",
         ]
     return Explanation(
         header="Loss at initialisation is too high!"
@@ -218,5 +371,5 @@ def _explain(r: InitLossResult) -> Explanation:
         else "Loss at initialisation is out of range!",
         lines=lines,
         causes=causes,
-        relax=relax,
+        relax="expected= and rtol= to compare with your own reference instead.",
     )
