@@ -73,3 +73,20 @@ def fail(explanation: Explanation, result: object, *, seed: int | None, msg: Msg
     elif msg is not None:
         text = msg(text)
     raise SanityError(text, result=result)
+
+
+def unpaired_explanation(how: str | None) -> Explanation:
+    """What every loss-based check says when the loss does not pair outputs with targets."""
+    return Explanation(
+        header="The loss does not pair each output with its own target!",
+        lines=[
+            f"Shapes: {how}",
+            "Loss with the targets shuffled across the batch: unchanged (it must change)",
+        ],
+        causes=[
+            "a shape broadcast in the loss: predictions (N, 1) against targets (N,) in MSELoss "
+            "compare every output with every target; squeeze the outputs (out.squeeze(-1)) or "
+            "reshape the targets to (N, 1)",
+            "the loss reduces the targets before comparing (a mean or sum over the batch)",
+        ],
+    )

@@ -301,6 +301,58 @@ def _smoothed_loss(out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.
     )  # fmt: skip
 
 
+class DropoutCNN(nn.Module):
+    """A VGG-style CNN with BatchNorm and heavy dropout (0.5) before every linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def stage(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )  # fmt: skip
+
+        self.features = nn.Sequential(stage(3, 16), stage(16, 32), stage(32, 64))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(128, 10),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _dropout_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return DropoutCNN()
+
+
+class TransformerClassifier(nn.Module):
+    """A small post-LN transformer encoder over token ids with mean pooling: slow to start."""
+
+    def __init__(self, vocab: int = VOCAB, d: int = 32, layers: int = 2, classes: int = 4):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.zeros(T, d))
+        layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.tok(ids) + self.pos[: ids.shape[1]]).mean(1))
+
+
+def _transformer_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return TransformerClassifier()
+
+
+def _sentences() -> tuple[torch.Tensor, torch.Tensor]:
+    g = _generator()
+    return torch.randint(0, VOCAB, (8, T), generator=g), torch.randint(0, 4, (8,), generator=g)
+
+
 ZOO: dict[str, Arch] = {
     "gpt2": Arch(_gpt2, _lm_batch, None, causal_inputs=_lm_inputs),
     "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
@@ -315,6 +367,8 @@ ZOO: dict[str, Arch] = {
     "packed_lstm": Arch(_packed_lstm, _sequences, F.mse_loss),
     "log_softmax_nll_cnn": Arch(_mnist_example, _small_images, F.nll_loss),
     "logits_and_aux_loss": Arch(_moe, _vectors, _moe_loss),
+    "dropout_batchnorm_cnn": Arch(_dropout_cnn, _images, F.cross_entropy),
+    "transformer_classifier": Arch(_transformer_classifier, _sentences, F.cross_entropy),
     "label_smoothing_lm": Arch(
         _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
     ),

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from nnsanity._arguments import LossFn, check_number
 from nnsanity._harness import Harness
-from nnsanity._messages import Explanation, Msg, fail
+from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation
+from nnsanity._outputs import Kind, Outputs
 from nnsanity._result import CheckResult
 
 # The bound "no more confident than random outputs of standard deviation NOISE_STD" is the mean
@@ -29,12 +30,9 @@ from nnsanity._result import CheckResult
 # of them, while a last layer 10x too large (outputs of std ~10) lands far above.
 NOISE_STD = 2.0
 NOISE_DRAWS = 8
-# A perfect prediction at this margin (logits 100 on the right class) reaches a proper loss's
-# minimum to within e^-100; a loss still above FLOOR there has a floor the outputs cannot pass.
-PERFECT_MARGIN = 100.0
+# A right prediction whose loss stays above FLOOR (in the loss's units) has a floor the outputs
+# cannot pass: 1.46 nats for softmax applied twice over 10 classes.
 FLOOR = 0.05
-
-Kind = Literal["logits", "log-probabilities", "probabilities"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,10 +52,14 @@ class InitLossResult(CheckResult):
     summed_over: int | None  # the no-preference loss is this many times ln C: reduction='sum'
     output_std: float | None  # std of the output
     rtol: float | None
+    unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
 
     @property
     def misuse(self) -> str | None:
-        """How output and loss disagree, if they do: 'negative', 'floor' or 'summed'."""
+        """How output and loss disagree, if they do: 'unpaired', 'negative', 'floor' or
+        'summed'."""
+        if self.unpaired is not None:
+            return "unpaired"
         if self.perfect_loss is not None and self.perfect_loss < -FLOOR:
             return "negative"
         if self.output_kind == "probabilities" and (self.perfect_loss or 0.0) > FLOOR:
@@ -71,82 +73,24 @@ class InitLossResult(CheckResult):
         return self.misuse is None and self.lower <= self.loss <= self.upper
 
 
-def _class_dim(logits: torch.Tensor, targets: Any) -> int | None:
-    """The class dimension of ``logits`` for integer class ``targets`` (F.cross_entropy's
-    (N, C) or (N, C, d1, ...), or (..., C) against (...)), else None."""
-    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or logits.dim() < 2:
-        return None
-    if logits.shape[:-1] == targets.shape:
-        return logits.dim() - 1
-    if logits.shape[:1] + logits.shape[2:] == targets.shape:
-        return 1
-    return None
-
-
-def _kind(logits: torch.Tensor, dim: int | None) -> Kind:
-    """Probabilities sum to 1 in [0, 1] along the class dim; log-probabilities have a
-    logsumexp of 0 there; anything else counts as logits (or values)."""
-    if dim is None or logits.shape[dim] < 2:
-        return "logits"
-    z = logits.detach().double()
-    tol = 1e-4  # float32 (and float16) rounding of a softmax, not a different kind
-    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(dim) - 1).abs() <= tol).all()):
-        return "probabilities"
-    if bool((z <= tol).all()) and bool((z.logsumexp(dim).abs() <= tol).all()):
-        return "log-probabilities"
-    return "logits"
-
-
-def _as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
-    """Logits ``z`` expressed the way the model's output is: log_softmax or softmax of them."""
-    if kind == "log-probabilities":
-        return z.log_softmax(dim if dim is not None else -1)
-    if kind == "probabilities":
-        return z.softmax(dim if dim is not None else -1)
-    return z
-
-
-def _perfect(logits: torch.Tensor, targets: torch.Tensor, dim: int) -> torch.Tensor:
-    """Logits of +PERFECT_MARGIN on each target's class and -PERFECT_MARGIN elsewhere, right for
-    softmax and per-class sigmoid outputs alike (ignored targets, such as -100, get 0)."""
-    c = logits.shape[dim]
-    valid = (targets >= 0) & (targets < c)
-    onehot = torch.nn.functional.one_hot(targets.clamp(0, c - 1), c).to(logits.dtype)
-    signs = (2 * onehot - 1) * valid.unsqueeze(-1).to(logits.dtype)
-    return PERFECT_MARGIN * signs.movedim(-1, dim)
-
-
 def _references(h: Harness, outputs: Any) -> dict[str, Any] | None:
     """The no-preference loss, the random-output loss, the perfect-output loss and the kind;
     None where the output cannot be replaced or the loss is not finite on replacements."""
-    logits = h.logits(outputs)
-    if not logits.is_floating_point():
+    out = Outputs(h, outputs)
+    if not out.logits.is_floating_point():
         return None
-    dim = _class_dim(logits, None if h.self_loss else h.targets)
-    kind = _kind(logits, dim)
     g = torch.Generator().manual_seed(h.seed)  # on the CPU: the same draws on every device
-
-    def loss_at(z: torch.Tensor) -> float | None:
-        value = h.loss_of_logits(outputs, _as_kind(z, kind, dim).to(logits.dtype))
-        return None if value is None else float(value)
-
-    try:
-        zero = loss_at(torch.zeros_like(logits))
-        noise = [
-            loss_at(
-                NOISE_STD
-                * torch.randn(logits.shape, generator=g, dtype=logits.dtype).to(logits.device)
+    zero = out.loss_at(torch.zeros_like(out.logits))
+    noise = [
+        out.loss_at(
+            NOISE_STD
+            * torch.randn(out.logits.shape, generator=g, dtype=out.logits.dtype).to(
+                out.logits.device
             )
-            for _ in range(NOISE_DRAWS)
-        ]
-        perfect = (
-            loss_at(_perfect(logits, h.targets, dim))
-            if dim is not None and not h.self_loss
-            else None
         )
-    except ValueError:  # e.g. a loss that insists on probabilities in [0, 1]
-        return None
-    if zero is None or any(n is None for n in noise) or not math.isfinite(zero):
+        for _ in range(NOISE_DRAWS)
+    ]
+    if zero is None or not math.isfinite(zero) or any(n is None for n in noise):
         return None
     mean_noise = sum(n for n in noise if n is not None) / NOISE_DRAWS
     if not math.isfinite(mean_noise):
@@ -154,10 +98,10 @@ def _references(h: Harness, outputs: Any) -> dict[str, Any] | None:
     return {
         "zero": zero,
         "noise": mean_noise,
-        "perfect": perfect if perfect is not None and math.isfinite(perfect) else None,
-        "kind": kind,
-        "dim": dim,
-        "std": float(logits.double().std()) if logits.numel() > 1 else 0.0,
+        "perfect": out.perfect_loss(),
+        "kind": out.kind,
+        "std": float(out.logits.double().std()) if out.logits.numel() > 1 else 0.0,
+        "unpaired": out.unpaired(),
     }
 
 
@@ -236,6 +180,7 @@ def measure_init_loss(
         summed_over=summed,
         output_std=refs["std"] if refs else None,
         rtol=rtol,
+        unpaired=refs["unpaired"] if refs else None,
     )
 
 
@@ -296,6 +241,8 @@ def _explain(r: InitLossResult) -> Explanation:
         f" (std {r.output_std:.3g})" if r.output_std is not None else ""
     )
     misuse = r.misuse
+    if misuse == "unpaired":
+        return unpaired_explanation(r.unpaired)
     if misuse == "negative":
         return Explanation(
             header="The loss goes negative for a right prediction!",

@@ -2,34 +2,40 @@
 
 Karpathy's recipe, "set up the end-to-end training/evaluation skeleton": overfit one batch. The
 check trains ``model`` on ``batch`` with the library's own step (``optimizer`` factory, default
-Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs in the user's loop are caught too. The
-model and global state are restored afterwards; the user's own optimizer inside ``step`` is not
-(nnsanity never sees it), so give ``step`` a fresh one.
+Adam 3e-4) or the user's ``step(batch) -> loss``, so bugs in the user's loop are caught too, and
+reads its own trace to say why a failure happened. The model and global state are restored
+afterwards; the user's own optimizer inside ``step`` is not (nnsanity never sees it), so give
+``step`` a fresh one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
-from nnsanity._messages import Explanation, Msg, fail, up_to
+from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation, up_to
+from nnsanity._outputs import Outputs
 from nnsanity._result import CheckResult
 from nnsanity._state import preserved_module
-from nnsanity._training import divergence, train
 from nnsanity.seeding import preserved_rng
 
-# The default target is this fraction of the reference loss: for softmax cross-entropy a mean
-# probability of at least exp(-0.05 ln C) (0.89 for 10 classes) on every correct label, and for
-# any loss whose minimum is 0 a 20-fold reduction, which a model with a loss floor cannot reach.
+# The default target is this fraction of the way from the loss's floor (0 for cross-entropy and
+# MSE; above 0 for label smoothing) to the reference: for softmax cross-entropy a mean probability
+# of at least exp(-0.05 ln C) (0.89 for 10 classes) on every correct label, and for any loss a
+# 20-fold reduction of what separates it from its floor.
 TARGET_FRACTION = 0.05
-# The last fifth of the trace tells "still falling" (a budget problem) from "flat" (a floor): flat
-# when it improved the best loss by under 1%.
-_RECENT_SHARE, _FLAT = 5, 0.01
+# Every CHECK_EVERY steps after MIN_STEPS the trace is read: the target is out of reach when, at
+# the rate of the last fifth of the steps, reaching it would take over REACH times the steps left.
+CHECK_EVERY, MIN_STEPS, REACH = 50, 200, 10.0
+# The parameters stopped moving when the last window moved them less than STALL of the first.
+STALL = 0.01
+
+Stop = Literal["target", "budget", "out of reach", "diverged", "misuse"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,23 +47,26 @@ class OverfitResult(CheckResult):
     final_loss: float  # the last loss a step saw
     best_loss: float
     target: float  # the bound: the loss at or below which the batch counts as fitted
-    target_given: bool  # the user's target=, or the default TARGET_FRACTION x reference
-    steps: int  # optimisation steps taken; training stops once the loss is <= target
+    target_given: bool  # the user's target=, or the default
+    steps: int  # optimisation steps taken
+    stopped: Stop  # why training stopped
     accuracy: float | None  # training accuracy at the end, when outputs are class scores
     diverged_at: int | None  # first step with a NaN/Inf loss
     trace: tuple[float, ...]
-    # loss of all-zero outputs when finite and > 0 (ln C for C-class cross-entropy): the default
-    # target is TARGET_FRACTION x min(initial_loss, this), so a bad init cannot raise the bar
-    zero_output_loss: float | None = None
+    zero_output_loss: float | None = None  # the loss of the no-preference output (ln C)
+    floor: float | None = None  # the lowest loss free outputs reach, when finite and above 0
+    movement: float | None = None  # parameter change in the last window over the first one
+    unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
+    output_kind: str = "logits"  # logits, log-probabilities or probabilities (see init_loss)
 
     @property
     def passed(self) -> bool:
-        return self.final_loss <= self.target
+        return self.unpaired is None and self.stopped != "misuse" and self.final_loss <= self.target
 
     @property
     def recent_improvement(self) -> float:
         """How much the last fifth of the steps lowered the best loss, relative to before."""
-        w = max(1, len(self.trace) // _RECENT_SHARE)
+        w = max(1, len(self.trace) // 5)
         earlier = min(self.trace[:-w]) if len(self.trace) > w else self.initial_loss
         return (earlier - self.best_loss) / abs(earlier) if earlier else 0.0
 
@@ -72,30 +81,36 @@ def _accuracy(outputs: torch.Tensor, targets: Any) -> float | None:
     ):
         return None
     if outputs.shape[:-1] == targets.shape:
-        pred = outputs.argmax(-1)
+        pred, valid = outputs.argmax(-1), (targets >= 0) & (targets < outputs.shape[-1])
     elif outputs.dim() >= 2 and outputs.shape[:1] + outputs.shape[2:] == targets.shape:
-        pred = outputs.argmax(1)  # (N, C, d1, ...) as F.cross_entropy takes it
+        pred, valid = outputs.argmax(1), (targets >= 0) & (targets < outputs.shape[1])
     else:
         return None
-    return float((pred == targets).double().mean())
+    if not valid.any():  # every target ignored (-100)
+        return None
+    return float((pred == targets)[valid].double().mean())
 
 
-def _zero_output_loss(h: Harness) -> float | None:
-    """The loss of all-zero outputs ("no preference"), when finite and positive, else None.
-
-    The forward pass runs with the model and RNGs restored afterwards, so training is unchanged.
-    """
+def _references(h: Harness) -> tuple[float | None, float | None, str | None, str]:
+    """The no-preference loss, the floor, how the loss fails to pair outputs and targets, and
+    the output's kind; the forward pass runs with the model and RNGs restored afterwards."""
     with preserved_module(h.model), preserved_rng(), torch.no_grad():
-        outputs = h.forward()
-        logits = h.logits(outputs)
-        if not logits.is_floating_point():
-            return None
-        try:
-            loss = h.loss_of_logits(outputs, torch.zeros_like(logits))
-        except (TypeError, ValueError):  # e.g. a loss that rejects these outputs
-            return None
-    zero = math.nan if loss is None else float(loss)
-    return zero if math.isfinite(zero) and zero > 0 else None
+        out = Outputs(h, h.forward())
+        if not out.logits.is_floating_point():
+            return None, None, None, out.kind
+        zero = out.loss_at(torch.zeros_like(out.logits))
+        perfect, floor = out.perfect_loss(), out.floor()
+        unpaired = out.unpaired()
+    zero = zero if zero is not None and math.isfinite(zero) and zero > 0 else None
+    # a floor no lower than a confident right prediction is approached, not reached: the loss
+    # falls as the outputs grow (softmax applied twice has its infimum 1.46 there)
+    if floor is not None and perfect is not None and floor >= perfect - 1e-6 * max(1, abs(perfect)):
+        floor = None
+    return zero, floor if floor is not None and floor > 0 else None, unpaired, out.kind
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().double() for p in model.parameters()])
 
 
 def measure_overfit(
@@ -111,10 +126,8 @@ def measure_overfit(
     unpack: bool | None = None,
     seed: int = 0,
 ) -> OverfitResult:
-    """Train on ``batch`` until its loss is <= ``target`` or ``max_steps`` steps have run.
-
-    See :func:`assert_can_overfit`. Never raises ``SanityError``.
-    """
+    """Train on ``batch`` until its loss is <= ``target``, it diverges, it is out of reach, or
+    ``max_steps`` steps have run. See :func:`assert_can_overfit`. Never raises ``SanityError``."""
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     if target is not None:
         target = check_number(target, "target", what="a finite number (a loss value)")
@@ -123,21 +136,33 @@ def measure_overfit(
         unpack=unpack,
     )  # fmt: skip
     with h.isolated():
-        zero = _zero_output_loss(h)
+        zero, floor, unpaired, kind = _references(h)
         run = h.stepper()
         first = run()
-        if target is None and math.isfinite(first) and first <= 0:
-            raise ValueError(
-                f"the loss starts at {first:.4g} <= 0, so {TARGET_FRACTION} x it is no target; "
-                "pass target= (the loss value that counts as fitted)."
-            )
-        # A badly scaled init starts far above the loss of "no preference"; it must not raise
-        # the bar, so the reference is the lower of the two.
         reference = first if zero is None or not math.isfinite(first) else min(first, zero)
-        goal = TARGET_FRACTION * reference if target is None else target
-        trace = [first]
-        if math.isfinite(first) and first > goal:
-            trace += train(run, max_steps - 1, stop_at=goal)
+        base = floor or 0.0
+        goal = base + TARGET_FRACTION * (reference - base) if target is None else target
+        trace, stopped = [first], _first_stop(first, goal, target, unpaired)
+        previous = _flat(h.model) if stopped is None else None
+        first_window, movement = None, None
+        while stopped is None:
+            trace.append(run())
+            k = len(trace)
+            if not math.isfinite(trace[-1]):
+                stopped = "diverged"
+            elif trace[-1] <= goal:
+                stopped = "target"
+            elif k >= max_steps:
+                stopped = "budget"
+            elif k % CHECK_EVERY == 0:  # how far the last CHECK_EVERY steps moved the model
+                current = _flat(h.model)
+                assert previous is not None
+                moved = float((current - previous).norm())
+                first_window = moved if first_window is None else first_window
+                movement = moved / first_window if first_window else None
+                previous = current
+                if k >= MIN_STEPS and _out_of_reach(trace, goal, max_steps):
+                    stopped = "out of reach"
         with preserved_module(h.model), torch.no_grad():
             accuracy = _accuracy(h.logits(h.forward()), h.targets)
     finite = [v for v in trace if math.isfinite(v)]
@@ -150,11 +175,38 @@ def measure_overfit(
         target=goal,
         target_given=target is not None,
         steps=len(trace),
+        stopped=stopped,
         accuracy=accuracy,
-        diverged_at=divergence(trace, math.inf),
+        diverged_at=next((k for k, v in enumerate(trace) if not math.isfinite(v)), None),
         trace=tuple(trace),
         zero_output_loss=zero,
+        floor=floor,
+        movement=movement,
+        unpaired=unpaired,
+        output_kind=kind,
     )
+
+
+def _first_stop(
+    first: float, goal: float, target: float | None, unpaired: str | None
+) -> Stop | None:
+    if unpaired is not None or (target is None and math.isfinite(first) and first <= 0):
+        return "misuse"  # nothing to fit: report it without training
+    if not math.isfinite(first):
+        return "diverged"
+    return "target" if first <= goal else None
+
+
+def _out_of_reach(trace: list[float], goal: float, max_steps: int) -> bool:
+    """Whether, at the rate of the last fifth of the steps, the best loss would need over REACH
+    times the steps left to reach ``goal`` (in log-loss, where training curves are straighter)."""
+    k, w = len(trace), max(CHECK_EVERY, len(trace) // 5)
+    best_then, best_now = min(trace[:-w]), min(trace)
+    if best_now <= 0 or best_then <= 0 or goal <= 0:
+        return False
+    rate = (math.log(best_then) - math.log(best_now)) / w
+    needed = math.log(best_now / goal) / rate if rate > 0 else math.inf
+    return needed > REACH * (max_steps - k)
 
 
 def assert_can_overfit(
@@ -173,18 +225,26 @@ def assert_can_overfit(
 ) -> OverfitResult:
     """Assert that training on one small batch drives its loss to near its minimum.
 
-    Stops as soon as the loss is <= ``target``. The default target is 0.05 x the lower of the
-    first loss and the loss of all-zero outputs (``zero_output_loss``, ln C for C-class
-    cross-entropy), so a badly scaled init, whose first loss is far above ln C, cannot raise the
-    bar. For softmax cross-entropy that is a mean probability of at least
-    exp(-0.05 ln C) (0.89 for 10 classes) on every correct label, and for any loss whose minimum
-    is 0 a 20-fold reduction, which a model with a loss floor cannot reach. 100% accuracy is not
-    enough: softmax applied before ``F.cross_entropy`` reaches it while its loss stays above
-    ln(1 + (C-1)/e) (1.46 for 10 classes). The budget fits Adam 3e-4 (the default, kept rather
-    than raised) on every healthy zoo model: 170-500 steps for the MLP, CNN and transformer, up to
-    3300 for network2's sigmoid [784, 30, 10], so ``max_steps=5000`` (about 2 s on one CPU core).
-    For a loss whose minimum is not 0 (label smoothing, a regulariser) pass ``target``. With
-    dropout each step's loss is one noisy draw, and the run stops at the first below ``target``.
+    Stops as soon as the loss is <= ``target``. The default target is 5% of the way from the
+    loss's floor to the lower of the first loss and the loss of the no-preference output (ln C
+    for C-class cross-entropy), so a badly scaled init, whose first loss is far above ln C,
+    cannot raise the bar. The floor is 0 for cross-entropy and MSE; for a loss whose minimum is
+    reached at finite outputs (label smoothing, a regulariser in the loss) it is that minimum,
+    found by optimising free outputs against the loss directly. For softmax cross-entropy the
+    target is a mean probability of at least exp(-0.05 ln C) (0.89 for 10 classes) on every
+    correct label. 100% accuracy is not enough: softmax applied before ``F.cross_entropy``
+    reaches it while its loss stays above ln(1 + (C-1)/e) (1.46 for 10 classes). The budget fits
+    Adam 3e-4 on every healthy zoo model: 170-500 steps for the MLP, CNN and transformer, up to
+    3300 for network2's sigmoid [784, 30, 10], so ``max_steps=5000``. From step 200 on, training
+    stops early once the trace shows the target out of reach (at the recent rate it would take
+    over 10 times the steps left). With dropout each step's loss is one noisy draw, and the run
+    stops at the first below ``target``.
+
+    A failure names its cause from the trace: still falling at the end (``max_steps`` too
+    small), the parameters stopped moving (a learning rate that collapsed, such as a per-epoch
+    scheduler stepped every batch), 100% accuracy above a floor (an output activation the loss
+    applies again), a flat loss (label noise, a bottleneck), a loss that starts at or below 0 or
+    does not pair outputs with targets (no training then).
 
     It proves the model, loss and update can fit data at all. It does NOT prove the model
     generalises, uses its inputs (:func:`nnsanity.assert_uses_inputs`), or trains well on many
@@ -202,32 +262,58 @@ def assert_can_overfit(
     return r
 
 
-def _explain(r: OverfitResult) -> Explanation:
-    if r.target_given:
-        target = f"{r.target:.4g} (target=)"
-    elif r.zero_output_loss is not None and r.zero_output_loss < r.initial_loss:
-        target = (
-            f"{r.target:.4g} ({TARGET_FRACTION} x the all-zero-output loss "
-            f"{r.zero_output_loss:.4g}, below the initial {r.initial_loss:.4g})"
+def _explain(r: OverfitResult) -> Explanation:  # noqa: PLR0912 - one message per stop
+    if r.unpaired is not None:
+        return unpaired_explanation(r.unpaired)
+    if r.stopped == "misuse":
+        return Explanation(
+            header="The loss starts at or below zero!",
+            lines=[
+                f"Initial loss: {r.initial_loss:.4g} (a loss minimised toward 0 starts above it)"
+            ],
+            causes=[
+                "NLLLoss (F.nll_loss) receives probabilities or raw logits: it expects "
+                "log-probabilities; end the model with log_softmax, or use F.cross_entropy",
+                "a sign error: the loss is maximised instead of minimised",
+                "a loss whose minimum is not 0 (a negative log-likelihood of a density): pass "
+                "target= (the loss value that counts as fitted)",
+            ],
+            relax="target= (a loss value).",
         )
-    else:
-        target = f"{r.target:.4g} ({TARGET_FRACTION} x the initial loss {r.initial_loss:.4g})"
     relax = "target= (a loss value) or max_steps= (more)."
-    if r.diverged_at is not None:
+    if r.stopped == "diverged":
         return Explanation(
             header="Could not overfit one batch: the loss diverged!",
-            lines=[f"Loss at step {r.diverged_at}: {r.trace[r.diverged_at]}"],
+            lines=[f"Loss at step {r.diverged_at}: {r.trace[r.diverged_at or 0]}"],
             causes=[
                 "the learning rate is too high: lower it 10x",
                 "log/exp/division without an epsilon in the model or loss",
             ],
             relax=relax,
         )
-    lines = [
-        f"Best loss after {r.steps} steps: " + up_to(f"{r.best_loss:.4g}", target),
-        f"Last {max(1, len(r.trace) // _RECENT_SHARE)} steps lowered the best loss by "
-        f"{r.recent_improvement:.1%}",
-    ]
+    if r.target_given:
+        target = f"{r.target:.4g} (target=)"
+    else:
+        base = f"the floor {r.floor:.4g}" if r.floor else "0"
+        ref = (
+            f"the no-preference loss {r.zero_output_loss:.4g}"
+            if r.zero_output_loss is not None and r.zero_output_loss < r.initial_loss
+            else f"the initial loss {r.initial_loss:.4g}"
+        )
+        target = f"{r.target:.4g}: {TARGET_FRACTION:g} of the way from {base} to {ref}"
+    lines = [f"Best loss after {r.steps} steps: " + up_to(f"{r.best_loss:.4g}", target)]
+    if r.stopped == "out of reach":
+        lines.append(
+            f"Stopped early: at the rate of the last steps the target would take over "
+            f"{REACH:g} times the {r.max_steps - r.steps} steps left"
+        )
+    recent = max(1, len(r.trace) // 5)
+    lines.append(f"Last {recent} steps lowered the best loss by {r.recent_improvement:.1%}")
+    if r.movement is not None:
+        lines.append(
+            f"Parameters moved {r.movement:.2g}x as far in the last {CHECK_EVERY} steps as in "
+            "the first"
+        )
     if r.accuracy is not None:
         lines.append(f"Training accuracy: {r.accuracy:.0%}")
     floor = (
@@ -238,12 +324,20 @@ def _explain(r: OverfitResult) -> Explanation:
     noise = "label noise: identical inputs with different targets cannot all be fitted"
     small = "the model is too small or has a bottleneck (too narrow, frozen or dead layers)"
     slow = f"the learning rate is too low or max_steps={r.max_steps} too small"
-    if r.accuracy == 1.0:  # right answers, but the loss cannot become confident
+    collapsed = (
+        "the learning rate collapsed: a scheduler meant per epoch stepped every batch (StepLR, "
+        "ExponentialLR), or a decay far too fast; the parameters stopped moving"
+    )
+    if r.movement is not None and r.movement < STALL:
+        causes = [collapsed, slow, small]
+    elif r.accuracy == 1.0:  # right answers, but the loss cannot become confident
         causes = [floor, other_floor, noise]
-    elif r.recent_improvement < _FLAT:  # a floor, not a budget problem
-        causes = [noise, small, floor, other_floor, slow]
-    else:  # still falling
+    elif r.stopped == "budget" and r.recent_improvement >= 0.01:  # still falling: the budget
         causes = [slow, small, floor]
+    elif r.output_kind == "probabilities":  # flat, from outputs squashed into [0, 1]
+        causes = [floor, other_floor, noise, small, slow]
+    else:  # flat
+        causes = [noise, small, floor, other_floor, slow]
     return Explanation(
         header="Could not overfit one batch!", lines=lines, causes=causes, relax=relax
     )

@@ -1,0 +1,221 @@
+"""What a model's output means to its loss: its kind, and the losses of reference outputs.
+
+A check that judges a loss needs references that hold for any loss: the loss of an output with
+no preference, of random outputs, of a confident right prediction, of the best output that does
+not depend on the input, and whether the loss pairs each output with its own target at all. They
+are computed by handing the loss other outputs in place of the model's (``Harness``
+``.loss_of_logits``), so nothing needs to know which loss function it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+
+from nnsanity._harness import Harness
+
+Kind = Literal["logits", "log-probabilities", "probabilities"]
+
+# A confident right prediction: logits +PERFECT_MARGIN on the right class and -PERFECT_MARGIN
+# elsewhere reach a proper loss's minimum to within e^-100, for softmax and sigmoid outputs alike.
+PERFECT_MARGIN = 100.0
+# Iterations of L-BFGS for the best input-independent output: the problem is convex for
+# cross-entropy, MSE and binary cross-entropy, and converges in a few dozen.
+_BASELINE_ITERATIONS = 50
+_FLOOR_ITERATIONS = 100
+_FINITE = 30.0
+
+
+def class_dim(logits: torch.Tensor, targets: Any) -> int | None:
+    """The class dimension of ``logits`` for integer class ``targets`` (F.cross_entropy's
+    (N, C) or (N, C, d1, ...), or (..., C) against (...)), else None."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or logits.dim() < 2:
+        return None
+    if logits.shape[:-1] == targets.shape:
+        return logits.dim() - 1
+    if logits.shape[:1] + logits.shape[2:] == targets.shape:
+        return 1
+    return None
+
+
+def kind_of(logits: torch.Tensor, dim: int | None, targets: Any = None) -> Kind:
+    """Probabilities sum to 1 in [0, 1] along the class dim; log-probabilities have a
+    logsumexp of 0 there. Without a class dim (targets of the outputs' own shape, as for
+    BCEWithLogitsLoss or MSE), outputs all in [0, 1] for targets in [0, 1] are probabilities
+    (a sigmoid's). Anything else counts as logits (or plain values)."""
+    z = logits.detach().double()
+    if dim is None:
+        same = isinstance(targets, torch.Tensor) and targets.shape == logits.shape
+        in_unit = bool(((z >= 0) & (z <= 1)).all())
+        if same and targets.is_floating_point() and in_unit:
+            t = targets.detach().double()
+            return "probabilities" if bool(((t >= 0) & (t <= 1)).all()) else "logits"
+        return "logits"
+    if logits.shape[dim] < 2:
+        return "logits"
+    tol = 1e-4  # float32 (and float16) rounding of a softmax, not a different kind
+    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(dim) - 1).abs() <= tol).all()):
+        return "probabilities"
+    if bool((z <= tol).all()) and bool((z.logsumexp(dim).abs() <= tol).all()):
+        return "log-probabilities"
+    return "logits"
+
+
+def as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
+    """Logits ``z`` expressed the way the model's output is: log_softmax or softmax of them."""
+    if kind == "log-probabilities":
+        return z.log_softmax(dim if dim is not None else -1)
+    if kind == "probabilities":
+        return z.sigmoid() if dim is None else z.softmax(dim)
+    return z
+
+
+def perfect_logits(logits: torch.Tensor, targets: torch.Tensor, dim: int) -> torch.Tensor:
+    """±PERFECT_MARGIN logits for each target's class (ignored targets, such as -100, get 0)."""
+    c = logits.shape[dim]
+    valid = (targets >= 0) & (targets < c)
+    onehot = torch.nn.functional.one_hot(targets.clamp(0, c - 1), c).to(logits.dtype)
+    signs = (2 * onehot - 1) * valid.unsqueeze(-1).to(logits.dtype)
+    return PERFECT_MARGIN * signs.movedim(-1, dim)
+
+
+class Outputs:
+    """The model's outputs on the batch, read once, and losses of other outputs in their place."""
+
+    def __init__(self, h: Harness, outputs: Any) -> None:
+        self.h, self.outputs = h, outputs
+        self.logits = h.logits(outputs).detach()
+        targets = None if h.self_loss else h.targets
+        self.dim = class_dim(self.logits, targets)
+        self.kind = kind_of(self.logits, self.dim, targets)
+
+    def loss_at(self, z: torch.Tensor) -> float | None:
+        """The loss had the model output logits ``z`` (in its own kind); None if it cannot be
+        arranged or the loss rejects it."""
+        try:
+            value = self.h.loss_of_logits(self.outputs, as_kind(z, self.kind, self.dim))
+        except ValueError:  # e.g. a loss that insists on probabilities in [0, 1]
+            return None
+        return None if value is None else float(value)
+
+    def perfect_loss(self) -> float | None:
+        """The loss of a right prediction: confident logits for class-index targets, or the
+        targets themselves for probability outputs of the targets' shape."""
+        if self.h.self_loss:
+            return None
+        if self.dim is not None:
+            value = self.loss_at(perfect_logits(self.logits, self.h.targets, self.dim))
+        elif self.kind == "probabilities":
+            try:
+                loss = self.h.loss_of_logits(self.outputs, self.h.targets.to(self.logits.dtype))
+            except ValueError:
+                return None
+            value = None if loss is None else float(loss)
+        else:
+            return None
+        return value if value is not None and math.isfinite(value) else None
+
+    def floor(self) -> float | None:
+        """The lowest loss free outputs reach, when reached at finite outputs (label smoothing,
+        a regulariser in the loss); None when the loss keeps falling as the outputs grow (its
+        infimum is approached, not reached) or it cannot be computed."""
+        if self.h.self_loss:
+            return None
+        z = torch.zeros(self.logits.shape, dtype=torch.float64, device=self.logits.device)
+        z.requires_grad_(True)
+        opt = torch.optim.LBFGS([z], max_iter=_FLOOR_ITERATIONS, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = self.h.loss_of_logits(
+                self.outputs, as_kind(z.to(self.logits.dtype), self.kind, self.dim)
+            )
+            assert loss is not None
+            loss.backward()
+            return loss
+
+        try:
+            with torch.enable_grad():
+                opt.step(closure)
+                final = float(closure().detach())
+        except (ValueError, RuntimeError, AssertionError):
+            return None
+        # A finite optimum stays near the origin: smoothing 0.1 over 40 classes puts it at
+        # logits of ln(0.9025 / 0.0025) = 5.9; an infimum at infinity runs past _FINITE.
+        if not math.isfinite(final) or float(z.detach().abs().max()) > _FINITE:
+            return None
+        return final
+
+    def baseline_loss(self) -> float | None:
+        """The lowest loss of an output that is the same for every sample of the batch (it may
+        vary along the other dimensions, as position): what no model that ignores its inputs
+        can beat. Found by L-BFGS on that shared output; None where it cannot be computed."""
+        z0 = torch.zeros(self.logits.shape[1:], dtype=torch.float64, device=self.logits.device)
+        if self.h.self_loss:  # each evaluation is a forward pass of the model: a few only
+            return self._baseline_by_search(z0)
+        shared = z0.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS(
+            [shared], max_iter=_BASELINE_ITERATIONS, line_search_fn="strong_wolfe"
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            z = shared.to(self.logits.dtype).expand_as(self.logits)
+            loss = self.h.loss_of_logits(self.outputs, as_kind(z, self.kind, self.dim))
+            assert loss is not None
+            loss.backward()
+            return loss
+
+        try:
+            with torch.enable_grad():
+                opt.step(closure)
+                final = float(closure().detach())
+        except (ValueError, RuntimeError, AssertionError):
+            return None
+        return final if math.isfinite(final) else None
+
+    def _baseline_by_search(self, z0: torch.Tensor) -> float | None:
+        """For a model that computes its own loss: the better of the uniform output and the
+        log-frequencies of the batch's labels (two forward passes; the model may shift its
+        labels, as a causal LM does, so the frequencies are pooled over positions)."""
+        candidates = [z0.to(self.logits.dtype)]
+        labels = self.h.targets.get("labels") if isinstance(self.h.targets, dict) else None
+        c = self.logits.shape[-1]
+        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and c >= 2:
+            valid = labels[(labels >= 0) & (labels < c)]
+            freq = torch.bincount(valid.flatten(), minlength=c).to(torch.float64) + 1e-3
+            log_freq = (freq / freq.sum()).log().to(self.logits.dtype)
+            candidates.append(log_freq.expand(self.logits.shape[1:]))
+        values = [self.loss_at(z.expand_as(self.logits)) for z in candidates]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return min(finite) if finite else None
+
+    def unpaired(self) -> str | None:
+        """How the loss fails to pair each output with its own target, if it does: shuffling
+        the targets across the batch leaves it unchanged (a shape broadcast such as (N, 1)
+        against (N,) in MSE compares every output with every target)."""
+        targets = self.h.targets
+        if self.h.self_loss or not isinstance(targets, torch.Tensor) or targets.dim() == 0:
+            return None
+        n = targets.shape[0]
+        shift = torch.roll(torch.arange(n, device=targets.device), 1)
+        shuffled = targets[shift]
+        if n < 2 or torch.equal(shuffled, targets):
+            return None
+        try:
+            a = float(self.h.loss(self.outputs))
+            b = float(self.h.loss(self.outputs, shuffled))
+        except (TypeError, ValueError):
+            return None
+        if not (math.isfinite(a) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)):
+            return None
+        shapes = f"outputs {tuple(self.logits.shape)} and targets {tuple(targets.shape)}"
+        try:
+            joint = tuple(torch.broadcast_shapes(self.logits.shape, targets.shape))
+        except RuntimeError:
+            joint = None
+        if joint is not None and joint != tuple(self.logits.shape):
+            return f"{shapes} broadcast to {joint} in the loss"
+        return f"{shapes}: the loss is the same whichever target each output gets"
