@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import (
+    SAFE_LR,
     LossFn,
     OptimizerFactory,
     Step,
@@ -128,8 +129,10 @@ class Harness:
         perturb: Any = None,
         needs_loss: bool = True,
         inputs_only: bool = False,
+        default_lr: float = SAFE_LR,
     ) -> None:
         self.model = check_model(model)
+        self.default_lr = default_lr
         self.seed = check_seed(seed)
         check_training(optimizer, step)
         self.optimizer, self.step = optimizer, step
@@ -395,7 +398,7 @@ class Harness:
             return run_user
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = (self.optimizer or default_optimizer)(params)
+        opt = (self.optimizer or default_optimizer(self.default_lr))(params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(
                 "optimizer must be a factory params -> torch.optim.Optimizer, e.g. "
@@ -414,10 +417,15 @@ class Harness:
         return run_default
 
     def evaluate(self, inputs: Any = None) -> tuple[float, float]:
-        """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks and BatchNorm batch
-        statistics make them differ, and that spread is the noise floor of any comparison."""
+        """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks make them differ, and that
+        spread is the noise floor of any comparison. Two bit-identical first evaluations mean
+        a model without randomness (BatchNorm's batch statistics are the same every time): the
+        loss is exact and the other evaluations are skipped."""
         with preserved_module(self.model), torch.no_grad():  # BatchNorm running stats untouched
-            losses = [float(self.loss(self.forward(inputs))) for _ in range(N_EVALS)]
+            losses = [float(self.loss(self.forward(inputs))) for _ in range(2)]
+            if losses[0] == losses[1]:
+                return losses[0], 0.0
+            losses += [float(self.loss(self.forward(inputs))) for _ in range(N_EVALS - 2)]
         if not all(map(math.isfinite, losses)):
             return math.nan, math.nan
         return statistics.fmean(losses), statistics.stdev(losses)

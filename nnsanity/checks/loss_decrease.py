@@ -98,12 +98,12 @@ def measure_loss_decrease(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
-    steps: int = 25,
+    steps: int = 100,
     min_decrease: float = 0.01,
     unpack: bool | None = None,
     seed: int = 0,
 ) -> LossDecreaseResult:
-    """Train ``steps`` steps on ``batch`` and measure the loss before and after.
+    """Train up to ``steps`` steps on ``batch`` and measure the loss before and after.
 
     See :func:`assert_loss_decreases`. Never raises ``SanityError``.
     """
@@ -114,24 +114,33 @@ def measure_loss_decrease(
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     with h.isolated():
         initial, sd = h.evaluate()
+        required = required_change(min_decrease, initial, sd)
         start = [p.detach().clone() for p in h.model.parameters()]
         run = h.stepper()
         trace: list[float] = []
-        accumulates = None
+        accumulates, final, confirmed = None, math.nan, False
+        limit = _EXPLODED * abs(initial) + required
+        confirm_after = _MIN_PROBE  # the user step's accumulation probe needs two calls
         for k in range(steps if math.isfinite(initial) else 0):
             if k == 1 and step is not None:  # the first call left gradients for this one to find
                 loss, accumulates = _step_accumulates(h, run)
             else:
                 loss = run()
             trace.append(loss)
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or loss > limit:
                 break
-        final = h.evaluate()[0] if all(map(math.isfinite, trace)) else math.nan
+            if len(trace) >= confirm_after and _looks_done(trace, initial, required, sd):
+                final = h.evaluate()[0]  # confirmed by a mean of evaluations, as at the start
+                confirmed = initial - final >= required
+                if confirmed:
+                    break
+                confirm_after = len(trace) + _RECHECK
+        healthy = all(math.isfinite(v) and v <= limit for v in trace)
+        if not confirmed and healthy:
+            final = h.evaluate()[0]
         changed = any(
             not torch.equal(a, p) for a, p in zip(start, h.model.parameters(), strict=True)
         )
-    required = required_change(min_decrease, initial, sd)
-    above = [final] if math.isfinite(final) and final > initial + required else []
     return LossDecreaseResult(
         seed=h.seed,
         steps=steps,
@@ -142,10 +151,37 @@ def measure_loss_decrease(
         required=required,
         noise_sd=sd,
         trace=tuple(trace),
-        diverged_at=divergence(trace + above, initial + required),
+        diverged_at=_diverged(trace, initial, required, final),
         parameters_changed=changed,
         accumulates_gradients=accumulates,
     )
+
+
+# Steps whose loss exceeds _EXPLODED times the initial loss (plus the required change) diverged,
+# whatever the loss does afterwards: 1.6, then 1.5e12, then 0.0 is a divergent learning rate.
+_EXPLODED = 10.0
+# The decrease is confirmed by evaluation once the recent steps' losses show it: from step
+# _MIN_PROBE on, and again _RECHECK steps after a confirmation that failed.
+_MIN_PROBE, _RECHECK, _RECENT = 2, 10, 5
+
+
+def _looks_done(trace: list[float], initial: float, required: float, sd: float) -> bool:
+    """Whether the last steps' losses (each one noisy draw, sd ``sd``) clear the bound with a
+    margin of NOISE_FACTOR standard errors of their mean."""
+    recent = trace[-_RECENT:]
+    margin = NOISE_FACTOR * sd / math.sqrt(len(recent))
+    return initial - sum(recent) / len(recent) >= required + margin
+
+
+def _diverged(trace: list[float], initial: float, required: float, final: float) -> int | None:
+    """The first step with a NaN/Inf loss or one that exploded; else, if the loss ended above
+    where it started, the first step above the start."""
+    exploded = divergence(trace, _EXPLODED * abs(initial) + required)
+    if exploded is not None:
+        return exploded
+    if math.isfinite(final) and final > initial + required:
+        return divergence([*trace, final], initial + required)
+    return None
 
 
 def assert_loss_decreases(
@@ -155,7 +191,7 @@ def assert_loss_decreases(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
-    steps: int = 25,
+    steps: int = 100,
     min_decrease: float = 0.01,
     unpack: bool | None = None,
     seed: int = 0,
@@ -245,7 +281,8 @@ def _explain(r: LossDecreaseResult) -> Explanation:
     return Explanation(
         header="Loss did not decrease enough!",
         lines=[
-            f"Decrease over {r.steps} steps: " + at_least(f"{r.decrease:.3g}", f"{r.required:.3g}"),
+            f"Decrease over {len(r.trace)} steps: "
+            + at_least(f"{r.decrease:.3g}", f"{r.required:.3g}"),
             f"Required: max({r.min_decrease:g} x |initial loss|, {NOISE_FACTOR:g} x noise sd "
             f"{r.noise_sd:.2g}) = max({r.min_decrease * abs(r.initial_loss):.3g}, "
             f"{NOISE_FACTOR * r.noise_sd:.3g})",

@@ -32,7 +32,7 @@ def test_loss_decreases_on_every_healthy_model_with_default_arguments(name):
     model, batch, loss_fn = healthy(name)
     r = assert_loss_decreases(model, batch, loss_fn)
     assert r.decrease >= r.required > 0
-    assert len(r.trace) == 25 and r.trace[0] == pytest.approx(r.initial_loss, rel=1e-5)
+    assert len(r.trace) < 25 and r.trace[0] == pytest.approx(r.initial_loss, rel=1e-5)  # early
 
 
 @pytest.mark.parametrize("name", ["mlp", "causal_lm"])
@@ -84,6 +84,23 @@ def test_fails_with_the_divergence_step_when_the_learning_rate_is_far_too_high(n
     assert "1. the learning rate is too high" in str(e.value)
 
 
+def test_judges_the_path_a_loss_that_explodes_then_lands_low_fails_at_the_explosion():
+    # A divergent learning rate in the user's step: the loss goes 1.6, then 1.5e12, then lands
+    # low; the end point alone would pass.
+    model, batch, loss_fn = healthy("mlp")
+    inner = user_step(model)
+    losses = iter([None, 1.5e12])
+
+    def step(b):
+        loss = inner(b)
+        spike = next(losses, None)
+        return loss if spike is None else torch.tensor(spike)
+
+    with pytest.raises(SanityError, match=r"(?s)Loss diverged!.*Loss at step 1: 1\.5e\+12") as e:
+        assert_loss_decreases(model, batch, loss_fn, step=step)
+    assert "1. the learning rate is too high" in str(e.value)
+
+
 @pytest.mark.parametrize("name", zoo.HEALTHY)
 def test_fails_when_the_training_step_never_calls_zero_grad(name):
     model, batch, loss_fn = healthy(name)
@@ -106,7 +123,8 @@ def test_fails_when_the_learning_rate_is_too_low_to_move_the_loss():
     model, batch, loss_fn = healthy("mlp")
     tiny = lambda p: torch.optim.Adam(p, lr=1e-7)  # noqa: E731
     with pytest.raises(
-        SanityError, match=r"(?s)Decrease over 25 steps: .* \(at least .* required\).*1\. .*too low"
+        SanityError,
+        match=r"(?s)Decrease over 100 steps: .* \(at least .* required\).*1\. .*too low",
     ):
         assert_loss_decreases(model, batch, loss_fn, optimizer=tiny)
 
@@ -139,11 +157,14 @@ def test_a_badly_scaled_init_cannot_raise_the_bar_above_the_loss_of_all_zero_out
         model[-1].weight.mul_(100)  # planted bug: confidently wrong logits at init
     # 0.05 x the first loss (14.27) would be 0.714, reached after ~100 steps at 87.5% training
     # accuracy; the bar is 0.05 x ln 10 instead, the loss of "no preference" (~220 steps).
-    r = measure_overfit(model, batch, loss_fn, max_steps=150)
+    adam = lambda p: torch.optim.Adam(p, lr=3e-4)  # noqa: E731 - the step counts above
+    r = measure_overfit(model, batch, loss_fn, max_steps=150, optimizer=adam)
     assert r.initial_loss > 10 and r.zero_output_loss == pytest.approx(math.log(10))
     assert r.target == pytest.approx(0.05 * math.log(10)) and not r.passed
-    with pytest.raises(SanityError, match=r"0\.05 of the way from 0 to the no-preference loss 2\.303"):
-        assert_can_overfit(model, batch, loss_fn, max_steps=150)
+    with pytest.raises(
+        SanityError, match=r"0\.05 of the way from 0 to the no-preference loss 2\.3"
+    ):
+        assert_can_overfit(model, batch, loss_fn, max_steps=150, optimizer=adam)
 
 
 def test_fails_on_a_double_softmax_even_though_training_accuracy_reaches_100_percent():

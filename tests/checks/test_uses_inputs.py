@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import zoo
 from state_oracle import assert_restores
 from torch import nn
@@ -30,15 +31,42 @@ class IgnoresItsInput(nn.Module):
 def test_every_healthy_model_beats_its_input_independent_baseline(name):
     model, batch, loss_fn = healthy(name)
     r = assert_uses_inputs(model, batch, loss_fn)
-    assert r.gap >= r.required > 0 and len(r.real_trace) == len(r.zeroed_trace) == 200
+    assert r.method == "baseline" and r.gap >= r.required > 0
+    assert r.real_loss <= r.baseline_loss - r.required and len(r.trace) < 200  # stopped early
+
+
+def test_the_baseline_of_cross_entropy_is_the_entropy_of_the_label_frequencies():
+    model, (x, y) = zoo.mlp(), zoo.classification_batch()
+    freq = torch.bincount(y, minlength=10).double() / len(y)
+    entropy = float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
+    r = measure_uses_inputs(model, (x, y), F.cross_entropy)
+    assert r.baseline_loss == pytest.approx(entropy, rel=1e-4)
+
+
+def test_the_baseline_of_mse_is_the_variance_of_the_targets():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 1))
+    x, y = torch.randn(16, 20), torch.randn(16, 1) * 3 + 1
+    r = measure_uses_inputs(model, (x, y), F.mse_loss)
+    assert r.baseline_loss == pytest.approx(float(y.var(unbiased=False)), rel=1e-4)
 
 
 def test_fails_when_the_forward_ignores_its_input():
-    batch = zoo.classification_batch()
     with pytest.raises(
-        SanityError, match=r"Gap after 200 steps: 0 \(identical: the outputs ignore"
-    ):
-        assert_uses_inputs(IgnoresItsInput(), batch, F.cross_entropy)
+        SanityError,
+        match=r"(?s)Model does no better with its inputs than without them!.*"
+        r"after 200 steps.*1\. forward ignores its input",
+    ) as e:
+        assert_uses_inputs(IgnoresItsInput(), zoo.classification_batch(), F.cross_entropy)
+    assert e.value.result.real_loss >= e.value.result.baseline_loss - 1e-3
+
+
+def test_falls_back_to_zeroed_inputs_when_the_judged_output_is_picked_by_a_callable():
+    model, batch, loss_fn = healthy("mlp")
+    r = assert_uses_inputs(model, batch, loss_fn, output=lambda out: out)
+    assert r.method == "zeroed inputs" and r.passed
+    with pytest.raises(SanityError, match="the same model trained on zeroed inputs"):
+        assert_uses_inputs(IgnoresItsInput(), batch, loss_fn, output=lambda out: out)
 
 
 def test_a_correct_user_training_step_beats_the_input_independent_baseline():
