@@ -150,6 +150,7 @@ class Harness:
         self.output = output
         self.loss_fn = loss_fn
         inputs, targets, self._form = self._split(batch, loss_fn, needs_loss, inputs_only)
+        self._batch_type = type(batch)
         self.self_loss = needs_loss and loss_fn is None
         device = next(iter(model.parameters())).device
         self.inputs = map_tensors(lambda t: _to(t, device), inputs)
@@ -229,7 +230,11 @@ class Harness:
             labels = self.targets if isinstance(self.targets, Mapping) else {}
             if not labels:  # loss_fn with one label key: rebuild it under its key
                 labels = {k: self.targets for k in LABEL_KEYS[:1]}
-            return {**inputs, **labels}
+            items = {**inputs, **labels}
+            try:  # the user's own mapping type (a tokenizer's BatchEncoding has attributes)
+                return items if self._batch_type is dict else self._batch_type(items)
+            except Exception:  # a mapping type that cannot be built from a dict
+                return items
         return (inputs, self.targets)
 
     # -- calling the model --------------------------------------------------------------------

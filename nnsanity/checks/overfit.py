@@ -236,11 +236,11 @@ def assert_can_overfit(
     reaches it while its loss stays above ln(1 + (C-1)/e) (1.46 for 10 classes). The default
     optimizer is Adam at 1e-3 (PyTorch's default; memorising one batch needs none of the caution
     of Karpathy's 3e-4, which takes three times the steps): on the healthy zoo it reaches the
-    target in 3-170 steps (GPT-2, Llama, BERT, T5, ResNet-18, MobileNet, ViT-Tiny, a packed LSTM)
-    and 1,000 for network2's sigmoid [784, 30, 10], so ``max_steps=5000``. From step 200 on, training
-    stops early once the trace shows the target out of reach (at the recent rate it would take
-    over 10 times the steps left). With dropout each step's loss is one noisy draw, and the run
-    stops at the first below ``target``.
+    target in 3-170 steps (GPT-2, Llama, BERT, T5, ResNet-18, MobileNet, ViT-Tiny, a packed
+    LSTM) and 1,000 for network2's sigmoid [784, 30, 10], so ``max_steps=5000``. From step 200
+    on, training stops early once the trace shows the target out of reach (at the recent rate it
+    would take over 10 times the steps left). With dropout each step's loss is one noisy draw,
+    and the run stops at the first below ``target``.
 
     A failure names its cause from the trace: still falling at the end (``max_steps`` too
     small), the parameters stopped moving (a learning rate that collapsed, such as a per-epoch

@@ -61,7 +61,7 @@ def _snapshot(x: Any, path: str, seen: frozenset[int] = frozenset()) -> Any:  # 
         return _Fields({k: _snapshot(getattr(x, k), f"{path}.{k}", seen) for k in names})
     if hasattr(x, "__dict__") and not callable(x):
         return _Fields({k: _snapshot(v, f"{path}.{k}", seen) for k, v in vars(x).items()})
-    if type(x).__eq__ is not object.__eq__ and not callable(x):
+    if getattr(type(x), "__eq__", None) is not object.__eq__ and not callable(x):
         return x  # a value that knows its own equality (torch.device, torch.dtype, an enum)
     raise TypeError(
         f"fn returned a value of type {type(x).__name__} at {path}, which cannot be compared "

@@ -1,0 +1,216 @@
+"""How a check holds the user's model, batch and loss: structured inputs and outputs, the
+Hugging Face convention, and the errors a bad call gets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import UserDict
+
+import pytest
+import torch
+import zoo
+from torch import nn
+from torch.nn import functional as F
+
+import nnsanity
+from nnsanity._harness import Harness
+
+
+class DictModel(nn.Module):
+    """forward(input_ids, attention_mask): a mapping batch is passed as keywords."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids) * attention_mask.unsqueeze(-1)
+        return {"logits": self.head(h.sum(1) / attention_mask.sum(1, keepdim=True))}
+
+
+def token_inputs(n=4, t=6):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 16, (n, t), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones(n, t, dtype=torch.long)}
+
+
+LABELS = torch.tensor([0, 1, 2, 1])
+
+
+def ce_on_logits(out, y):
+    return F.cross_entropy(out["logits"], y)
+
+
+def test_a_tokenizer_style_userdict_is_passed_as_keywords_and_keeps_its_type():
+    batch = (UserDict(token_inputs()), LABELS)
+    h = Harness(DictModel(), batch, ce_on_logits, seed=0)
+    assert h._style == "kwargs" and isinstance(h.forward(), dict)
+    assert isinstance(h.inputs, UserDict)
+
+
+def test_an_all_ones_attention_mask_is_structure_and_the_token_ids_are_data():
+    h = Harness(DictModel(), (token_inputs(), LABELS), ce_on_logits, seed=0)
+    assert h.roles == {("input_ids",): "data", ("attention_mask",): "structure"}
+    # the checks that change inputs run on such a batch (0.1 refused: "a single value (1)")
+    assert nnsanity.assert_batch_independence(DictModel(), (token_inputs(), LABELS)).passed
+
+
+def test_a_forward_that_takes_the_dict_itself_gets_it_positionally():
+    class TakesTheDict(DictModel):
+        def forward(self, batch):  # type: ignore[override]
+            return super().forward(batch["input_ids"], batch["attention_mask"])
+
+    h = Harness(TakesTheDict(), (token_inputs(), LABELS), ce_on_logits, seed=0)
+    assert h._style == "single" and "logits" in h.forward()
+
+
+def test_unpack_chooses_how_a_tuple_is_passed():
+    class TwoArgs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+
+        def forward(self, x, scale):
+            return self.a(x) * scale
+
+    x, s = torch.randn(5, 4), torch.ones(5, 1)
+    h = Harness(TwoArgs(), ((x, s), torch.zeros(5, dtype=torch.long)), F.cross_entropy, seed=0)
+    assert h._style == "args" and h.forward().shape == (5, 3)
+    h = Harness(
+        zoo.mlp(d_in=4),
+        (x, torch.zeros(5, dtype=torch.long)),
+        F.cross_entropy,
+        seed=0,
+        unpack=False,
+    )
+    assert h._style == "single"
+
+
+@dataclasses.dataclass
+class Features:
+    image: torch.Tensor
+    lengths: torch.Tensor
+
+
+def test_dataclass_inputs_are_containers_of_tensors_named_by_field():
+    class UsesFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+
+        def forward(self, f):
+            return self.a(f.image) + 0 * f.lengths.unsqueeze(-1)
+
+    f = Features(torch.randn(6, 4), torch.arange(6))
+    h = Harness(UsesFeatures(), (f, torch.zeros(6, dtype=torch.long)), F.cross_entropy, seed=0)
+    assert h.roles == {("image",): "data", ("lengths",): "structure"}
+    zeroed = h.map_data(lambda _, t: torch.zeros_like(t))
+    assert isinstance(zeroed, Features) and not zeroed.image.any() and zeroed.lengths.any()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "output", "picked"),
+    [
+        ({"loss": torch.tensor(1.0), "logits": torch.ones(2, 3)}, None, "logits"),
+        ((torch.ones(2, 3), torch.tensor(0.5)), None, 0),  # (logits, aux_loss)
+        ((torch.tensor(0.5), torch.ones(2, 3)), None, 1),  # (loss, logits)
+        ({"scores": torch.ones(2, 3), "hidden": torch.zeros(2, 4)}, "hidden", "hidden"),
+    ],
+)
+def test_the_judged_output_is_the_logits_by_a_documented_rule_or_the_one_named(
+    outputs, output, picked
+):
+    from nnsanity._structures import select_output
+
+    tensor, path = select_output(outputs, output)
+    assert path == (picked,) and tensor is outputs[picked]
+
+
+def test_an_output_key_that_names_no_tensor_says_what_the_outputs_hold():
+    from nnsanity._structures import select_output
+
+    with pytest.raises(ValueError, match=r"output='logits' names no tensor.*'scores'"):
+        select_output({"scores": torch.ones(2, 3)}, "logits")
+
+
+def test_the_hugging_face_convention_the_model_computes_its_own_loss_from_labels_in_the_batch():
+    class OwnLoss(DictModel):
+        def forward(self, input_ids, attention_mask, labels=None):  # type: ignore[override]
+            out = super().forward(input_ids, attention_mask)
+            return {"loss": F.cross_entropy(out["logits"], labels), **out}
+
+    batch = {**token_inputs(), "labels": LABELS}
+    r = nnsanity.assert_init_loss(OwnLoss(), batch)
+    assert r.zero_output_loss == pytest.approx(float(torch.log(torch.tensor(3.0))), rel=1e-5)
+    assert nnsanity.assert_loss_decreases(OwnLoss(), batch).passed
+    with pytest.raises(TypeError, match="loss_fn is None, which needs a mapping batch"):
+        nnsanity.assert_init_loss(OwnLoss(), (token_inputs(), LABELS))
+
+
+def test_a_mapping_batch_without_labels_says_where_to_put_them():
+    with pytest.raises(ValueError, match=r"mapping with no labels \(keys: \['input_ids'"):
+        nnsanity.assert_init_loss(DictModel(), token_inputs(), ce_on_logits)
+
+
+def test_an_input_that_cannot_be_perturbed_is_named_with_the_fix():
+    ids = torch.full((4, 6), 3)
+    batch = ({"input_ids": ids, "attention_mask": torch.ones(4, 6, dtype=torch.long)}, LABELS)
+    with pytest.raises(ValueError, match=r"inputs\['input_ids'\] holds a single value.*perturb="):
+        nnsanity.measure_batch_independence(DictModel(), batch)
+
+
+def test_perturb_names_the_inputs_a_check_may_change():
+    h = Harness(
+        DictModel(), (token_inputs(), LABELS), ce_on_logits, seed=0, perturb=["attention_mask"]
+    )
+    assert h.roles == {("input_ids",): "structure", ("attention_mask",): "data"}
+    with pytest.raises(ValueError, match=r"perturb= names 'mask'.*inputs\['input_ids'\]"):
+        Harness(DictModel(), (token_inputs(), LABELS), ce_on_logits, seed=0, perturb=["mask"])
+
+
+# -- bad input gets a clear error ---------------------------------------------------------------
+
+
+def test_an_empty_batch_is_a_clear_error():
+    x, y = zoo.classification_batch()
+    with pytest.raises(ValueError, match="the batch is empty"):
+        nnsanity.assert_init_loss(zoo.mlp(), (x[:0], y[:0]), F.cross_entropy)
+
+
+def test_a_model_on_the_meta_device_is_a_clear_error():
+    with torch.device("meta"):
+        model = zoo.mlp()
+    with pytest.raises(ValueError, match=r"on the meta device.*to_empty"):
+        nnsanity.assert_finite(model, zoo.classification_batch(), F.cross_entropy)
+
+
+def test_a_forward_that_returns_none_is_a_clear_error():
+    class ReturnsNothing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(20, 10)
+
+        def forward(self, x):
+            self.a(x)
+
+    with pytest.raises(TypeError, match=r"ReturnsNothing\.forward returned None"):
+        nnsanity.assert_loss_decreases(
+            ReturnsNothing(), zoo.classification_batch(), F.cross_entropy
+        )
+
+
+def test_nan_in_the_data_names_the_input_and_index():
+    inputs = token_inputs()
+    batch = ({"input_ids": inputs["input_ids"], "scale": torch.ones(4, 1)}, LABELS)
+    batch[0]["scale"][2, 0] = float("nan")
+
+    class Scaled(DictModel):
+        def forward(self, input_ids, scale):  # type: ignore[override]
+            return super().forward(input_ids, torch.ones_like(input_ids)) | {}
+
+    with pytest.raises(
+        ValueError,
+        match=r"inputs\['scale'\] holds 1 NaN/Inf value\(s\) \(first at index \(2, 0\)\)",
+    ):
+        nnsanity.assert_init_loss(Scaled(), batch, ce_on_logits)
