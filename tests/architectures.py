@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import nnsanity
+
 ALL_CHECKS = (
     "init_loss",
     "finite",
@@ -373,3 +375,34 @@ ZOO: dict[str, Arch] = {
         _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
     ),
 }
+
+
+def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any:
+    """The check as a new user calls it: the model, the batch, the loss (if any), defaults."""
+    loss_fn = arch.loss_fn
+    if check == "batch_independence":
+        return nnsanity.measure_batch_independence(model, batch)
+    if check == "causal":
+        assert arch.causal_inputs is not None
+        return nnsanity.measure_causal(model, arch.causal_inputs(batch))
+    if check == "reproducible":
+        model.train()  # dropout on: the forward pass draws random numbers where it has any
+
+        def forward() -> Any:
+            with torch.no_grad():
+                if isinstance(batch, dict):
+                    return model(**batch)
+                inputs = batch[0]
+                return model(inputs)
+
+        return nnsanity.measure_reproducibility(forward)
+    measure = {
+        "init_loss": nnsanity.measure_init_loss,
+        "finite": nnsanity.measure_finite,
+        "loss_decreases": nnsanity.measure_loss_decrease,
+        "can_overfit": nnsanity.measure_overfit,
+        "params_update": nnsanity.measure_params_update,
+        "gradient_ratio": nnsanity.measure_gradient_ratio,
+        "uses_inputs": nnsanity.measure_uses_inputs,
+    }[check]
+    return measure(model, batch, loss_fn)

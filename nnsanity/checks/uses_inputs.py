@@ -104,7 +104,8 @@ def measure_uses_inputs(
         if baseline is None or not math.isfinite(baseline):
             method, baseline = "zeroed inputs", _zeroed_baseline(h, steps)
         bar = baseline - required
-        run, trace, real, confirm_after = h.stepper(), [], math.nan, _RECENT
+        # a model without randomness has exact step losses: the first below the bar decides
+        run, trace, real, confirm_after = h.stepper(), [], math.nan, 1 if sd == 0 else _RECENT
         for _ in range(steps if unpaired is None and math.isfinite(initial) else 0):
             trace.append(run())
             if not math.isfinite(trace[-1]):

@@ -2,46 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-import torch
-from architectures import ZOO, Arch
-
-import nnsanity
+from architectures import ZOO, run_check
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any:
-    """The check as a new user calls it: the model, the batch, the loss (if any), defaults."""
-    loss_fn = arch.loss_fn
-    if check == "batch_independence":
-        return nnsanity.measure_batch_independence(model, batch)
-    if check == "causal":
-        assert arch.causal_inputs is not None
-        return nnsanity.measure_causal(model, arch.causal_inputs(batch))
-    if check == "reproducible":
-        model.train()  # dropout on: the forward pass draws random numbers where it has any
-
-        def forward() -> Any:
-            with torch.no_grad():
-                if isinstance(batch, dict):
-                    return model(**batch)
-                inputs = batch[0]
-                return model(inputs)
-
-        return nnsanity.measure_reproducibility(forward)
-    measure = {
-        "init_loss": nnsanity.measure_init_loss,
-        "finite": nnsanity.measure_finite,
-        "loss_decreases": nnsanity.measure_loss_decrease,
-        "can_overfit": nnsanity.measure_overfit,
-        "params_update": nnsanity.measure_params_update,
-        "gradient_ratio": nnsanity.measure_gradient_ratio,
-        "uses_inputs": nnsanity.measure_uses_inputs,
-    }[check]
-    return measure(model, batch, loss_fn)
 
 
 CASES = [(name, check) for name, arch in ZOO.items() for check in arch.checks]
