@@ -87,6 +87,34 @@ def test_dropout_and_python_and_numpy_randomness_are_reproducible_when_seeded():
     assert_reproducible(run)
 
 
+def test_a_function_that_draws_no_random_numbers_passes_and_says_so():
+    # the forward pass of a model without dropout: no seed can change it (0.1 failed it with
+    # "fn ignores the seed")
+    model, (x, _) = seeded_mlp(), zoo.classification_batch()
+    result = assert_reproducible(lambda: model(x).detach())
+    assert result.draws_randomness is False and result.same_under_other_seed is None
+
+
+def test_objects_inside_a_result_are_compared_by_their_attributes():
+    class Cache:  # a key/value cache inside a ModelOutput, as transformers returns
+        def __init__(self, keys):
+            self.keys, self.device = keys, torch.device("cpu")
+
+    assert assert_reproducible(lambda: {"logits": torch.randn(3), "cache": Cache([torch.randn(2)])})
+    result = measure_reproducibility(lambda: {"cache": Cache([torch.randn(2), torch.rand(1)])})
+    assert result.passed
+    leaky = iter(range(10))
+    result = measure_reproducibility(lambda: {"cache": Cache([torch.tensor(float(next(leaky)))])})
+    assert result.differences == ("result['cache'].keys[0]: 0.0 vs 1.0",)
+
+
+def test_differences_in_a_large_tensor_are_counted_without_listing_every_index():
+    big = torch.zeros(11_000_000)
+    calls = iter([big, big + 1])
+    result = measure_reproducibility(lambda: next(calls), check_different=False)
+    assert result.differences == ("result[0]: 0.0 vs 1.0 (11000000 of 11000000 elements differ)",)
+
+
 def test_fails_on_noise_from_a_generator_seeded_by_the_os():
     with pytest.raises(
         SanityError, match=r"(?s)Two runs under seed 0 differ at .*\n  result\['model'\]"
