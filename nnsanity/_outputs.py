@@ -26,6 +26,10 @@ PERFECT_MARGIN = 100.0
 _BASELINE_ITERATIONS = 50
 _FLOOR_ITERATIONS = 100
 _FINITE = 30.0
+# Outputs optimised directly are capped in size (a batch of an LM with a 50k vocabulary has tens
+# of millions of logits): above it the references are not computed and the checks fall back.
+_MAX_FREE = 2**20
+_HISTORY = 10  # L-BFGS memory, in copies of the optimised output
 
 
 def class_dim(logits: torch.Tensor, targets: Any) -> int | None:
@@ -121,11 +125,13 @@ class Outputs:
         """The lowest loss free outputs reach, when reached at finite outputs (label smoothing,
         a regulariser in the loss); None when the loss keeps falling as the outputs grow (its
         infimum is approached, not reached) or it cannot be computed."""
-        if self.h.self_loss:
+        if self.h.self_loss or self.logits.numel() > _MAX_FREE:
             return None
         z = torch.zeros(self.logits.shape, dtype=torch.float64, device=self.logits.device)
         z.requires_grad_(True)
-        opt = torch.optim.LBFGS([z], max_iter=_FLOOR_ITERATIONS, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [z], max_iter=_FLOOR_ITERATIONS, history_size=_HISTORY, line_search_fn="strong_wolfe"
+        )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -152,13 +158,16 @@ class Outputs:
         """The lowest loss of an output that is the same for every sample of the batch (it may
         vary along the other dimensions, as position): what no model that ignores its inputs
         can beat. Found by L-BFGS on that shared output; None where it cannot be computed."""
+        if self.logits[0].numel() > _MAX_FREE:
+            return None
         z0 = torch.zeros(self.logits.shape[1:], dtype=torch.float64, device=self.logits.device)
         if self.h.self_loss:  # each evaluation is a forward pass of the model: a few only
             return self._baseline_by_search(z0)
         shared = z0.clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
-            [shared], max_iter=_BASELINE_ITERATIONS, line_search_fn="strong_wolfe"
-        )
+            [shared], max_iter=_BASELINE_ITERATIONS, history_size=_HISTORY,
+            line_search_fn="strong_wolfe",
+        )  # fmt: skip
 
         def closure() -> torch.Tensor:
             opt.zero_grad()

@@ -230,17 +230,18 @@ def assert_can_overfit(
     for C-class cross-entropy), so a badly scaled init, whose first loss is far above ln C,
     cannot raise the bar. The floor is 0 for cross-entropy and MSE; for a loss whose minimum is
     reached at finite outputs (label smoothing, a regulariser in the loss) it is that minimum,
-    found by optimising free outputs against the loss directly. For softmax cross-entropy the
-    target is a mean probability of at least exp(-0.05 ln C) (0.89 for 10 classes) on every
-    correct label. 100% accuracy is not enough: softmax applied before ``F.cross_entropy``
-    reaches it while its loss stays above ln(1 + (C-1)/e) (1.46 for 10 classes). The default
-    optimizer is Adam at 1e-3 (PyTorch's default; memorising one batch needs none of the caution
-    of Karpathy's 3e-4, which takes three times the steps): on the healthy zoo it reaches the
-    target in 3-170 steps (GPT-2, Llama, BERT, T5, ResNet-18, MobileNet, ViT-Tiny, a packed
-    LSTM) and 1,000 for network2's sigmoid [784, 30, 10], so ``max_steps=5000``. From step 200
-    on, training stops early once the trace shows the target out of reach (at the recent rate it
-    would take over 10 times the steps left). With dropout each step's loss is one noisy draw,
-    and the run stops at the first below ``target``.
+    found by optimising free outputs against the loss directly (for outputs of up to 2^20
+    values; above that 0 is assumed, and a loss with a floor needs ``target``). For softmax
+    cross-entropy the target is a mean probability of at least exp(-0.05 ln C) (0.89 for 10
+    classes) on every correct label. 100% accuracy is not enough: softmax applied before
+    ``F.cross_entropy`` reaches it while its loss stays above ln(1 + (C-1)/e) (1.46 for 10
+    classes). The default optimizer is Adam at 1e-3 (PyTorch's default; memorising one batch
+    needs none of the caution of Karpathy's 3e-4, which takes three times the steps): on the
+    healthy zoo it reaches the target in 3-170 steps (GPT-2, Llama, BERT, T5, ResNet-18,
+    MobileNet, ViT-Tiny, a packed LSTM) and 1,000 for network2's sigmoid [784, 30, 10], so
+    ``max_steps=5000``. From step 200 on, training stops early once the trace shows the target
+    out of reach (at the recent rate it would take over 10 times the steps left). With dropout
+    each step's loss is one noisy draw, and the run stops at the first below ``target``.
 
     A failure names its cause from the trace: still falling at the end (``max_steps`` too
     small), the parameters stopped moving (a learning rate that collapsed, such as a per-epoch
