@@ -214,3 +214,14 @@ def test_nan_in_the_data_names_the_input_and_index():
         match=r"inputs\['scale'\] holds 1 NaN/Inf value\(s\) \(first at index \(2, 0\)\)",
     ):
         nnsanity.assert_init_loss(Scaled(), batch, ce_on_logits)
+
+
+def test_a_real_batch_encoding_reaches_a_hugging_face_model_as_keywords():
+    transformers = pytest.importorskip("transformers")
+    from architectures import ZOO
+
+    arch = ZOO["bert_classifier"]
+    batch = transformers.BatchEncoding(arch.batch())
+    r = nnsanity.assert_batch_independence(arch.build(), batch)
+    assert r.passed and r.method == "perturbation"  # token ids: no gradient to follow
+    assert nnsanity.assert_init_loss(arch.build(), batch).n_classes == 3

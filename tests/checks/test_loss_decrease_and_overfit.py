@@ -176,6 +176,17 @@ def test_fails_on_a_double_softmax_even_though_training_accuracy_reaches_100_per
     assert e.value.result.best_loss > 1.4  # the floor ln(1 + 9/e) = 1.46 for 10 classes
 
 
+def test_a_model_that_cannot_fit_comes_back_early_and_says_so():
+    # softmax before cross-entropy in a small CNN: its loss is floored at 1.46, so the 5,000-step
+    # budget is not spent once the trace shows the target out of reach
+    model = nn.Sequential(zoo.cnn(), nn.Softmax(-1))
+    with pytest.raises(SanityError, match=r"(?s)Stopped early: at the rate of the last steps") as e:
+        assert_can_overfit(model, zoo.image_batch(), F.cross_entropy)
+    result = e.value.result
+    assert result.stopped == "out of reach" and result.steps <= 1000
+    assert "1. softmax/log_softmax (or sigmoid) applied before a loss" in str(e.value)
+
+
 def test_fails_with_the_divergence_step_when_overfitting_with_a_far_too_high_learning_rate():
     model, batch, loss_fn = healthy("mlp")
     sgd = lambda p: torch.optim.SGD(p, lr=1e3)  # noqa: E731
