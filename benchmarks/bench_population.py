@@ -27,7 +27,7 @@ import torch
 
 from nnsanity.repro.mnist import mnist
 from nnsanity.repro.network2 import train_single
-from nnsanity.repro.population import _evaluate, _Stack, _Step, grid, train_population
+from nnsanity.repro.population import Population, grid, train_population
 
 SIZES = [(784, *([30] * h), 10) for h in (1, 2, 3, 4)]
 SEEDS = [0, 1, 2, 3, 4]
@@ -67,9 +67,9 @@ def _timed(fn) -> float:
 
 def profile_step(configs, x, y) -> None:
     """The aten ops one population step runs, and where its time goes."""
-    stack = _Stack(configs, torch.float32, None)
+    stack = Population(configs, torch.float32)
     onehot = torch.nn.functional.one_hot(y, 10).float()
-    step = _Step(stack, MINI_BATCH, x, onehot, ETA / MINI_BATCH, 1 - ETA * LMBDA / len(x))
+    step = stack.sgd_step(MINI_BATCH, x, onehot, ETA / MINI_BATCH, 1 - ETA * LMBDA / len(x))
     idx = torch.randperm(len(x))[: stack.k * MINI_BATCH]
     with torch.no_grad():
         for _ in range(50):
@@ -124,8 +124,8 @@ def measure(threads: int, args, data, configs) -> dict[str, float]:
     for _ in range(args.repeats):  # interleaved, so both see the same background load
         pop_s.append(_timed(population) * N_TRAIN / args.pop_images)
         plain_s.append(_timed(plain) * N_TRAIN / args.baseline_images)
-    stack = _Stack(configs, torch.float32, None)
-    eval_s = min(_timed(lambda: _evaluate(stack, vx, vy, LMBDA)) for _ in range(args.repeats))
+    stack = Population(configs, torch.float32)
+    eval_s = min(_timed(lambda: stack.evaluate(vx, vy, LMBDA)) for _ in range(args.repeats))
     r = {
         "threads": threads,
         "mm_gflops": peak / 1e9,

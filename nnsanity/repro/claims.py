@@ -15,6 +15,7 @@ from nnsanity.repro.stats import (
     confidence_interval,
     paired_p_greater,
     prediction_interval,
+    proportion_interval,
     summarize,
     welch_p_greater,
 )
@@ -136,6 +137,57 @@ def ordering_claim(
         measured=list(higher),
         statistic=f"one-sided Welch t-test at alpha={alpha}",
         verdict=verdict,
+        details=details,
+        **fields,
+    )
+
+
+def exact_claim(holds: bool, measured: Sequence[float], **fields: Any) -> Claim:
+    """An exact check (a count, a truth table, an identity to float rounding): REPRODUCED when
+    ``holds``, NOT_REPRODUCED otherwise. ``measured`` is what was compared, ``holds`` the whole
+    criterion (every part of it, controls included)."""
+    verdict = Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED
+    return Claim(measured=measured, verdict=verdict, **fields)
+
+
+def every_seed_claim(per_seed: Sequence[bool], measured: Sequence[float], **fields: Any) -> Claim:
+    """REPRODUCED when the criterion holds for every seed (``per_seed``, one bool per seed)."""
+    per_seed = [bool(ok) for ok in per_seed]
+    if not per_seed:
+        raise ValueError("every_seed_claim needs at least one seed.")
+    details = {**fields.pop("details", {}), "holds_per_seed": per_seed}
+    verdict = Verdict.REPRODUCED if all(per_seed) else Verdict.NOT_REPRODUCED
+    return Claim(measured=measured, verdict=verdict, details=details, **fields)
+
+
+def proportion_claim(
+    successes: int,
+    trials: int,
+    *,
+    above: float,
+    level: float = 0.99,
+    measured: Sequence[float] | None = None,
+    **fields: Any,
+) -> Claim:
+    """A Monte Carlo proportion judged against "more than ``above`` of the trials".
+
+    REPRODUCED when the ``level`` Wilson interval of the proportion
+    (``nnsanity.repro.stats.proportion_interval``) lies above ``above``, NOT_REPRODUCED when it
+    lies below, WITHIN_NOISE when it straddles it. ``measured`` defaults to ``[proportion]``.
+    """
+    p = successes / trials
+    lo, hi = proportion_interval(successes, trials, level)
+    if lo > above:
+        verdict = Verdict.REPRODUCED
+    elif hi < above:
+        verdict = Verdict.NOT_REPRODUCED
+    else:
+        verdict = Verdict.WITHIN_NOISE
+    details = {**fields.pop("details", {}), "successes": successes, "trials": trials}
+    return Claim(
+        measured=[p] if measured is None else measured,
+        verdict=verdict,
+        interval=(lo, hi),
         details=details,
         **fields,
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -23,11 +24,12 @@ def _pyplot() -> Any:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG and close it, so pyplot keeps no figure alive."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    fig.clf()
+    _pyplot().close(fig)
     return path
 
 
@@ -108,4 +110,85 @@ def initial_gradient_bars(
         title="N2: initial gradient per hidden layer\n"
         "(bars: median over inits, 5-95%; diamonds: published)",
     )
+    return _save(fig, path)
+
+
+def activation_saturation(steps: Sequence[int], mean: torch.Tensor, sd: torch.Tensor, path: Path):
+    """G1, Glorot & Bengio's Fig. 2 layout: each hidden layer's mean activation ± sd over
+    training, first seed. ``mean`` and ``sd`` are (snapshots, seeds, layers)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for layer in range(mean.shape[-1]):
+        m, s = mean[:, 0, layer].numpy(), sd[:, 0, layer].numpy()
+        ax.plot(steps, m, label=f"layer {layer + 1}")
+        ax.fill_between(steps, m - s, m + s, alpha=0.15)
+    ax.set(
+        xlabel="updates (mini-batches of 10)",
+        ylabel="activation (mean ± sd)",
+        ylim=(0, 1),
+        title="Sigmoid, standard init: mean activation on 300 test images",
+    )
+    ax.legend()
+    return _save(fig, path)
+
+
+def gradient_variances(variances: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
+    """G1, Fig. 7's message: Var[dC/ds] per hidden layer at init, one line per init (mean ± sd
+    over seeds). ``variances[name]`` is (seeds, layers), input side first."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, per_seed in variances.items():
+        v = torch.tensor(per_seed)  # (seeds, layers)
+        layers = range(1, v.shape[1] + 1)
+        ax.errorbar(
+            layers,
+            v.mean(0),
+            yerr=v.std(0) if len(v) > 1 else None,
+            marker="o",
+            capsize=3,
+            label=f"{name} init",
+        )
+    ax.set(
+        yscale="log",
+        xlabel="hidden layer (1 = input side)",
+        ylabel="Var[dC/ds]",
+        title="Back-propagated gradients at initialisation (tanh)",
+    )
+    ax.legend()
+    return _save(fig, path)
+
+
+def autoencoder_training(
+    steps: Sequence[int],
+    curves: Mapping[str, torch.Tensor],
+    mean_image_error: float,
+    title: str,
+    path: Path,
+) -> Path:
+    """S1: training error against updates, one line per arm (its first seed), and the
+    mean-image plateau. ``curves[arm]`` is (points,)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        ax.plot(steps, curve.numpy(), label=name)
+    ax.axhline(mean_image_error, color="grey", linestyle="--", label="mean image")
+    ax.set(
+        yscale="log",
+        xlabel="updates (batches of 200)",
+        ylabel="squared error per image",
+        title=title,
+    )
+    ax.legend()
+    return _save(fig, path)
+
+
+def unstable_width(width_fn, at: float, width: float, path: Path) -> Path:
+    """N6: eq. (123)'s width against |w|, with its maximum marked."""
+    plt = _pyplot()
+    w = np.linspace(4, 40, 2000)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(w, width_fn(w))
+    ax.plot([at], [width], "o", label=f"max {width:.4f} at |w| = {at:.3f}")
+    ax.set(xlabel="|w|", ylabel="width of {a : |w σ'(wa+b)| ≥ 1}", title="Eq. (123)")
+    ax.legend()
     return _save(fig, path)

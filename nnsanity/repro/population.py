@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -87,10 +88,15 @@ class PopulationResult:
         )
 
 
-class _Stack:
-    """The stacked parameters of K models sorted deepest first (row r is model order[r])."""
+class Population:
+    """The stacked parameters of K network2 models, sorted deepest first (row r is model
+    ``order[r]``), with their batched forward pass, evaluation and SGD step.
 
-    def __init__(self, configs: Sequence[Network2Config], dtype, device) -> None:
+    ``train_population`` is the way to train; this class is public so that benchmarks and
+    profilers can time one step or one evaluation without a whole run.
+    """
+
+    def __init__(self, configs: Sequence[Network2Config], dtype=torch.float32, device=None):
         self.order = sorted(range(len(configs)), key=lambda k: -configs[k].n_hidden)
         self.depths = [configs[k].n_hidden for k in self.order]  # hidden layers, descending
         first = configs[self.order[0]].sizes
@@ -116,6 +122,7 @@ class _Stack:
         self.top = torch.tensor([(d - 1) * k + r for r, d in enumerate(self.depths)], device=device)
 
     def parameters_of(self, r: int) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Copies of row ``r``'s weights (n_out, n_in) and biases (n_out,), first layer first."""
         h, d = self.width, self.depths[r]
         ws = [self.w_in[r, :h], *(w[r] for w in self.w_mid[: d - 1]), self.w_out[r]]
         bs = [self.b_in[r, 0, :h], *(b[r, 0] for b in self.b_mid[: d - 1]), self.b_out[r, 0]]
@@ -140,19 +147,61 @@ class _Stack:
         top = acts.view(-1, len(x), h).index_select(0, self.top)
         return torch.baddbmm(self.b_out, top, self.w_out.transpose(1, 2))
 
+    def evaluate(self, x: Tensor, y: Tensor, lmbda: float) -> tuple[Tensor, Tensor]:
+        """(K,) correct counts and (K,) network2 total_cost on (x, y), in chunks to bound memory;
+        rows in stack order."""
+        correct = torch.zeros(self.k, dtype=torch.int64, device=x.device)
+        cost = torch.zeros(self.k, dtype=torch.float64, device=x.device)
+        chunk = max(1, _EVAL_CHUNK // (self.k * self.padded))
+        for i in range(0, len(x), chunk):
+            z = self.logits(x[i : i + chunk])  # (K, C, n_out)
+            yc = y[i : i + chunk]
+            correct += (z.argmax(2) == yc).sum(1)
+            onehot = torch.nn.functional.one_hot(yc, self.n_out).to(z.dtype).expand_as(z)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(z, onehot, reduction="none")
+            cost += bce.sum((1, 2)).double()
+        cost = cost.cpu() / len(x) + 0.5 * lmbda / len(x) * self.squared_weights().cpu()
+        return correct.cpu(), cost
 
-class _Step:
+    def sgd_step(self, m: int, x: Tensor, onehot: Tensor, lr: float, decay: float) -> SgdStep:
+        """The update of every model on its own batch of ``m`` rows of ``x``: see SgdStep."""
+        return SgdStep(self, m, x, onehot, lr, decay)
+
+
+class _Forward(NamedTuple):
+    """One hidden-to-hidden stage of the forward pass, for the rows that have it."""
+
+    bias: Tensor  # (c, 1, h)
+    input: Tensor  # (c, m, h): the previous stage's activations
+    weight_t: Tensor  # (c, h, h): W^T
+    output: Tensor  # (c, m, h): sigmoid(input W^T + bias), written in place
+
+
+class _Backward(NamedTuple):
+    """The same stage walked backwards: its delta, and its weights updated in place."""
+
+    delta: Tensor  # (c, m, h): dC/dz of this stage's output, becomes the input's
+    delta_t: Tensor  # (c, h, m): its transpose, for the weight gradient delta^T a
+    tmp: Tensor  # (c, m, h): delta W, before the sigmoid's derivative
+    input: Tensor  # (c, m, h): the activations that fed this stage
+    weight: Tensor  # (c, h, h)
+    bias: Tensor  # (c, 1, h)
+    bias_grad: Tensor  # (c, 1, h): sum of delta over the batch
+
+
+class SgdStep:
     """Buffers, and every view of them, for one SGD step of all models, each on its own batch
-    of m images. Views are made once: at these sizes making them costs as much as the math."""
+    of m images: ``step(idx)`` with idx (K * m,) row indices, model-major in stack order.
+    Views are made once: at these sizes making them costs as much as the math."""
 
-    def __init__(self, s: _Stack, m: int, x: Tensor, onehot: Tensor, lr: float, decay: float):
+    def __init__(self, s: Population, m: int, x: Tensor, onehot: Tensor, lr: float, decay: float):
         k, h, depth = s.k, s.width, len(s.active)
         self.x, self.onehot, self.lr, self.decay = x, onehot, -lr, decay
         new = x.new_empty
         self.xb = new(k * m, s.n_in)  # the gathered batch, model-major
         self.yb = new(k * m, s.n_out)
         self.x3, self.y3 = self.xb.view(k, m, s.n_in), self.yb.view(k, m, s.n_out)
-        self.z1 = new(k, m, s.padded)
+        self.z1 = new(k, m, s.padded)  # first layer, padded width
         self.acts = new(depth, k, m, h)  # sigmoid outputs of every hidden stage
         self.act0 = self.acts[0]
         self.top = self.act0 if depth == 1 else new(k, m, h)  # each model's last hidden
@@ -163,14 +212,28 @@ class _Step:
         self.bias_grads = [new(k, 1, s.padded), *(new(c, 1, h) for c in s.active[1:])]
         self.bias_grads.append(new(k, 1, s.n_out))
         self.s, self.m = s, m
-        self.first = (s.b_in, s.w_in.transpose(1, 2), self.z1, self.z1[:, :, :h], self.act0)
-        self.stages = [  # (bias, input, weight^T, output) per hidden-to-hidden stage
-            (b, self.acts[j - 1, : len(w)], w.transpose(1, 2), self.acts[j, : len(w)])
+        self.z1_h = self.z1[:, :, :h]
+        self.w_in_t = s.w_in.transpose(1, 2)
+        self.stages = [
+            _Forward(
+                bias=b,
+                input=self.acts[j - 1, : len(w)],
+                weight_t=w.transpose(1, 2),
+                output=self.acts[j, : len(w)],
+            )
             for j, (w, b) in enumerate(zip(s.w_mid, s.b_mid, strict=True), 1)
         ]
-        self.stages_back = [  # (delta, delta^T, tmp, input act, W, b, bias grad), last first
-            (delta[:c], delta[:c].transpose(1, 2), tmp[:c], a, w, b, g)
-            for (b, a, _, _), w, c, g in zip(
+        self.stages_back = [  # last stage first
+            _Backward(
+                delta=delta[:c],
+                delta_t=delta[:c].transpose(1, 2),
+                tmp=tmp[:c],
+                input=f.input,
+                weight=w,
+                bias=f.bias,
+                bias_grad=g,
+            )
+            for f, w, c, g in zip(
                 self.stages, s.w_mid, s.active[1:], self.bias_grads[1:-1], strict=True
             )
         ][::-1]
@@ -179,15 +242,14 @@ class _Step:
         self.delta1_h, self.delta1_t = self.delta1[:, :, :h], self.delta1.transpose(1, 2)
 
     def __call__(self, idx: Tensor) -> None:
-        s, lr, decay, out, top = self.s, self.lr, self.decay, self.out, self.top
+        s, lr, decay, out, top, act0 = self.s, self.lr, self.decay, self.out, self.top, self.act0
         torch.index_select(self.x, 0, idx, out=self.xb)
         torch.index_select(self.onehot, 0, idx, out=self.yb)
         # forward
-        b_in, w_in_t, z1, z1_h, act0 = self.first
-        torch.baddbmm(b_in, self.x3, w_in_t, out=z1).sigmoid_()
-        act0.copy_(z1_h)  # elementwise ops on the strided view are slow
-        for b, a, w_t, a_next in self.stages:
-            torch.baddbmm(b, a, w_t, out=a_next).sigmoid_()
+        torch.baddbmm(s.b_in, self.x3, self.w_in_t, out=self.z1).sigmoid_()
+        act0.copy_(self.z1_h)  # elementwise ops on the strided view are slow
+        for bias, a, w_t, a_next in self.stages:
+            torch.baddbmm(bias, a, w_t, out=a_next).sigmoid_()
         if top is not act0:
             torch.index_select(self.acts_flat, 0, s.top, out=top)
         torch.baddbmm(s.b_out, top, self.w_out_t, out=out).sigmoid_()
@@ -256,15 +318,15 @@ def train_population(
         raise TypeError("progress must be callable(done_model_epochs, total_model_epochs)")
 
     start = time.perf_counter()
-    stack = _Stack(configs, dtype, device)
+    stack = Population(configs, dtype, device)
     k, dev = stack.k, stack.w_in.device
     x = train_x.to(dev, dtype).contiguous()
     y = train_y.to(dev)
     onehot = torch.nn.functional.one_hot(y, n_out).to(dtype)
     decay = 1.0 - eta * lmbda / n
     full, rest = divmod(n, m)
-    step = _Step(stack, m, x, onehot, eta / m, decay)
-    last = _Step(stack, rest, x, onehot, eta / rest, decay) if rest else None
+    step = stack.sgd_step(m, x, onehot, eta / m, decay)
+    last = stack.sgd_step(rest, x, onehot, eta / rest, decay) if rest else None
     orders = [order_generator(configs[i].seed) for i in stack.order]
     correct = torch.zeros(k, epochs, dtype=torch.int64)
     eval_cost = torch.zeros(k, epochs, dtype=torch.float64)
@@ -280,9 +342,9 @@ def train_population(
             if last is not None:
                 last(perms[:, full * m :].reshape(-1))
             if eval_x is not None:
-                correct[:, epoch], eval_cost[:, epoch] = _evaluate(stack, ex, ey, lmbda)
+                correct[:, epoch], eval_cost[:, epoch] = stack.evaluate(ex, ey, lmbda)
             if monitor_training_cost:
-                train_cost[:, epoch] = _evaluate(stack, x, y, lmbda)[1]
+                train_cost[:, epoch] = stack.evaluate(x, y, lmbda)[1]
             if progress is not None:
                 progress(k * (epoch + 1), k * epochs)
     # back from depth order to the caller's order
@@ -298,19 +360,3 @@ def train_population(
         biases=tuple(p[1] for p in params),
         seconds=time.perf_counter() - start,
     )
-
-
-def _evaluate(stack: _Stack, x: Tensor, y: Tensor, lmbda: float) -> tuple[Tensor, Tensor]:
-    """(K,) correct counts and (K,) network2 total_cost on (x, y), in chunks to bound memory."""
-    correct = torch.zeros(stack.k, dtype=torch.int64, device=x.device)
-    cost = torch.zeros(stack.k, dtype=torch.float64, device=x.device)
-    chunk = max(1, _EVAL_CHUNK // (stack.k * stack.padded))
-    for i in range(0, len(x), chunk):
-        z = stack.logits(x[i : i + chunk])  # (K, C, n_out)
-        yc = y[i : i + chunk]
-        correct += (z.argmax(2) == yc).sum(1)
-        onehot = torch.nn.functional.one_hot(yc, stack.n_out).to(z.dtype).expand_as(z)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, onehot, reduction="none")
-        cost += bce.sum((1, 2)).double()
-    cost = cost.cpu() / len(x) + 0.5 * lmbda / len(x) * stack.squared_weights().cpu()
-    return correct.cpu(), cost

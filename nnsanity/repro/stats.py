@@ -73,6 +73,12 @@ def paired_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
 
 
+def proportion_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy.stats.binomtest), good near 0 and 1 too."""
+    ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def binomial_se(successes: int, trials: int) -> float:
     """Standard error of a Monte Carlo proportion."""
     p = successes / trials

@@ -5,12 +5,21 @@ import math
 import pytest
 from scipy import stats
 
-from nnsanity.repro.claims import Claim, Verdict, ordering_claim, single_run_claim
+from nnsanity.repro.claims import (
+    Claim,
+    Verdict,
+    every_seed_claim,
+    exact_claim,
+    ordering_claim,
+    proportion_claim,
+    single_run_claim,
+)
 from nnsanity.repro.stats import (
     binomial_se,
     confidence_interval,
     paired_p_greater,
     prediction_interval,
+    proportion_interval,
     summarize,
     welch_p_greater,
 )
@@ -71,3 +80,39 @@ def test_a_claim_serialises_with_its_summary():
         published=1.0, measured=[1, 2, 3], statistic="s", verdict="reproduced", **FIELDS
     ).to_dict()
     assert d["verdict"] == "reproduced" and d["mean"] == 2.0 and d["sd"] == 1.0 and d["n"] == 3
+
+
+def test_an_exact_claim_reproduces_only_when_it_holds():
+    assert exact_claim(True, [0.0], published=0.0, statistic="s", **FIELDS).verdict is (
+        Verdict.REPRODUCED
+    )
+    assert exact_claim(False, [1.0], published=0.0, statistic="s", **FIELDS).verdict is (
+        Verdict.NOT_REPRODUCED
+    )
+
+
+def test_an_every_seed_claim_fails_when_one_seed_fails_and_says_which():
+    claim = every_seed_claim([True, False, True], [1, 0, 1], published=1, statistic="s", **FIELDS)
+    assert claim.verdict is Verdict.NOT_REPRODUCED
+    assert claim.details["holds_per_seed"] == [True, False, True]
+    with pytest.raises(ValueError, match="at least one seed"):
+        every_seed_claim([], [], published=1, statistic="s", **FIELDS)
+
+
+def test_a_proportion_claim_has_three_outcomes_from_its_wilson_interval():
+    common = {"above": 0.5, "level": 0.99, "published": "usually", "statistic": "s", **FIELDS}
+    assert proportion_claim(6000, 10000, **common).verdict is Verdict.REPRODUCED
+    assert proportion_claim(4000, 10000, **common).verdict is Verdict.NOT_REPRODUCED
+    assert proportion_claim(51, 100, **common).verdict is Verdict.WITHIN_NOISE
+    claim = proportion_claim(6000, 10000, **common)
+    assert claim.measured == [0.6] and claim.interval == pytest.approx(
+        proportion_interval(6000, 10000, 0.99)
+    )
+
+
+def test_the_wilson_interval_matches_its_closed_form():
+    k, n, z = 30, 100, stats.norm.ppf(0.975)
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    assert proportion_interval(k, n, 0.95) == pytest.approx((centre - half, centre + half))

@@ -10,8 +10,8 @@ Measured: the faithful network2 (nnsanity.repro.network2; sigmoid everywhere, su
 cross-entropy, weights N(0, 1/n_in), biases N(0, 1), SGD eta=0.1 on mini-batches of 10, L2
 lambda=5 on the weights with n=50,000, a fresh shuffle per epoch, float32 where the book used
 float64), trained for 30 epochs per seed, all depths and seeds as one batched population
-(nnsanity.repro.population, tested equal to one-at-a-time training). Seeds are 0..n-1, fixed, so the
-asserted verdicts are the ones in reproductions/README.md.
+(nnsanity.repro.population, tested equal to one-at-a-time training). Seeds follow
+--nnsanity-seed (0..n-1 by default).
 
 Pass criteria, declared before the runs:
 - each published number is ONE run, so it is compared with the distribution of single runs: the
@@ -35,9 +35,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from nnsanity.repro.claims import Claim, Verdict, ordering_claim, single_run_claim
 from nnsanity.repro.network2 import Network2Config
+from nnsanity.repro.plots import accuracy_by_depth
 from nnsanity.repro.population import train_population
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem'"
@@ -45,7 +47,7 @@ PUBLISHED = {1: 96.48, 2: 96.90, 3: 96.57, 4: 96.53}  # % on validation, by hidd
 
 
 @dataclasses.dataclass(frozen=True)
-class Setting:
+class Budget:
     seeds: int = 8
     epochs: int = 30
     eta: float = 0.1
@@ -54,7 +56,7 @@ class Setting:
     hidden: int = 30
 
 
-FULL = Setting()
+FULL = Budget()
 SMOKE = dataclasses.replace(FULL, seeds=4)
 
 # The verdicts the evidence gave (see reproductions/README.md); a change in the code or the data
@@ -86,41 +88,42 @@ def sizes(depth: int, hidden: int) -> tuple[int, ...]:
     return (784, *[hidden] * depth, 10)
 
 
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    accuracy: dict[int, torch.Tensor]  # hidden layers -> (seeds, epochs) validation accuracy, %
+    seconds: float  # wall time of the one population that trained every depth
+
+
 @pytest.fixture(scope="module")
-def runs(nnsanity_budget, nnsanity_mnist, nnsanity_device, nnsanity_progress):
-    """Per depth: (seeds, epochs) validation accuracy in %, from one batched population."""
-    s = FULL if nnsanity_budget == "full" else SMOKE
+def runs(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Runs:
+    """Every depth and seed trained as one batched population."""
+    b = budget
     configs = [
-        Network2Config(sizes(d, s.hidden), seed) for d in PUBLISHED for seed in range(s.seeds)
+        Network2Config(sizes(d, b.hidden), seed) for d in PUBLISHED for seed in seeds(b.seeds)
     ]
     result = train_population(
         configs,
         nnsanity_mnist.train_x,
         nnsanity_mnist.train_y,
-        epochs=s.epochs,
-        eta=s.eta,
-        lmbda=s.lmbda,
-        mini_batch_size=s.mini_batch_size,
+        epochs=b.epochs,
+        eta=b.eta,
+        lmbda=b.lmbda,
+        mini_batch_size=b.mini_batch_size,
         eval_x=nnsanity_mnist.validation_x,
         eval_y=nnsanity_mnist.validation_y,
         device=nnsanity_device,
         progress=lambda done, total: nnsanity_progress("N1 depth vs accuracy", done, total),
     )
-    acc = (100 * result.accuracy).reshape(len(PUBLISHED), s.seeds, s.epochs)
-    return {d: acc[i] for i, d in enumerate(PUBLISHED)} | {"seconds": result.seconds}
-
-
-def expect(claim: Claim, budget: str) -> None:
-    assert claim.id in EXPECTED[budget], f"no verdict recorded for {claim.id}: {claim}"
-    assert claim.verdict is EXPECTED[budget][claim.id], claim
+    acc = (100 * result.accuracy).reshape(len(PUBLISHED), b.seeds, b.epochs)
+    return Runs({d: acc[i] for i, d in enumerate(PUBLISHED)}, result.seconds)
 
 
 @pytest.mark.parametrize("depth", list(PUBLISHED))
-def test_published_accuracy_is_a_plausible_single_run(depth, runs, nnsanity_claim, nnsanity_budget):
-    acc = runs[depth]
-    claim = single_run_claim(
+def test_published_accuracy_is_a_plausible_single_run(depth, runs, claim, nnsanity_budget):
+    acc = runs.accuracy[depth]  # one row per seed
+    c = single_run_claim(
         PUBLISHED[depth],
-        acc[:, -1].tolist(),
+        acc[:, -1].tolist(),  # final-epoch accuracy of each seed
         id=f"N1.accuracy-{depth}-hidden",
         source=SOURCE,
         statement=f"[784,{','.join(['30'] * depth)},10] reaches {PUBLISHED[depth]}% on validation",
@@ -129,23 +132,22 @@ def test_published_accuracy_is_a_plausible_single_run(depth, runs, nnsanity_clai
             "best_epoch_accuracy": acc.max(dim=1).values.tolist(),
             "best_epoch": (acc.argmax(dim=1) + 1).tolist(),
             "per_epoch_mean": acc.mean(dim=0).tolist(),
-            "train_seconds_all_depths": runs["seconds"],
+            "train_seconds_all_depths": runs.seconds,
         },
     )
-    nnsanity_claim(claim)
-    expect(claim, nnsanity_budget)
+    claim(c, EXPECTED[nnsanity_budget][c.id])
 
 
-def final_ordering(runs, higher: int, lower: int, **fields) -> Claim:
+def final_ordering(runs: Runs, higher: int, lower: int, **fields) -> Claim:
     """Final-epoch accuracy of ``higher`` vs ``lower`` hidden layers, paired by seed."""
-    final = {d: runs[d][:, -1].tolist() for d in (higher, lower)}
+    final = {d: runs.accuracy[d][:, -1].tolist() for d in (higher, lower)}
     return ordering_claim(
         final[higher], final[lower], paired=True, source=SOURCE, unit=" pts", **fields
     )
 
 
-def test_two_hidden_layers_beat_one(runs, nnsanity_claim, nnsanity_budget):
-    claim = final_ordering(
+def test_two_hidden_layers_beat_one(runs, claim, nnsanity_budget):
+    c = final_ordering(
         runs,
         2,
         1,
@@ -153,12 +155,11 @@ def test_two_hidden_layers_beat_one(runs, nnsanity_claim, nnsanity_budget):
         statement="a second hidden layer improves accuracy (96.90 vs 96.48)",
         published="96.90 > 96.48",
     )
-    nnsanity_claim(claim)
-    expect(claim, nnsanity_budget)
+    claim(c, EXPECTED[nnsanity_budget][c.id])
 
 
-def test_a_third_hidden_layer_does_not_help(runs, nnsanity_claim, nnsanity_budget):
-    claim = final_ordering(
+def test_a_third_hidden_layer_does_not_help(runs, claim, nnsanity_budget):
+    c = final_ordering(
         runs,
         2,
         3,
@@ -166,11 +167,10 @@ def test_a_third_hidden_layer_does_not_help(runs, nnsanity_claim, nnsanity_budge
         statement="accuracy drops from two to three hidden layers (96.90 to 96.57)",
         published="96.90 > 96.57",
     )
-    nnsanity_claim(claim)
-    expect(claim, nnsanity_budget)
+    claim(c, EXPECTED[nnsanity_budget][c.id])
 
 
-def test_four_vs_three_hidden_layers_is_not_significant(runs, nnsanity_claim, nnsanity_budget):
+def test_four_vs_three_hidden_layers_is_not_significant(runs, claim, nnsanity_budget):
     ordering = final_ordering(
         runs,
         3,
@@ -180,20 +180,13 @@ def test_four_vs_three_hidden_layers_is_not_significant(runs, nnsanity_claim, nn
         published="not significant",
     )
     significant = ordering.verdict is not Verdict.WITHIN_NOISE
-    claim = dataclasses.replace(
+    c = dataclasses.replace(
         ordering, verdict=Verdict.NOT_REPRODUCED if significant else Verdict.REPRODUCED
     )
-    nnsanity_claim(claim)
-    expect(claim, nnsanity_budget)
+    claim(c, EXPECTED[nnsanity_budget][c.id])
 
 
-def test_accuracy_figure(runs, nnsanity_plots):
-    """Accuracy per epoch per depth with seed bands (only with --nnsanity-plots)."""
-    if nnsanity_plots is None:
-        pytest.skip("figures only with --nnsanity-plots")
-    from nnsanity.repro.plots import accuracy_by_depth
-
-    path = accuracy_by_depth(
-        {d: runs[d] for d in PUBLISHED}, PUBLISHED, nnsanity_plots / "N1_accuracy_by_depth.png"
-    )
+def test_figure(runs, figures):
+    """Accuracy per epoch per depth with seed bands."""
+    path = accuracy_by_depth(runs.accuracy, PUBLISHED, figures / "N1_accuracy_by_depth.png")
     assert path.stat().st_size > 0

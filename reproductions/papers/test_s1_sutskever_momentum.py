@@ -68,16 +68,18 @@ The exact update at which each seed leaves the plateau is in the report's detail
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import math
 
 import pytest
 import torch
 
-from nnsanity.repro.claims import Claim, Verdict, ordering_claim
+from nnsanity.repro.claims import Claim, Verdict, exact_claim, ordering_claim
 from nnsanity.repro.initialisers import sparse_
 from nnsanity.repro.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
+from nnsanity.repro.plots import autoencoder_training
 from nnsanity.repro.stats import summarize
+from reproductions._nets import stacked_batches, stacked_params
 
 SOURCE = "Sutskever, Martens, Dahl & Hinton, ICML 2013"
 
@@ -117,13 +119,8 @@ THEOREM_TOL = {"diagonal": 1e-12, "rotated": 1e-10}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def budget(nnsanity_budget: str) -> Budget:
-    return FULL if nnsanity_budget == "full" else SMOKE
-
-
 # -- S1.schedule ------------------------------------------------------------------------------
-def test_momentum_schedule_is_eq_5_with_its_cap_and_final_phase(nnsanity_claim):
+def test_momentum_schedule_is_eq_5_with_its_cap_and_final_phase(claim):
     first_blocks = [sutskever_momentum(k * BLOCK, MU_MAX) for k in range(5)]
     expected = [1 - 1 / (2 * (k + 1)) for k in range(5)]  # 0.5, 0.75, 0.833.., 0.875, 0.9
     within_blocks = all(
@@ -141,26 +138,26 @@ def test_momentum_schedule_is_eq_5_with_its_cap_and_final_phase(nnsanity_claim):
         -FINAL_UPDATES - 1
     ] > (FINAL_MU)
     exact = first_blocks == expected and within_blocks and as_printed <= 4 * 2**-53
-    claim = Claim(
-        id="S1.schedule",
-        source=f"{SOURCE}, eq. (5), section 3.1",
-        statement="mu_t = 0.5, 0.75, 0.833, 0.875, 0.9 in the first blocks of 250 updates, "
-        "capped at mu_max, and 0.9 for the last 1,000 updates",
-        published="0.5, 0.75, 0.833, 0.875, 0.9",
-        measured=[max(abs(m - e) for m, e in zip(first_blocks, expected))],
-        statistic="max |mu - (1 - 1/(2(k+1)))| over the first five blocks k = 0..4 (exact: 0); "
-        "also every t < 20,000 against eq. (5) as printed, the cap and the final phase",
-        verdict=Verdict.REPRODUCED if exact and cap and final_phase else Verdict.NOT_REPRODUCED,
-        details={
-            "mu_first_five_blocks": first_blocks,
-            "closed_form_vs_printed_max_abs": as_printed,
-            "constant_within_blocks": within_blocks,
-            "capped": cap,
-            "final_phase_0.9": final_phase,
-        },
+    claim(
+        exact_claim(
+            exact and cap and final_phase,
+            [max(abs(m - e) for m, e in zip(first_blocks, expected))],
+            id="S1.schedule",
+            source=f"{SOURCE}, eq. (5), section 3.1",
+            statement="mu_t = 0.5, 0.75, 0.833, 0.875, 0.9 in the first blocks of 250 updates, "
+            "capped at mu_max, and 0.9 for the last 1,000 updates",
+            published="0.5, 0.75, 0.833, 0.875, 0.9",
+            statistic="max |mu - (1 - 1/(2(k+1)))| over the first five blocks k = 0..4 (exact: "
+            "0); also every t < 20,000 against eq. (5) as printed, the cap and the final phase",
+            details={
+                "mu_first_five_blocks": first_blocks,
+                "closed_form_vs_printed_max_abs": as_printed,
+                "constant_within_blocks": within_blocks,
+                "capped": cap,
+                "final_phase_0.9": final_phase,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 # -- S1.sparse-init ---------------------------------------------------------------------------
@@ -170,22 +167,13 @@ def autoencoder_widths() -> tuple[int, ...]:
 
 def init_params(gens, scales, device) -> list[torch.Tensor]:
     """[W1, b1, ...] stacked over runs: sparse W (runs, n_in, n_out), zero b (runs, 1, n_out)."""
-    params = []
-    for n_in, n_out in itertools.pairwise(autoencoder_widths()):
-        w = torch.stack(
-            [
-                sparse_(torch.empty(n_out, n_in), NONZERO, scale=s, generator=g).T
-                for g, s in zip(gens, scales)
-            ]
-        )
-        params += [w.contiguous().to(device), torch.zeros(len(gens), 1, n_out, device=device)]
-    return params
+    inits = [functools.partial(sparse_, n_nonzero=NONZERO, scale=s) for s in scales]
+    return stacked_params(autoencoder_widths(), inits, gens, device)
 
 
-def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nnsanity_claim):
-    params = init_params(
-        [torch.Generator().manual_seed(s) for s in seeds], [1.0] * len(seeds), "cpu"
-    )
+def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(budget, seeds, claim):
+    runs = seeds(budget.seeds)
+    params = init_params([torch.Generator().manual_seed(s) for s in runs], [1.0] * len(runs), "cpu")
     weights, biases = params[0::2], params[1::2]
     counts = torch.cat([(w != 0).sum(dim=1) for w in weights], dim=1)  # (runs, every unit)
     values = torch.cat([w[w != 0] for w in weights]).double()
@@ -195,27 +183,28 @@ def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, nns
         and abs(var - 1) <= 4 * se
         and all(bool((b == 0).all()) for b in biases)
     )
-    claim = Claim(
-        id="S1.sparse-init",
-        source=f"{SOURCE}, section 3.1",
-        statement="each unit gets exactly 15 non-zero incoming weights drawn from N(0, 1); "
-        "biases 0",
-        published=NONZERO,
-        measured=counts.double().mean(dim=1).tolist(),
-        statistic=f"per seed: mean non-zero incoming weights per unit over the {counts.shape[1]} "
-        f"units of {'-'.join(map(str, autoencoder_widths()))}; every unit must have exactly 15",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(NONZERO, NONZERO),
-        details={
-            "min_count": int(counts.min()),
-            "max_count": int(counts.max()),
-            "nonzero_mean": float(values.mean()),
-            "nonzero_var": var,
-            "var_se": se,
-        },
+    claim(
+        exact_claim(
+            holds,
+            counts.double().mean(dim=1).tolist(),
+            id="S1.sparse-init",
+            source=f"{SOURCE}, section 3.1",
+            statement="each unit gets exactly 15 non-zero incoming weights drawn from N(0, 1); "
+            "biases 0",
+            published=NONZERO,
+            statistic=f"per seed: mean non-zero incoming weights per unit over the "
+            f"{counts.shape[1]} units of {'-'.join(map(str, autoencoder_widths()))}; every unit "
+            "must have exactly 15",
+            interval=(NONZERO, NONZERO),
+            details={
+                "min_count": int(counts.min()),
+                "max_count": int(counts.max()),
+                "nonzero_mean": float(values.mean()),
+                "nonzero_var": var,
+                "var_se": se,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 # -- S1.theorem -------------------------------------------------------------------------------
@@ -231,7 +220,7 @@ def trajectory(theta0, v0, grad, *, lr, mu, nesterov) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["diagonal", "rotated"])
 def test_a_nesterov_step_is_a_classical_step_with_momentum_mu_times_one_minus_eps_lambda(
-    kind, nnsanity_seed, nnsanity_claim
+    kind, nnsanity_seed, claim
 ):
     g = torch.Generator().manual_seed(nnsanity_seed)
     n, lr, mu = 8, 0.05, 0.9
@@ -268,28 +257,26 @@ def test_a_nesterov_step_is_a_classical_step_with_momentum_mu_times_one_minus_ep
     deviation = float((along - cm["corrected"]).abs().max()) / scale
     control = float((along - cm["plain"]).abs().max()) / scale
     tol = THEOREM_TOL[kind]
-    claim = Claim(
-        id=f"S1.theorem-{kind}",
-        source=f"{SOURCE}, Theorem 2.1",
-        statement="on a quadratic, NAG equals CM with momentum mu(1 - eps lambda) along each "
-        "eigendirection of curvature lambda",
-        published=0.0,
-        measured=[deviation],
-        statistic=f"max |NAG - CM(mu(1 - eps lambda))| over {THEOREM_STEPS} steps and {n} "
-        "eigendirections, relative to the largest starting coordinate; float64",
-        verdict=Verdict.REPRODUCED
-        if deviation < tol and control > 1e-3
-        else Verdict.NOT_REPRODUCED,
-        interval=(0.0, tol),
-        details={
-            "control_cm_with_plain_mu": control,
-            "lr": lr,
-            "mu": mu,
-            "eps_lambda": [lr * float(x) for x in lam],
-        },
+    claim(
+        exact_claim(
+            deviation < tol and control > 1e-3,
+            [deviation],
+            id=f"S1.theorem-{kind}",
+            source=f"{SOURCE}, Theorem 2.1",
+            statement="on a quadratic, NAG equals CM with momentum mu(1 - eps lambda) along each "
+            "eigendirection of curvature lambda",
+            published=0.0,
+            statistic=f"max |NAG - CM(mu(1 - eps lambda))| over {THEOREM_STEPS} steps and {n} "
+            "eigendirections, relative to the largest starting coordinate; float64",
+            interval=(0.0, tol),
+            details={
+                "control_cm_with_plain_mu": control,
+                "lr": lr,
+                "mu": mu,
+                "eps_lambda": [lr * float(x) for x in lam],
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 # -- S1.momentum and S1.bad-init: the autoencoder ---------------------------------------------
@@ -318,15 +305,13 @@ class Runs:
     curve: torch.Tensor  # (points, runs): training error on CURVE images
     mean_image_error: float
 
-
-_RUNS: dict[tuple, Runs] = {}
+    def arm(self, name: str) -> list[float]:
+        """The final errors of one arm, in seed order."""
+        return [e for n, e in zip(self.names, self.error) if n == name]
 
 
 def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
     """Every arm x seed stacked along dim 0 and trained together with one bmm per layer."""
-    key = (budget, tuple(seeds), str(device))
-    if key in _RUNS:
-        return _RUNS[key]
     names = [name for name in ARMS for _ in seeds]
     run_seeds = [s for _ in ARMS for s in seeds]
     lr, mu_max, scales = zip(*(ARMS[name] for name in names))
@@ -336,20 +321,16 @@ def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
     runs = len(names)
     lr_t = torch.tensor(lr, device=device).view(runs, 1, 1)
     x_all = data.train_x.to(device)
-    per_epoch = len(x_all) // BATCH
     curve_x = x_all[:CURVE].expand(runs, -1, -1)
     steps, curve = [], []
-    for t in range(budget.updates):
-        if t % per_epoch == 0:
-            order = torch.stack([torch.randperm(len(x_all), generator=g) for g in gens])
-            order = order.to(device)
+    batches = stacked_batches(len(x_all), BATCH, gens, budget.updates, device)
+    for t, idx in enumerate(batches):
         if t % budget.record_every == 0:
             with torch.no_grad():
                 curve.append(squared_error(params, curve_x).cpu())
             steps.append(t)
             progress("S1 autoencoders", t, budget.updates, "updates")
-        pos = t % per_epoch
-        x = x_all[order[:, pos * BATCH : (pos + 1) * BATCH]]  # (runs, 200, 784)
+        x = x_all[idx]  # (runs, 200, 784)
         mu = [sutskever_momentum(t, m, total_updates=budget.updates) for m in mu_max]
         mu_t = torch.tensor(mu, device=device).view(runs, 1, 1)
 
@@ -367,30 +348,22 @@ def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
         error = squared_error(params, x_all[:EVAL].expand(runs, -1, -1)).tolist()
     x_eval = data.train_x[:EVAL]
     baseline = float(((x_eval - data.train_x.mean(0)) ** 2).sum(-1).mean())
-    _RUNS[key] = Runs(names, run_seeds, error, steps, torch.stack(curve), baseline)
-    return _RUNS[key]
+    return Runs(names, run_seeds, error, steps, torch.stack(curve), baseline)
 
 
-def arm(runs: Runs, name: str) -> list[float]:
-    return [e for n, e in zip(runs.names, runs.error) if n == name]
-
-
-@pytest.fixture
-def seeds(nnsanity_seed: int, budget: Budget) -> list[int]:
-    return [nnsanity_seed + i for i in range(budget.seeds)]
+@pytest.fixture(scope="module")
+def autoencoders(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Runs:
+    """The three arms (SGD, NAG, NAG from the x0.25 init) for every seed, trained together."""
+    return train_autoencoders(
+        nnsanity_mnist, budget, seeds(budget.seeds), nnsanity_device, nnsanity_progress
+    )
 
 
 def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
-    budget,
-    seeds,
-    nnsanity_mnist,
-    nnsanity_device,
-    nnsanity_claim,
-    nnsanity_progress,
-    nnsanity_plots,
+    budget, autoencoders, claim
 ):
-    runs = train_autoencoders(nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
-    sgd, nag = arm(runs, "SGD"), arm(runs, "NAG")
+    runs = autoencoders
+    sgd, nag = runs.arm("SGD"), runs.arm("NAG")
     ratio = sum(nag) / sum(sgd)  # ratio of the means
     # Same seed, same init and data order: a paired test, with all three outcomes.
     ordering = ordering_claim(
@@ -405,7 +378,7 @@ def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
         published=PUBLISHED_TABLE1["0.9N"] / PUBLISHED_TABLE1["SGD"],
     )
     significant = ordering.verdict is Verdict.REPRODUCED
-    claim = dataclasses.replace(
+    c = dataclasses.replace(
         ordering,
         measured=[n / s for n, s in zip(nag, sgd)],
         statistic=f"training error NAG / SGD per seed after {budget.updates} updates of 200; "
@@ -422,6 +395,7 @@ def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
             "SGD": str(summarize(sgd)),
             "NAG": str(summarize(nag)),
             "ratio_of_means": ratio,
+            "nag_significantly_lower": significant,
             "largest_mu_reached": max(
                 sutskever_momentum(t, MU_MAX, total_updates=budget.updates)
                 for t in range(budget.updates)
@@ -431,24 +405,21 @@ def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
             "arms": {k: dict(zip(("lr", "mu_max", "init_scale"), v)) for k, v in ARMS.items()},
         },
     )
-    nnsanity_claim(claim)
-    if nnsanity_plots is not None:
-        plot_training(nnsanity_plots / "S1_autoencoder_training.png", runs)
     # Measured: NAG is significantly lower at both budgets, but not "much lower" by the ratio
     # declared beforehand: 0.66 +- 0.02 of SGD's error after 1,000 updates (smoke, 2 seeds,
     # p = 0.012) and 0.53 +- 0.01 after 3,000 (full, 3 seeds, p = 0.0005), against the paper's
     # 0.35 after 750,000. The gap was still widening when the runs stopped.
-    assert claim.verdict is Verdict.NOT_REPRODUCED, claim
-    assert significant, claim
+    claim(c, expect=Verdict.NOT_REPRODUCED)
+    assert significant, c
 
 
 def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
-    budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_progress
+    budget, autoencoders, claim
 ):
-    runs = train_autoencoders(nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
-    bad = arm(runs, "NAG x0.25 init")
-    relative = [e / runs.mean_image_error for e in bad]
-    claim = Claim(
+    runs = autoencoders
+    bad = runs.arm("NAG x0.25 init")
+    relative = [e / runs.mean_image_error for e in bad]  # one per seed
+    c = Claim(
         id="S1.bad-init",
         source=f"{SOURCE}, Table 3",
         statement="NAG from the sparse init scaled by 0.25 fails: its training error stays high",
@@ -460,7 +431,7 @@ def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
         interval=None,  # half-open, [0.9, inf): stated in the statistic (JSON has no inf)
         details={
             "error": bad,
-            "good_init_NAG_error": arm(runs, "NAG"),
+            "good_init_NAG_error": runs.arm("NAG"),
             "plateau_left_at_update": [
                 next(
                     (
@@ -475,34 +446,22 @@ def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
             ],
         },
     )
-    nnsanity_claim(claim)
     # Measured: stuck on the mean image through 1,000 updates (smoke: 1.00 of its error in both
     # seeds), but at the full budget every seed left the plateau after 1,800-1,900 updates
     # and ended at 0.58 +- 0.02 of it after 3,000 (the good init: 0.19). With 8 weight layers and
     # 3,000 updates the x0.25 init delays learning; it does not prevent it.
     expected = Verdict.REPRODUCED if budget.updates <= SMOKE.updates else Verdict.NOT_REPRODUCED
-    assert claim.verdict is expected, claim
+    claim(c, expect=expected)
 
 
-def plot_training(path, runs: Runs) -> None:
+def test_figure(autoencoders, figures):
     """Training error against updates, first seed of each arm, and the mean-image plateau."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in ARMS:
-        i = runs.names.index(name)
-        ax.plot(runs.steps, runs.curve[:, i].numpy(), label=name)
-    ax.axhline(runs.mean_image_error, color="grey", linestyle="--", label="mean image")
-    ax.set(
-        yscale="log",
-        xlabel="updates (batches of 200)",
-        ylabel="squared error per image",
-        title=f"Autoencoder {'-'.join(map(str, autoencoder_widths()))}, sparse init",
+    runs = autoencoders
+    path = autoencoder_training(
+        runs.steps,
+        {name: runs.curve[:, runs.names.index(name)] for name in ARMS},
+        runs.mean_image_error,
+        f"Autoencoder {'-'.join(map(str, autoencoder_widths()))}, sparse init",
+        figures / "S1_autoencoder_training.png",
     )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    assert path.stat().st_size > 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import exact_claim
 
 SOURCE = "Nielsen ch. 5, introduction ('deep circuits')"
 
@@ -104,10 +104,6 @@ def nand(n: int, masks: Iterable[int]) -> int:
 
 
 # -- the claims -------------------------------------------------------------------------------
-def _exact(holds: bool) -> Verdict:
-    return Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED
-
-
 def nand_of_nands(n: int) -> tuple[int, int]:
     """The DNF circuit of every function of n inputs, all at once; (how many correct, total)."""
     ones = np.uint64(full(n))
@@ -127,31 +123,31 @@ def nand_of_nands(n: int) -> tuple[int, int]:
     return int(np.count_nonzero(output == functions)), functions.size
 
 
-def test_two_layers_of_nand_gates_compute_every_function_of_up_to_four_inputs(nnsanity_claim):
+def test_two_layers_of_nand_gates_compute_every_function_of_up_to_four_inputs(claim):
     counts = {n: nand_of_nands(n) for n in ALL_FUNCTIONS_N}
     correct = sum(c for c, _ in counts.values())
     total = sum(t for _, t in counts.values())
-    claim = Claim(
-        id="N8.nand-nand-all-functions",
-        source=SOURCE,
-        statement="every Boolean function of n <= 4 inputs is computed by two layers of NAND "
-        "gates over the literals",
-        published=float(total),
-        measured=[correct],
-        statistic=f"functions of n in {list(ALL_FUNCTIONS_N)} inputs whose NAND-of-NANDs "
-        "circuit (one first-layer gate per true input) has the right truth table",
-        verdict=_exact(correct == total),
-        interval=(total, total),
-        details={
-            f"n={n}": {"correct": c, "functions": t, "max_gates": 2**n + 1}
-            for n, (c, t) in counts.items()
-        },
+    claim(
+        exact_claim(
+            correct == total,
+            [correct],
+            id="N8.nand-nand-all-functions",
+            source=SOURCE,
+            statement="every Boolean function of n <= 4 inputs is computed by two layers of NAND "
+            "gates over the literals",
+            published=float(total),
+            statistic=f"functions of n in {list(ALL_FUNCTIONS_N)} inputs whose NAND-of-NANDs "
+            "circuit (one first-layer gate per true input) has the right truth table",
+            interval=(total, total),
+            details={
+                f"n={n}": {"correct": c, "functions": t, "max_gates": 2**n + 1}
+                for n, (c, t) in counts.items()
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_no_single_gate_computes_xor_or_parity(nnsanity_claim):
+def test_no_single_gate_computes_xor_or_parity(claim):
     found, searched, sanity = {}, 0, True
     for n in PARITY_N:
         gates = single_gates(n)
@@ -161,20 +157,20 @@ def test_no_single_gate_computes_xor_or_parity(nnsanity_claim):
         x1, x2 = variable(n, 0), variable(n, 1)
         sanity &= bool(np.any(gates["AND"] == np.uint64(x1 & x2)))
         sanity &= bool(np.any(gates["NOR"] == np.uint64(full(n) ^ (x1 | x2))))
-    claim = Claim(
-        id="N8.no-single-gate-parity",
-        source=SOURCE + " and the lecture notes ('why not one layer?')",
-        statement="no single AND, OR, NAND or NOR gate of literals computes XOR or parity_n",
-        published=0.0,
-        measured=list(found.values()),
-        statistic=f"single gates whose truth table is parity_n, one value per n in "
-        f"{list(PARITY_N)} ({searched} gates searched)",
-        verdict=_exact(sanity and not any(found.values())),
-        interval=(0.0, 0.0),
-        details={"search_finds_AND_and_NOR": sanity},
+    claim(
+        exact_claim(
+            sanity and not any(found.values()),
+            list(found.values()),
+            id="N8.no-single-gate-parity",
+            source=SOURCE + " and the lecture notes ('why not one layer?')",
+            statement="no single AND, OR, NAND or NOR gate of literals computes XOR or parity_n",
+            published=0.0,
+            statistic=f"single gates whose truth table is parity_n, one value per n in "
+            f"{list(PARITY_N)} ({searched} gates searched)",
+            interval=(0.0, 0.0),
+            details={"search_finds_AND_and_NOR": sanity},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 def _depth2_bound(n: int) -> tuple[int, dict[str, int]]:
@@ -220,7 +216,7 @@ def _brute_force_smallest(n: int) -> int:
     return 2 ** (n - 1)
 
 
-def test_a_depth_two_circuit_for_parity_needs_2_to_the_n_minus_1_gates(nnsanity_claim):
+def test_a_depth_two_circuit_for_parity_needs_2_to_the_n_minus_1_gates(claim):
     ratios, evidence = [], {}
     for n in PARITY_N:
         needed, evidence[f"n={n}"] = _depth2_bound(n)
@@ -231,21 +227,21 @@ def test_a_depth_two_circuit_for_parity_needs_2_to_the_n_minus_1_gates(nnsanity_
         and all(e["every_implicant_is_a_full_minterm"] for e in evidence.values())
         and all(brute[f"n={n}"] == 2 ** (n - 1) for n in BRUTE_FORCE_N)
     )
-    claim = Claim(
-        id="N8.parity-depth2-size",
-        source=SOURCE,
-        statement="every implicant of parity_n is a full minterm, so a depth-2 circuit for "
-        "parity_n needs 2^(n-1) first-layer gates",
-        published=1.0,
-        measured=ratios,
-        statistic=f"fewest first-layer gates / 2^(n-1), one value per n in {list(PARITY_N)}; "
-        f"brute force over all smaller depth-2 circuits for n in {list(BRUTE_FORCE_N)}",
-        verdict=_exact(holds),
-        interval=(1.0, 1.0),
-        details={**evidence, "brute_force_smallest": brute},
+    claim(
+        exact_claim(
+            holds,
+            ratios,
+            id="N8.parity-depth2-size",
+            source=SOURCE,
+            statement="every implicant of parity_n is a full minterm, so a depth-2 circuit for "
+            "parity_n needs 2^(n-1) first-layer gates",
+            published=1.0,
+            statistic=f"fewest first-layer gates / 2^(n-1), one value per n in {list(PARITY_N)}; "
+            f"brute force over all smaller depth-2 circuits for n in {list(BRUTE_FORCE_N)}",
+            interval=(1.0, 1.0),
+            details={**evidence, "brute_force_smallest": brute},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 @dataclass
@@ -283,7 +279,7 @@ def xor_tree(n: int) -> tuple[NandCircuit, int]:
     return circuit, level[0]
 
 
-def test_a_balanced_xor_tree_computes_parity_with_4_n_minus_1_nand_gates(nnsanity_claim):
+def test_a_balanced_xor_tree_computes_parity_with_4_n_minus_1_nand_gates(claim):
     ratios, table = [], {}
     correct = True
     for n in XOR_TREE_N:
@@ -296,20 +292,20 @@ def test_a_balanced_xor_tree_computes_parity_with_4_n_minus_1_nand_gates(nnsanit
             "depth": depth[out],
             "depth2_gates": 2 ** (n - 1) + 1,
         }
-    claim = Claim(
-        id="N8.xor-tree-gates",
-        source=SOURCE,
-        statement="a balanced tree of XORs computes parity_n with 4(n-1) two-input NAND gates",
-        published=1.0,
-        measured=ratios,
-        statistic=f"NAND gates / 4(n-1) of a tree whose truth table is parity_n and depth "
-        f"3 ceil(log2 n), one value per n in {list(XOR_TREE_N)}",
-        verdict=_exact(correct and all(r == 1 for r in ratios)),
-        interval=(1.0, 1.0),
-        details=table,
+    claim(
+        exact_claim(
+            correct and all(r == 1 for r in ratios),
+            ratios,
+            id="N8.xor-tree-gates",
+            source=SOURCE,
+            statement="a balanced tree of XORs computes parity_n with 4(n-1) two-input NAND gates",
+            published=1.0,
+            statistic=f"NAND gates / 4(n-1) of a tree whose truth table is parity_n and depth "
+            f"3 ceil(log2 n), one value per n in {list(XOR_TREE_N)}",
+            interval=(1.0, 1.0),
+            details=table,
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 def _separable(x: np.ndarray, labels: np.ndarray) -> tuple[int, float, np.ndarray | None]:
@@ -338,7 +334,7 @@ def _labels(n: int, table: int) -> np.ndarray:
     return np.array([bool(table >> k & 1) for k in range(2**n)])
 
 
-def test_a_single_perceptron_cannot_compute_xor_or_parity(nnsanity_claim):
+def test_a_single_perceptron_cannot_compute_xor_or_parity(claim):
     margins, statuses, controls = {}, {}, {}
     for n in PARITY_N:
         x = inputs(n)
@@ -352,31 +348,31 @@ def test_a_single_perceptron_cannot_compute_xor_or_parity(nnsanity_claim):
             )
     infeasible = all(s == 2 for s in statuses.values())
     holds = infeasible and all(m <= LP_SLACK for m in margins.values()) and all(controls.values())
-    claim = Claim(
-        id="N8.perceptron-xor",
-        source="the lecture notes ('why not one layer?'), after " + SOURCE,
-        statement="no single perceptron computes XOR (or parity_n): the LP for a separating "
-        "(w, b) with margin >= 1 is infeasible",
-        published=0.0,
-        measured=list(margins.values()),
-        statistic=f"best margin of a perceptron with |w|, |b| <= 1 (LP), one value per n in "
-        f"{list(PARITY_N)}; the margin >= 1 LP's HiGHS status must be 2 (infeasible)",
-        verdict=_exact(holds),
-        interval=(0.0, LP_SLACK),
-        details={
-            "lp_status": {str(n): s for n, s in statuses.items()},
-            "AND_and_OR_separable": controls,
-        },
+    claim(
+        exact_claim(
+            holds,
+            list(margins.values()),
+            id="N8.perceptron-xor",
+            source="the lecture notes ('why not one layer?'), after " + SOURCE,
+            statement="no single perceptron computes XOR (or parity_n): the LP for a separating "
+            "(w, b) with margin >= 1 is infeasible",
+            published=0.0,
+            statistic=f"best margin of a perceptron with |w|, |b| <= 1 (LP), one value per n in "
+            f"{list(PARITY_N)}; the margin >= 1 LP's HiGHS status must be 2 (infeasible)",
+            interval=(0.0, LP_SLACK),
+            details={
+                "lp_status": {str(n): s for n, s in statuses.items()},
+                "AND_and_OR_separable": controls,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 def _step(v: np.ndarray) -> np.ndarray:
     return (v > 0).astype(float)
 
 
-def test_two_layers_of_perceptrons_compute_xor_and_parity(nnsanity_claim):
+def test_two_layers_of_perceptrons_compute_xor_and_parity(claim):
     # XOR by hand: OR and NAND in the hidden layer, AND of the two at the output.
     x = inputs(2)
     hidden = _step(x @ np.array([[1.0, -1.0], [1.0, -1.0]]) + np.array([-0.5, 1.5]))
@@ -389,17 +385,17 @@ def test_two_layers_of_perceptrons_compute_xor_and_parity(nnsanity_claim):
         status, _, wb = _separable(hidden, _labels(n, parity(n)))
         out = _step(hidden @ wb[:-1] + wb[-1]) if status == 0 else np.zeros(2**n)
         accuracy[f"n={n}"] = float(np.mean(out == _labels(n, parity(n))))
-    claim = Claim(
-        id="N8.two-layer-xor",
-        source="the lecture notes ('why not one layer?'), after " + SOURCE,
-        statement="two layers of perceptrons compute XOR (and parity_n, with n hidden units)",
-        published=1.0,
-        measured=list(accuracy.values()),
-        statistic=f"fraction of the 2^n inputs classified right: XOR with explicit weights, "
-        f"then parity_n for n in {list(TWO_LAYER_N)} with output weights from a feasible LP",
-        verdict=_exact(all(a == 1 for a in accuracy.values())),
-        interval=(1.0, 1.0),
-        details=accuracy,
+    claim(
+        exact_claim(
+            all(a == 1 for a in accuracy.values()),
+            list(accuracy.values()),
+            id="N8.two-layer-xor",
+            source="the lecture notes ('why not one layer?'), after " + SOURCE,
+            statement="two layers of perceptrons compute XOR (and parity_n, with n hidden units)",
+            published=1.0,
+            statistic=f"fraction of the 2^n inputs classified right: XOR with explicit weights, "
+            f"then parity_n for n in {list(TWO_LAYER_N)} with output weights from a feasible LP",
+            interval=(1.0, 1.0),
+            details=accuracy,
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim

@@ -31,10 +31,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import every_seed_claim
 from nnsanity.repro.network2 import gradient_descent_speeds
+from nnsanity.repro.plots import learning_speed
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
 ABOUT_100 = (50.0, 200.0)
@@ -42,7 +42,7 @@ MOST_EPOCHS = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
-class Setting:
+class Budget:
     seeds: int = 5
     epochs: int = 500
     images: int = 1000
@@ -51,110 +51,103 @@ class Setting:
     hidden: int = 30
 
 
-FULL = Setting()
+FULL = Budget()
 SMOKE = dataclasses.replace(FULL, seeds=3)
 
 
 @pytest.fixture(scope="module")
-def speeds(nnsanity_budget, nnsanity_mnist, nnsanity_device, nnsanity_progress):
+def speeds(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress):
     """hidden layers -> (seeds, epochs, hidden layers) speeds of learning."""
-    s = FULL if nnsanity_budget == "full" else SMOKE
-    x, y = nnsanity_mnist.train_x[: s.images], nnsanity_mnist.train_y[: s.images]
+    b = budget
+    x, y = nnsanity_mnist.train_x[: b.images], nnsanity_mnist.train_y[: b.images]
     out = {}
     for depth in (2, 3, 4):
         out[depth] = gradient_descent_speeds(
-            (784, *[s.hidden] * depth, 10),
+            (784, *[b.hidden] * depth, 10),
             x,
             y,
-            seeds=range(s.seeds),
-            epochs=s.epochs,
-            eta=s.eta,
-            lmbda=s.lmbda,
+            seeds=seeds(b.seeds),
+            epochs=b.epochs,
+            eta=b.eta,
+            lmbda=b.lmbda,
             device=nnsanity_device,
             progress=lambda done, total, d=depth: nnsanity_progress(
-                f"N3 {d} hidden layers", done * s.seeds, total * s.seeds
+                f"N3 {d} hidden layers", done * b.seeds, total * b.seeds
             ),
         ).cpu()
     return out
 
 
-def every_seed(per_seed: torch.Tensor) -> Verdict:
-    return Verdict.REPRODUCED if bool(per_seed.all()) else Verdict.NOT_REPRODUCED
-
-
 @pytest.mark.parametrize("depth", [2, 3, 4])
-def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, nnsanity_claim):
+def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, claim):
     v = speeds[depth]
     slowest = v[:, :, 0] < v[:, :, -1] if depth == 2 else v.argmin(dim=2) == 0
-    fraction = slowest.double().mean(dim=1)  # per seed
-    claim = Claim(
-        id=f"N3.{depth}-hidden.first-slowest",
-        source=SOURCE,
-        statement=f"with {depth} hidden layers the first hidden layer learns slowest throughout",
-        published="always slower",
-        measured=fraction.tolist(),
-        statistic=f"per seed, fraction of the {v.shape[1]} epochs where the first hidden layer "
-        f"is slowest; reproduced if >= {MOST_EPOCHS} for every seed",
-        verdict=every_seed(fraction >= MOST_EPOCHS),
+    fraction = slowest.double().mean(dim=1)  # per seed: share of epochs it is slowest
+    claim(
+        every_seed_claim(
+            (fraction >= MOST_EPOCHS).tolist(),
+            fraction.tolist(),
+            id=f"N3.{depth}-hidden.first-slowest",
+            source=SOURCE,
+            statement=f"with {depth} hidden layers the first hidden layer learns slowest "
+            "throughout",
+            published="always slower",
+            statistic=f"per seed, fraction of the {v.shape[1]} epochs where the first hidden "
+            f"layer is slowest; reproduced if >= {MOST_EPOCHS} for every seed",
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_two_hidden_layers_drop_quickly_then_rebound(speeds, nnsanity_claim):
+def test_two_hidden_layers_drop_quickly_then_rebound(speeds, claim):
     v = speeds[2]  # (seeds, epochs, 2)
     start, low, end = v[:, 0], v[:, 1:].min(dim=1).values, v[:, -1]
     drop = (low <= start / 2).all(dim=1)
     rebound = (end >= 2 * low).all(dim=1)
-    claim = Claim(
-        id="N3.2-hidden.drop-and-rebound",
-        source=SOURCE,
-        statement="with 2 hidden layers both speeds drop quickly, then rebound",
-        published="drop, then rebound",
-        measured=(end / low).min(dim=1).values.tolist(),
-        statistic="per seed: min after epoch 0 <= start/2 and end >= 2 x min, both layers; "
-        "measured = the smaller end/min ratio of the two layers",
-        verdict=every_seed(drop & rebound),
-        details={
-            "start": start.tolist(),
-            "min": low.tolist(),
-            "argmin_epoch": (v[:, 1:].argmin(dim=1) + 1).tolist(),
-            "end": end.tolist(),
-        },
+    claim(
+        every_seed_claim(
+            (drop & rebound).tolist(),
+            (end / low).min(dim=1).values.tolist(),
+            id="N3.2-hidden.drop-and-rebound",
+            source=SOURCE,
+            statement="with 2 hidden layers both speeds drop quickly, then rebound",
+            published="drop, then rebound",
+            statistic="per seed: min after epoch 0 <= start/2 and end >= 2 x min, both layers; "
+            "measured = the smaller end/min ratio of the two layers",
+            details={
+                "start": start.tolist(),
+                "min": low.tolist(),
+                "argmin_epoch": (v[:, 1:].argmin(dim=1) + 1).tolist(),
+                "end": end.tolist(),
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_with_four_hidden_layers_the_first_learns_roughly_100x_slower(speeds, nnsanity_claim):
+def test_with_four_hidden_layers_the_first_learns_roughly_100x_slower(speeds, claim):
     v = speeds[4]
     ratio = (v[:, :, -1] / v[:, :, 0]).median(dim=1).values  # per seed, median over epochs
-    claim = Claim(
-        id="N3.4-hidden.100x-slower",
-        source=SOURCE,
-        statement="with 4 hidden layers the first hidden layer learns roughly 100x slower than "
-        "the last during training",
-        published=100.0,
-        measured=ratio.tolist(),
-        statistic="per seed, median over epochs of speed(4th)/speed(1st); reproduced if every "
-        "seed lies in [50, 200]",
-        verdict=every_seed((ratio >= ABOUT_100[0]) & (ratio <= ABOUT_100[1])),
-        interval=ABOUT_100,
+    claim(
+        every_seed_claim(
+            ((ratio >= ABOUT_100[0]) & (ratio <= ABOUT_100[1])).tolist(),
+            ratio.tolist(),
+            id="N3.4-hidden.100x-slower",
+            source=SOURCE,
+            statement="with 4 hidden layers the first hidden layer learns roughly 100x slower "
+            "than the last during training",
+            published=100.0,
+            statistic="per seed, median over epochs of speed(4th)/speed(1st); reproduced if "
+            "every seed lies in [50, 200]",
+            interval=ABOUT_100,
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_learning_speed_figures(speeds, nnsanity_plots):
-    """Nielsen's three log-axis figures (only with --nnsanity-plots)."""
-    if nnsanity_plots is None:
-        pytest.skip("figures only with --nnsanity-plots")
-    from nnsanity.repro.plots import learning_speed
-
+def test_figure(speeds, figures):
+    """Nielsen's three log-axis figures."""
     for depth, v in speeds.items():
         path = learning_speed(
             v,
-            nnsanity_plots / f"N3_learning_speed_{depth}_hidden.png",
+            figures / f"N3_learning_speed_{depth}_hidden.png",
             f"N3: speed of learning, {depth} hidden layers (geometric mean of {v.shape[0]} seeds)",
         )
         assert path.stat().st_size > 0

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnsanity import (
+    SanityError,
     assert_batch_independence,
     assert_can_overfit,
     assert_reproducible,
@@ -59,9 +60,9 @@ from nnsanity import (
     measure_overfit,
     measure_reproducibility,
 )
-from nnsanity.errors import SanityError
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import Claim, Verdict, exact_claim
 from nnsanity.repro.stats import summarize
+from reproductions._nets import mlp, train_minibatches
 
 SOURCE = "Karpathy, 'A Recipe for Training Neural Networks' (2019)"
 
@@ -87,65 +88,50 @@ NEAR_ZERO = 1e-3  # "lowest achievable loss (e.g. zero)": p >= 0.999 on each lab
 PRIOR_SHARE = 0.1  # the baseline's KL to the prior, as a share of the uniform guess's
 FAR_WORSE = 2.0  # the baseline's loss over the real model's
 ADAM_LR = 3e-4
-LN10 = math.log(10)
+CHART_SEEDS = 3  # K6 trains nothing: three inits at every budget
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def budget(nnsanity_budget: str) -> Budget:
-    return FULL if nnsanity_budget == "full" else SMOKE
-
-
-def mlp(seed: int, batchnorm: bool = False) -> nn.Sequential:
-    torch.manual_seed(seed)
-    norm = [nn.BatchNorm1d(HIDDEN)] if batchnorm else []
-    return nn.Sequential(nn.Linear(784, HIDDEN), *norm, nn.ReLU(), nn.Linear(HIDDEN, 10))
-
-
 # -- K3 ----------------------------------------------------------------------------------------
-def test_a_batch_of_two_examples_is_overfit_to_near_zero_loss(
-    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
-):
+def test_a_batch_of_two_examples_is_overfit_to_near_zero_loss(budget, seeds, nnsanity_mnist, claim):
     x, y = nnsanity_mnist.train_x, nnsanity_mnist.train_y
     final, steps = [], []
-    for i in range(budget.overfit_pairs):
-        seed = nnsanity_seed + i
+    for seed in seeds(budget.overfit_pairs):
         g = torch.Generator().manual_seed(seed)
         first = int(torch.randint(len(x), (1,), generator=g))
         others = (y != y[first]).nonzero().flatten()
         second = int(others[torch.randint(len(others), (1,), generator=g)])
         batch = (x[[first, second]], y[[first, second]])
-        r = measure_overfit(mlp(seed), batch, F.cross_entropy, target=NEAR_ZERO)
+        r = measure_overfit(mlp(seed=seed), batch, F.cross_entropy, target=NEAR_ZERO)
         assert r.accuracy == 1.0, r
         final.append(r.final_loss)
         steps.append(r.steps)
-        assert_can_overfit(mlp(seed), batch, F.cross_entropy)  # nnsanity's defaults
+        assert_can_overfit(mlp(seed=seed), batch, F.cross_entropy)  # nnsanity's defaults
     ok = max(final) <= NEAR_ZERO
-    nnsanity_claim(
+    claim(
         Claim(
             id="K3.overfit-two-examples",
             source=SOURCE + ", 'overfit one batch'",
             statement="two examples are overfit to (near) zero loss",
             published=0.0,
             measured=final,
-            statistic=f"loss when measure_overfit stopped (Adam 3e-4, <= 5,000 steps); pass: every "
-            f"pair <= {NEAR_ZERO:g}",
+            statistic=f"loss when measure_overfit stopped (Adam 3e-4, <= 5,000 steps); pass: "
+            f"every pair <= {NEAR_ZERO:g}",
             unit=" nats",
             verdict=Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED,
             interval=(0.0, NEAR_ZERO),
             details={"steps": steps},
         )
     )
-    assert ok, final
 
 
 # -- K4 ----------------------------------------------------------------------------------------
 def short_run(x: torch.Tensor, y: torch.Tensor, steps: int, order: torch.Generator | None = None):
     """A tiny MNIST training run whose init, dropout and batches come from the global RNGs (or
     its batches from ``order``)."""
-    net = nn.Sequential(nn.Linear(784, HIDDEN), nn.ReLU(), nn.Dropout(0.2), nn.Linear(HIDDEN, 10))
+    net = mlp(width=HIDDEN, dropout=0.2)
     opt = torch.optim.Adam(net.parameters(), lr=ADAM_LR)
     losses = []
     for _ in range(steps):
@@ -158,13 +144,11 @@ def short_run(x: torch.Tensor, y: torch.Tensor, steps: int, order: torch.Generat
     return {"model": net, "losses": torch.stack(losses)}
 
 
-def test_a_fixed_seed_makes_a_training_run_bit_identical(
-    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
-):
+def test_a_fixed_seed_makes_a_training_run_bit_identical(budget, seeds, nnsanity_mnist, claim):
     x, y = nnsanity_mnist.train_x, nnsanity_mnist.train_y
-    seeds = [nnsanity_seed + i for i in range(budget.repro_seeds)]
     results = [
-        assert_reproducible(lambda: short_run(x, y, budget.repro_steps), seed=s) for s in seeds
+        assert_reproducible(lambda: short_run(x, y, budget.repro_steps), seed=s)
+        for s in seeds(budget.repro_seeds)
     ]
 
     def unseeded():  # the negative control: its data order is seeded from the OS
@@ -173,17 +157,19 @@ def test_a_fixed_seed_makes_a_training_run_bit_identical(
         return short_run(x, y, budget.repro_steps, order=order)
 
     control = measure_reproducibility(unseeded)
-    ok = all(r.n_differences == 0 and r.same_under_other_seed is False for r in results)
-    nnsanity_claim(
-        Claim(
+    assert not control.passed, control
+    with pytest.raises(SanityError, match="Not reproducible"):
+        assert_reproducible(unseeded)
+    claim(
+        exact_claim(
+            all(r.n_differences == 0 and r.same_under_other_seed is False for r in results),
+            [r.n_differences for r in results],
             id="K4.fixed-seed-reproducible",
             source=SOURCE + ", 'fix random seed'",
             statement="a fixed seed gives a bit-identical training run (CPU)",
             published=0,
-            measured=[r.n_differences for r in results],
             statistic=f"entries differing between two {budget.repro_steps}-step runs per seed "
             "(assert_reproducible); another seed must differ",
-            verdict=Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED,
             interval=(0, 0),
             details={
                 "unseeded_control_differences": control.n_differences,
@@ -191,10 +177,6 @@ def test_a_fixed_seed_makes_a_training_run_bit_identical(
             },
         )
     )
-    assert ok, results
-    assert not control.passed, control
-    with pytest.raises(SanityError, match="Not reproducible"):
-        assert_reproducible(unseeded)
 
 
 # -- K5 ----------------------------------------------------------------------------------------
@@ -210,24 +192,25 @@ class ZeroedInputs(nn.Module):
 
 
 def fit(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int) -> nn.Module:
-    net = mlp(seed)
+    net = mlp(seed=seed, width=HIDDEN)
     opt = torch.optim.Adam(net.parameters(), lr=ADAM_LR)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if len(order) < BATCH:
-            order = torch.randperm(len(x), generator=g)
-        idx, order = order[:BATCH], order[BATCH:]
-        loss = F.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_minibatches(net, opt, x, y, steps=steps, batch=BATCH, seed=seed)
     return net
 
 
-def test_an_input_independent_baseline_learns_only_the_class_prior_and_is_far_worse(
-    budget, nnsanity_mnist, nnsanity_seed, nnsanity_claim
-):
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The real-input model against the input-independent one, one row per seed."""
+
+    rows: list[dict]  # per seed: kl_share, predicts_mode_only, losses and accuracies
+    steps: int
+    mode: int  # the training set's most frequent digit
+    val_share: float  # its share of the validation images
+    prior: torch.Tensor  # (10,) training label frequencies
+
+
+@pytest.fixture(scope="module")
+def baseline(budget, seeds, nnsanity_mnist) -> Baseline:
     m = nnsanity_mnist
     prior = torch.bincount(m.train_y, minlength=10).double() / len(m.train_y)
     mode = int(prior.argmax())  # digit 1
@@ -235,8 +218,7 @@ def test_an_input_independent_baseline_learns_only_the_class_prior_and_is_far_wo
     kl_uniform = float((prior * (prior * 10).log()).sum())
     steps = budget.baseline_epochs * (len(m.train_x) // BATCH)
     rows = []
-    for i in range(budget.baseline_seeds):
-        seed = nnsanity_seed + i
+    for seed in seeds(budget.baseline_seeds):
         real, zero = (
             fit(seed, m.train_x, m.train_y, steps),
             fit(seed, 0 * m.train_x, m.train_y, steps),
@@ -254,39 +236,55 @@ def test_an_input_independent_baseline_learns_only_the_class_prior_and_is_far_wo
                 "real_acc": float((real_out.argmax(1) == m.validation_y).double().mean()),
             }
         )
+    return Baseline(rows, steps, mode, val_share, prior)
+
+
+def test_an_input_independent_baseline_learns_only_the_class_prior(baseline, nnsanity_mnist, claim):
+    b, m = baseline, nnsanity_mnist
     cross_entropy = float(
         -(
             torch.bincount(m.validation_y, minlength=10).double()
             / len(m.validation_y)
-            * prior.log()
+            * b.prior.log()
         ).sum()
     )
-    prior_ok = all(r["kl_share"] <= PRIOR_SHARE and r["predicts_mode_only"] for r in rows)
-    nnsanity_claim(
+    prior_ok = all(r["kl_share"] <= PRIOR_SHARE and r["predicts_mode_only"] for r in b.rows)
+    assert all(r["zero_acc"] == pytest.approx(b.val_share) for r in b.rows), b.rows
+    claim(
         Claim(
             id="K5.zero-input-learns-prior",
             source=SOURCE + ", 'input-independent baseline'",
             statement="a net fed zeros learns only the class prior",
             published=cross_entropy,
-            measured=[r["zero_loss"] for r in rows],
-            statistic=f"validation loss after {steps} "
+            measured=[r["zero_loss"] for r in b.rows],
+            statistic=f"validation loss after {b.steps} "
             f"steps; pass: KL(p || output) <= {PRIOR_SHARE:.0%} of KL(p || uniform) and every "
-            f"prediction is digit {mode} (accuracy {val_share:.2%})",
+            f"prediction is digit {b.mode} (accuracy {b.val_share:.2%})",
             unit=" nats",
             verdict=Verdict.REPRODUCED if prior_ok else Verdict.NOT_REPRODUCED,
             details={
-                "per_seed": rows,
-                "entropy_of_train_labels": float(-(prior * prior.log()).sum()),
-                "ln10": LN10,
-                "validation_share_of_mode": val_share,
+                "per_seed": b.rows,
+                "entropy_of_train_labels": float(-(b.prior * b.prior.log()).sum()),
+                "ln10": math.log(10),
+                "validation_share_of_mode": b.val_share,
             },
         )
     )
+
+
+def test_an_input_independent_baseline_is_far_worse_than_the_real_model(
+    baseline, seeds, nnsanity_mnist, claim
+):
+    rows = baseline.rows
+    m = nnsanity_mnist
     far_ok = all(r["zero_loss"] >= FAR_WORSE * r["real_loss"] for r in rows)
-    ratio = [r["zero_loss"] / r["real_loss"] for r in rows]
+    ratio = [r["zero_loss"] / r["real_loss"] for r in rows]  # one per seed
     batch = (m.train_x[:BATCH], m.train_y[:BATCH])
-    plugin = assert_uses_inputs(mlp(nnsanity_seed), batch, F.cross_entropy)
-    nnsanity_claim(
+    (seed,) = seeds(1)
+    plugin = assert_uses_inputs(mlp(seed=seed, width=HIDDEN), batch, F.cross_entropy)
+    with pytest.raises(SanityError, match="no better with its inputs"):
+        assert_uses_inputs(ZeroedInputs(mlp(seed=seed, width=HIDDEN)), batch, F.cross_entropy)
+    claim(
         Claim(
             id="K5.zero-input-far-worse",
             source=SOURCE + ", 'input-independent baseline'",
@@ -308,11 +306,6 @@ def test_an_input_independent_baseline_learns_only_the_class_prior_and_is_far_wo
             },
         )
     )
-    assert prior_ok, rows
-    assert all(r["zero_acc"] == pytest.approx(val_share) for r in rows), rows
-    assert far_ok, rows
-    with pytest.raises(SanityError, match="no better with its inputs"):
-        assert_uses_inputs(ZeroedInputs(mlp(nnsanity_seed)), batch, F.cross_entropy)
 
 
 # -- K6 ----------------------------------------------------------------------------------------
@@ -325,55 +318,56 @@ def chart(model: nn.Module, x: torch.Tensor, i: int, train_mode: bool) -> int:
     return int((x.grad.abs().sum(1) > 0).sum())
 
 
-def test_backprop_charts_one_input_per_example_unless_batch_norm_trains(
-    nnsanity_mnist, nnsanity_seed, nnsanity_claim
-):
-    x = nnsanity_mnist.validation_x[:BATCH]
-    batch = (x, nnsanity_mnist.validation_y[:BATCH])
-    seeds = [nnsanity_seed + i for i in range(3)]
-    rows_mlp, rows_bn_eval, rows_bn_train, leaks = [], [], [], []
-    for s in seeds:
-        rows_mlp.append(chart(mlp(s), x, s % BATCH, train_mode=True))
-        assert_batch_independence(mlp(s), batch, train_mode=True)
-        bn = mlp(s, batchnorm=True)
-        rows_bn_train.append(chart(bn, x, s % BATCH, train_mode=True))
-        rows_bn_eval.append(chart(bn, x, s % BATCH, train_mode=False))
-        assert_batch_independence(bn, batch)  # eval mode, the default
-        result = measure_batch_independence(bn, batch, train_mode=True)
-        leaks.append(max(result.dependence) if not result.passed else 0.0)
-        with pytest.raises(SanityError, match="Batch independence failed"):
-            assert_batch_independence(bn, batch, train_mode=True)
-    mlp_ok = rows_mlp == [1] * len(seeds)
-    nnsanity_claim(
-        Claim(
+@pytest.fixture(scope="module")
+def probe_batch(nnsanity_mnist) -> tuple[torch.Tensor, torch.Tensor]:
+    return nnsanity_mnist.validation_x[:BATCH], nnsanity_mnist.validation_y[:BATCH]
+
+
+def test_backprop_charts_one_input_per_example(seeds, probe_batch, claim):
+    x = probe_batch[0]
+    rows = []  # per seed: inputs with a non-zero gradient
+    for s in seeds(CHART_SEEDS):
+        rows.append(chart(mlp(seed=s, width=HIDDEN), x, s % BATCH, train_mode=True))
+        assert_batch_independence(mlp(seed=s, width=HIDDEN), probe_batch, train_mode=True)
+    claim(
+        exact_claim(
+            rows == [1] * len(rows),
+            rows,
             id="K6.chart-one-input",
             source=SOURCE + ", 'use backprop to chart dependencies'",
             statement="the sum of example i's outputs has a gradient on input i only",
             published=1,
-            measured=rows_mlp,
             statistic=f"inputs with a non-zero gradient, batch of {BATCH}; "
             "assert_batch_independence passes",
             interval=(1, 1),
-            verdict=Verdict.REPRODUCED if mlp_ok else Verdict.NOT_REPRODUCED,
         )
     )
-    bn_ok = (
-        rows_bn_train == [BATCH] * len(seeds)
-        and rows_bn_eval == [1] * len(seeds)
-        and all(v > 0 for v in leaks)
-    )
-    nnsanity_claim(
-        Claim(
+
+
+def test_backprop_charts_the_whole_batch_when_batch_norm_trains(seeds, probe_batch, claim):
+    x = probe_batch[0]
+    rows_train, rows_eval, leaks = [], [], []
+    for s in seeds(CHART_SEEDS):
+        bn = mlp(seed=s, width=HIDDEN, batchnorm=True)
+        rows_train.append(chart(bn, x, s % BATCH, train_mode=True))
+        rows_eval.append(chart(bn, x, s % BATCH, train_mode=False))
+        assert_batch_independence(bn, probe_batch)  # eval mode, the default
+        result = measure_batch_independence(bn, probe_batch, train_mode=True)
+        leaks.append(max(result.dependence) if not result.passed else 0.0)
+        with pytest.raises(SanityError, match="Batch independence failed"):
+            assert_batch_independence(bn, probe_batch, train_mode=True)
+    claim(
+        exact_claim(
+            rows_train == [BATCH] * len(rows_train)
+            and rows_eval == [1] * len(rows_eval)
+            and all(v > 0 for v in leaks),
+            rows_train,
             id="K6.batchnorm-train-mixes",
             source=SOURCE + ", 'use backprop to chart dependencies'",
             statement="BatchNorm in train mode mixes the batch; in eval mode it does not",
             published=BATCH,
-            measured=rows_bn_train,
             statistic="inputs with a non-zero gradient in "
             "train mode (eval mode: 1); measure_batch_independence(train_mode=True) flags it",
-            verdict=Verdict.REPRODUCED if bn_ok else Verdict.NOT_REPRODUCED,
-            details={"eval_mode_rows": rows_bn_eval, "plugin_dependence_train_mode": leaks},
+            details={"eval_mode_rows": rows_eval, "plugin_dependence_train_mode": leaks},
         )
     )
-    assert mlp_ok, rows_mlp
-    assert bn_ok, (rows_bn_train, rows_bn_eval, leaks)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import exact_claim
 
 SOURCE = "Nielsen ch. 5, 'The unstable gradient problem', problem 2 (identity neuron)"
 
@@ -44,26 +44,26 @@ def identity_neuron(x: np.ndarray, w1: float) -> np.ndarray:
     return 4 / w1 * expit(w1 * x - w1 / 2)
 
 
-def test_the_identity_neuron_error_shrinks_as_the_square_of_the_weight(nnsanity_claim):
+def test_the_identity_neuron_error_shrinks_as_the_square_of_the_weight(claim):
     errors = np.array([np.abs(identity_neuron(X, w1) - X - (2 / w1 - 0.5)).max() for w1 in W1])
     slope = float(np.polyfit(np.log(W1), np.log(errors), 1)[0])
     leading = float(errors[-1] / W1[-1] ** 2)
     holds = abs(slope - ORDER) <= ORDER_TOL and abs(leading - LEADING) <= LEADING_RTOL * LEADING
-    claim = Claim(
-        id="N7.identity-error-order",
-        source=SOURCE,
-        statement="w2 sigma(w1 x - w1/2) with w2 = 4/w1 is x + (2/w1 - 1/2) up to O(w1^2) on "
-        "[0, 1]",
-        published=ORDER,
-        measured=[slope],
-        statistic=f"least-squares slope of log max-error against log w1, w1 in {list(W1)}",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(ORDER - ORDER_TOL, ORDER + ORDER_TOL),
-        details={
-            "max_error_per_w1": dict(zip(map(str, W1), errors.tolist())),
-            "error_over_w1^2_at_smallest_w1": leading,
-            "taylor_coefficient": LEADING,
-        },
+    claim(
+        exact_claim(
+            holds,
+            [slope],
+            id="N7.identity-error-order",
+            source=SOURCE,
+            statement="w2 sigma(w1 x - w1/2) with w2 = 4/w1 is x + (2/w1 - 1/2) up to O(w1^2) on "
+            "[0, 1]",
+            published=ORDER,
+            statistic=f"least-squares slope of log max-error against log w1, w1 in {list(W1)}",
+            interval=(ORDER - ORDER_TOL, ORDER + ORDER_TOL),
+            details={
+                "max_error_per_w1": dict(zip(map(str, W1), errors.tolist())),
+                "error_over_w1^2_at_smallest_w1": leading,
+                "taylor_coefficient": LEADING,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim

@@ -30,6 +30,7 @@ exact checks are the same at every budget.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -37,16 +38,23 @@ import numpy as np
 import torch
 
 from nnsanity.repro.chains import Cost, chain_gradients, sigmoid_prime
-from nnsanity.repro.claims import Claim, Verdict
-from nnsanity.repro.stats import binomial_se
+from nnsanity.repro.claims import exact_claim, proportion_claim
 
 SOURCE = "Nielsen ch. 5, 'What's causing the vanishing gradient problem?'"
 
+
 # -- the faithful setting ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    mc_chains: int = 10**6  # Monte Carlo chains; vectorised, seconds either way
+
+
+FULL = Budget()
+SMOKE = dataclasses.replace(FULL, mc_chains=10**5)
+
 LAYERS = 4  # the book's chain: four neurons in a row, one per layer
-MC_CHAINS = {"full": 10**6, "smoke": 10**5}  # Monte Carlo chains; vectorised, seconds either way
 USUALLY = 0.5  # "usually" = in more than half of the random chains
-Z99 = 2.576  # two-sided 99% normal quantile for a proportion's interval
+LEVEL = 0.99  # two-sided level of a proportion's interval
 
 # -- exact checks -----------------------------------------------------------------------------
 RTOL = 1e-12  # float64 eps is 2.2e-16: two orders above rounding, ten below a wrong factor
@@ -69,9 +77,8 @@ def _costs(y: torch.Tensor) -> dict[str, Cost]:
     }
 
 
-def _verdict_exact(errors: dict[str, float], tol: float = RTOL) -> Verdict:
-    ok = all(e <= tol for e in errors.values())  # a NaN fails too
-    return Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED
+def _within(errors: dict[str, float], tol: float = RTOL) -> bool:
+    return all(e <= tol for e in errors.values())  # a NaN fails too
 
 
 def _worst(errors: list[float]) -> float:
@@ -84,17 +91,6 @@ def _relative_error(autograd: torch.Tensor, formula: torch.Tensor) -> float:
     return float(torch.where(autograd == formula, 0.0, diff / formula.abs()).max())
 
 
-def _usually(successes: int, trials: int) -> tuple[float, float, tuple[float, float], Verdict]:
-    """Proportion, its SE, its 99% interval, and whether it is 'usually' (> 1/2) for sure."""
-    p, se = successes / trials, binomial_se(successes, trials)
-    lo, hi = p - Z99 * se, p + Z99 * se
-    if lo > USUALLY:
-        return p, se, (lo, hi), Verdict.REPRODUCED
-    if hi < USUALLY:
-        return p, se, (lo, hi), Verdict.NOT_REPRODUCED
-    return p, se, (lo, hi), Verdict.WITHIN_NOISE
-
-
 def _random_chains(n: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, LAYERS, generator=g, dtype=torch.float64)
@@ -105,7 +101,7 @@ def _random_chains(n: int, seed: int):
     return w, chain_gradients(w, b, a0, lambda a: 0.5 * a**2)
 
 
-def test_sigma_prime_peaks_at_one_quarter_at_zero(nnsanity_claim):
+def test_sigma_prime_peaks_at_one_quarter_at_zero(claim):
     z = torch.from_numpy(GRID)
     s = torch.sigmoid(z)
     d1 = s * (1 - s)
@@ -115,28 +111,26 @@ def test_sigma_prime_peaks_at_one_quarter_at_zero(nnsanity_claim):
     peak, at = float(d1.max()), float(z[d1.argmax()])
     one_peak = bool((d2[z < 0] >= 0).all() and (d2[z > 0] <= 0).all())
     holds = peak == 0.25 and at == 0.0 and float(autograd_at_zero) == 0.25 and one_peak
-    claim = Claim(
-        id="N4.sigma-prime-max",
-        source=SOURCE,
-        statement="sigma'(z) <= 1/4 for every z, with the maximum at z = 0",
-        published=0.25,
-        measured=[peak],
-        statistic=f"max of sigma' over {GRID.size} grid points in [-40, 40] (float64)",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(0.25, 0.25),
-        details={
-            "argmax_z": at,
-            "autograd_sigma_prime_at_0": float(autograd_at_zero),
-            "sigma_second_derivative_changes_sign_only_at_0": one_peak,
-        },
+    claim(
+        exact_claim(
+            holds,
+            [peak],
+            id="N4.sigma-prime-max",
+            source=SOURCE,
+            statement="sigma'(z) <= 1/4 for every z, with the maximum at z = 0",
+            published=0.25,
+            statistic=f"max of sigma' over {GRID.size} grid points in [-40, 40] (float64)",
+            interval=(0.25, 0.25),
+            details={
+                "argmax_z": at,
+                "autograd_sigma_prime_at_0": float(autograd_at_zero),
+                "sigma_second_derivative_changes_sign_only_at_0": one_peak,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(
-    nnsanity_claim, nnsanity_seed
-):
+def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(claim, nnsanity_seed):
     g = torch.Generator().manual_seed(nnsanity_seed)
     lo, hi = (math.log10(s) for s in WEIGHT_SCALES)
     scale = 10 ** (lo + (hi - lo) * torch.rand(FORMULA_CHAINS, 1, generator=g, dtype=torch.float64))
@@ -157,21 +151,21 @@ def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(
             1,
         )
         errors[name] = _relative_error(r.dC_db, formula)
-    claim = Claim(
-        id="N4.chain-product-formula",
-        source=SOURCE + ", eq. (122)",
-        statement="dC/db1 = sigma'(z1) w2 sigma'(z2) w3 sigma'(z3) w4 sigma'(z4) dC/da4 "
-        "(and likewise for every b_j), whatever the cost",
-        published="eq. (122)",
-        measured=list(errors.values()),
-        statistic=f"max relative error, autograd vs product formula, {FORMULA_CHAINS} chains "
-        f"x {LAYERS} biases, one value per cost",
-        verdict=_verdict_exact(errors),
-        interval=(0.0, RTOL),
-        details={"per_cost": errors, "weight_scales": WEIGHT_SCALES},
+    claim(
+        exact_claim(
+            _within(errors),
+            list(errors.values()),
+            id="N4.chain-product-formula",
+            source=SOURCE + ", eq. (122)",
+            statement="dC/db1 = sigma'(z1) w2 sigma'(z2) w3 sigma'(z3) w4 sigma'(z4) dC/da4 "
+            "(and likewise for every b_j), whatever the cost",
+            published="eq. (122)",
+            statistic=f"max relative error, autograd vs product formula, {FORMULA_CHAINS} chains "
+            f"x {LAYERS} biases, one value per cost",
+            interval=(0.0, RTOL),
+            details={"per_cost": errors, "weight_scales": WEIGHT_SCALES},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 def _eq124_error(weights, biases, x, cost) -> float:
@@ -196,7 +190,7 @@ def _eq124_error(weights, biases, x, cost) -> float:
     return _worst(worst)
 
 
-def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(nnsanity_claim, nnsanity_seed):
+def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(claim, nnsanity_seed):
     g = torch.Generator().manual_seed(nnsanity_seed)
     errors: dict[str, float] = {}
     for init in ("N(0,1/n_in)", "N(0,1)"):  # network2's default and "large" inits
@@ -214,80 +208,78 @@ def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(nnsanity_claim
                     key = f"{init}, {name}"
                     error = _eq124_error(ws, bs, x, cost)
                     errors[key] = _worst([errors.get(key, 0.0), error])
-    claim = Claim(
-        id="N4.matrix-form-eq124",
-        source="Nielsen ch. 5, 'Unstable gradients in more complex networks', eq. (124)",
-        statement="delta^l = Sigma'(z^l) (w^{l+1})^T Sigma'(z^{l+1}) ... Sigma'(z^L) grad_a C",
-        published="eq. (124)",
-        measured=list(errors.values()),
-        statistic=f"max over layers of max|autograd - product| / max|autograd|, network "
-        f"{list(WIDE_SIZES)}, one value per (init, cost)",
-        verdict=_verdict_exact(errors),
-        interval=(0.0, RTOL),
-        details={
-            "per_init_and_cost": errors,
-            "networks_per_init": WIDE_NETS,
-            "examples_per_network": WIDE_EXAMPLES,
-        },
+    claim(
+        exact_claim(
+            _within(errors),
+            list(errors.values()),
+            id="N4.matrix-form-eq124",
+            source="Nielsen ch. 5, 'Unstable gradients in more complex networks', eq. (124)",
+            statement="delta^l = Sigma'(z^l) (w^{l+1})^T Sigma'(z^{l+1}) ... Sigma'(z^L) grad_a C",
+            published="eq. (124)",
+            statistic=f"max over layers of max|autograd - product| / max|autograd|, network "
+            f"{list(WIDE_SIZES)}, one value per (init, cost)",
+            interval=(0.0, RTOL),
+            details={
+                "per_init_and_cost": errors,
+                "networks_per_init": WIDE_NETS,
+                "examples_per_network": WIDE_EXAMPLES,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(
-    nnsanity_claim, nnsanity_seed, nnsanity_budget
-):
-    n = MC_CHAINS[nnsanity_budget]
+def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(claim, nnsanity_seed, budget):
+    n = budget.mc_chains
     w, r = _random_chains(n, nnsanity_seed)
     below = (w * sigmoid_prime(r.z)).abs() < 0.25  # (chains, layers)
     # The terms of eq. (122) are j = 2, 3, 4; each is a proportion over independent chains.
-    per_term = {j + 1: _usually(int(below[:, j].sum()), n) for j in range(1, LAYERS)}
-    worst = min(per_term.values(), key=lambda t: t[0])
+    counts = {j + 1: int(below[:, j].sum()) for j in range(1, LAYERS)}
     small_weights = int((w.abs() < 1).sum())
-    claim = Claim(
-        id="N4.mc-term-below-quarter",
-        source=SOURCE,
-        statement="with N(0,1) weights, |w_j sigma'(z_j)| < 1/4 usually",
-        published="usually (> 1/2)",
-        measured=[t[0] for t in per_term.values()],
-        statistic=f"proportion of {n} random chains with |w_j sigma'(z_j)| < 1/4, one value per "
-        "term j = 2, 3, 4; interval: 99% interval of the smallest",
-        verdict=worst[3],
-        interval=worst[2],
-        details={
-            "per_term": {f"j={j}": {"p": p, "se": se} for j, (p, se, _, _) in per_term.items()},
-            "P(|w|<1) measured": small_weights / w.numel(),
-            "P(|w|<1) exact": math.erf(1 / math.sqrt(2)),
-            "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
-        },
+    claim(
+        proportion_claim(
+            min(counts.values()),  # the term least often below 1/4 decides
+            n,
+            above=USUALLY,
+            level=LEVEL,
+            measured=[c / n for c in counts.values()],
+            id="N4.mc-term-below-quarter",
+            source=SOURCE,
+            statement="with N(0,1) weights, |w_j sigma'(z_j)| < 1/4 usually",
+            published="usually (> 1/2)",
+            statistic=f"proportion of {n} random chains with |w_j sigma'(z_j)| < 1/4, one value "
+            f"per term j = 2, 3, 4; interval: {LEVEL:.0%} Wilson interval of the smallest",
+            details={
+                "per_term": {f"j={j}": c / n for j, c in counts.items()},
+                "P(|w|<1) measured": small_weights / w.numel(),
+                "P(|w|<1) exact": math.erf(1 / math.sqrt(2)),
+                "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 def test_first_bias_gradient_is_usually_16x_or_more_smaller_than_the_third(
-    nnsanity_claim, nnsanity_seed, nnsanity_budget
+    claim, nnsanity_seed, budget
 ):
-    n = MC_CHAINS[nnsanity_budget]
+    n = budget.mc_chains
     _, r = _random_chains(n, nnsanity_seed)
     ratio = (r.dC_db[:, 0] / r.dC_db[:, 2]).abs()  # = |sigma'(z1) w2 sigma'(z2) w3|
-    p, se, interval, verdict = _usually(int((ratio <= 1 / 16).sum()), n)
-    claim = Claim(
-        id="N4.mc-16x-smaller",
-        source=SOURCE,
-        statement="with N(0,1) weights, dC/db1 is usually a factor of 16 or more smaller than "
-        "dC/db3",
-        published="usually (> 1/2)",
-        measured=[p],
-        statistic=f"proportion of {n} random chains with |dC/db1| <= |dC/db3| / 16 (autograd); "
-        "interval: 99%",
-        verdict=verdict,
-        interval=interval,
-        details={
-            "se": se,
-            "median_ratio": float(ratio.median()),
-            "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
-        },
+    claim(
+        proportion_claim(
+            int((ratio <= 1 / 16).sum()),
+            n,
+            above=USUALLY,
+            level=LEVEL,
+            id="N4.mc-16x-smaller",
+            source=SOURCE,
+            statement="with N(0,1) weights, dC/db1 is usually a factor of 16 or more smaller "
+            "than dC/db3",
+            published="usually (> 1/2)",
+            statistic=f"proportion of {n} random chains with |dC/db1| <= |dC/db3| / 16 "
+            f"(autograd); interval: {LEVEL:.0%} Wilson",
+            details={
+                "median_ratio": float(ratio.median()),
+                "assumptions": "w, b ~ N(0,1), a0 ~ U(0,1)",
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim

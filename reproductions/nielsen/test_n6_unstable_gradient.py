@@ -29,7 +29,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import exact_claim
+from nnsanity.repro.plots import unstable_width
 
 SOURCE = "Nielsen ch. 5, 'The unstable gradient problem', problem 1, eq. (123)"
 
@@ -68,7 +69,7 @@ def _pieces(w: float, b: float) -> tuple[float, int, float]:
     return inside.size * STEP, starts, float(inside.mean())
 
 
-def test_the_term_reaches_one_only_when_the_weight_is_at_least_four(nnsanity_claim):
+def test_the_term_reaches_one_only_when_the_weight_is_at_least_four(claim):
     best = np.zeros_like(W_GRID)  # max over (a, b) of |w sigma'(wa + b)|, per w
     for b in B_COARSE:
         best = np.maximum(best, _gain(W_GRID[:, None], A_COARSE[None, :], b).max(1))
@@ -76,23 +77,23 @@ def test_the_term_reaches_one_only_when_the_weight_is_at_least_four(nnsanity_cla
     smallest = float(reaching.min())
     below = float(best[np.abs(W_GRID) < THRESHOLD_W].max())
     holds = smallest == THRESHOLD_W and below < 1
-    claim = Claim(
-        id="N6.needs-w-at-least-4",
-        source=SOURCE,
-        statement="|w sigma'(wa + b)| >= 1 is possible only if |w| >= 4",
-        published=THRESHOLD_W,
-        measured=[smallest],
-        statistic=f"smallest |w| on a step-0.01 grid where some (a, b) of a {A_COARSE.size} x "
-        f"{len(B_COARSE)} grid gives a term >= 1",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(THRESHOLD_W, THRESHOLD_W),
-        details={
-            "max_term_for_|w|<4": below,
-            "why": "sigma' <= 1/4 (N4.sigma-prime-max), so |w sigma'| <= |w|/4 < 1",
-        },
+    claim(
+        exact_claim(
+            holds,
+            [smallest],
+            id="N6.needs-w-at-least-4",
+            source=SOURCE,
+            statement="|w sigma'(wa + b)| >= 1 is possible only if |w| >= 4",
+            published=THRESHOLD_W,
+            statistic=f"smallest |w| on a step-0.01 grid where some (a, b) of a {A_COARSE.size} x "
+            f"{len(B_COARSE)} grid gives a term >= 1",
+            interval=(THRESHOLD_W, THRESHOLD_W),
+            details={
+                "max_term_for_|w|<4": below,
+                "why": "sigma' <= 1/4 (N4.sigma-prime-max), so |w sigma'| <= |w|/4 < 1",
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 @pytest.fixture(scope="module")
@@ -101,30 +102,30 @@ def brute_force() -> dict[tuple[float, float], tuple[float, int, float]]:
     return {(w, b): _pieces(w, b) for w in W_FINE for b in B_FINE}
 
 
-def test_brute_force_widths_match_eq_123(nnsanity_claim, brute_force):
+def test_brute_force_widths_match_eq_123(claim, brute_force):
     errors = {
         f"w={w}, b={b}": abs(width - width_eq123(w))
         for (w, b), (width, _, _) in brute_force.items()
     }
     worst = max(errors.values())
-    claim = Claim(
-        id="N6.width-closed-form",
-        source=SOURCE,
-        statement="the set of a with |w sigma'(wa + b)| >= 1 has width "
-        "(2/|w|) ln(|w|(1 + sqrt(1 - 4/|w|))/2 - 1)",
-        published="eq. (123)",
-        measured=list(errors.values()),
-        statistic=f"|brute-force width - eq. (123)|, grid step {STEP} over a, one value per "
-        f"(w, b) for w in {list(W_FINE)}, b in {list(B_FINE)}",
-        verdict=Verdict.REPRODUCED if worst <= 2 * STEP else Verdict.NOT_REPRODUCED,
-        interval=(0.0, 2 * STEP),
-        details={"widths_eq123": {str(w): float(width_eq123(w)) for w in W_FINE}},
+    claim(
+        exact_claim(
+            worst <= 2 * STEP,
+            list(errors.values()),
+            id="N6.width-closed-form",
+            source=SOURCE,
+            statement="the set of a with |w sigma'(wa + b)| >= 1 has width "
+            "(2/|w|) ln(|w|(1 + sqrt(1 - 4/|w|))/2 - 1)",
+            published="eq. (123)",
+            statistic=f"|brute-force width - eq. (123)|, grid step {STEP} over a, one value per "
+            f"(w, b) for w in {list(W_FINE)}, b in {list(B_FINE)}",
+            interval=(0.0, 2 * STEP),
+            details={"widths_eq123": {str(w): float(width_eq123(w)) for w in W_FINE}},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_the_set_is_one_interval_that_the_bias_only_shifts(nnsanity_claim, brute_force):
+def test_the_set_is_one_interval_that_the_bias_only_shifts(claim, brute_force):
     found = brute_force
     pieces = [n for _, n, _ in found.values()]
     off_centre = max(abs(c + b / w) for (w, b), (_, _, c) in found.items())
@@ -132,20 +133,24 @@ def test_the_set_is_one_interval_that_the_bias_only_shifts(nnsanity_claim, brute
         max(found[w, b][0] for b in B_FINE) - min(found[w, b][0] for b in B_FINE) for w in W_FINE
     )
     holds = all(n == 1 for n in pieces) and off_centre <= STEP and spread <= 2 * STEP
-    claim = Claim(
-        id="N6.one-interval",
-        source=SOURCE,
-        statement="for fixed w and b the set is exactly one interval; b only shifts it "
-        "(centre -b/w, same width)",
-        published=1.0,
-        measured=pieces,
-        statistic="number of separate pieces of {a : term >= 1} per (w, b), brute force",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(1.0, 1.0),
-        details={"max_|centre + b/w|": off_centre, "max_width_spread_over_b": spread, "step": STEP},
+    claim(
+        exact_claim(
+            holds,
+            pieces,
+            id="N6.one-interval",
+            source=SOURCE,
+            statement="for fixed w and b the set is exactly one interval; b only shifts it "
+            "(centre -b/w, same width)",
+            published=1.0,
+            statistic="number of separate pieces of {a : term >= 1} per (w, b), brute force",
+            interval=(1.0, 1.0),
+            details={
+                "max_|centre + b/w|": off_centre,
+                "max_width_spread_over_b": spread,
+                "step": STEP,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 @pytest.fixture(scope="module")
@@ -159,55 +164,45 @@ def width_maximum() -> tuple[float, float, float]:
     return float(result.x), float(-result.fun), float(grid[np.argmax(width_eq123(grid))])
 
 
-def test_the_width_is_greatest_about_0_45(nnsanity_claim, width_maximum, nnsanity_plots):
+def test_the_width_is_greatest_about_0_45(claim, width_maximum):
     at, width, _ = width_maximum
     lo, hi = MAX_WIDTH - 0.005, MAX_WIDTH + 0.005  # the values that round to 0.45
-    claim = Claim(
-        id="N6.width-max",
-        source=SOURCE,
-        statement="the width of the interval is at most about 0.45",
-        published=MAX_WIDTH,
-        measured=[width],
-        statistic="max over |w| in [4, 100] of eq. (123), minimize_scalar(method='bounded')",
-        verdict=Verdict.REPRODUCED if lo <= width <= hi else Verdict.NOT_REPRODUCED,
-        interval=(lo, hi),
-        details={"at_|w|": at},
+    claim(
+        exact_claim(
+            lo <= width <= hi,
+            [width],
+            id="N6.width-max",
+            source=SOURCE,
+            statement="the width of the interval is at most about 0.45",
+            published=MAX_WIDTH,
+            statistic="max over |w| in [4, 100] of eq. (123), minimize_scalar(method='bounded')",
+            interval=(lo, hi),
+            details={"at_|w|": at},
+        )
     )
-    nnsanity_claim(claim)
-    if nnsanity_plots is not None:
-        _plot(nnsanity_plots / "N6_width_eq123.png", at, width)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_the_width_is_greatest_at_a_weight_of_about_6_9(nnsanity_claim, width_maximum):
+def test_the_width_is_greatest_at_a_weight_of_about_6_9(claim, width_maximum):
     at, _, grid_at = width_maximum
     lo, hi = MAX_AT - 0.05, MAX_AT + 0.05  # the values that round to 6.9
-    holds = lo <= at <= hi and math.isclose(at, grid_at, abs_tol=1e-3)
-    claim = Claim(
-        id="N6.width-argmax",
-        source=SOURCE,
-        statement="the width is greatest at |w| about 6.9",
-        published=MAX_AT,
-        measured=[at],
-        statistic="argmax over |w| in [4, 100] of eq. (123), minimize_scalar(method='bounded'), "
-        "checked against a step-0.001 grid",
-        verdict=Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED,
-        interval=(lo, hi),
-        details={"grid_argmax": grid_at},
+    claim(
+        exact_claim(
+            lo <= at <= hi and math.isclose(at, grid_at, abs_tol=1e-3),
+            [at],
+            id="N6.width-argmax",
+            source=SOURCE,
+            statement="the width is greatest at |w| about 6.9",
+            published=MAX_AT,
+            statistic="argmax over |w| in [4, 100] of eq. (123), "
+            "minimize_scalar(method='bounded'), checked against a step-0.001 grid",
+            interval=(lo, hi),
+            details={"grid_argmax": grid_at},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def _plot(path, at: float, width: float) -> None:
-    from matplotlib.figure import Figure
-
-    w = np.linspace(4, 40, 2000)
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.add_subplot()
-    ax.plot(w, width_eq123(w))
-    ax.plot([at], [width], "o", label=f"max {width:.4f} at |w| = {at:.3f}")
-    ax.set(xlabel="|w|", ylabel="width of {a : |w σ'(wa+b)| ≥ 1}", title="Eq. (123)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def test_figure(width_maximum, figures):
+    """Eq. (123)'s width against |w|, its maximum marked."""
+    at, width, _ = width_maximum
+    path = unstable_width(width_eq123, at, width, figures / "N6_width_eq123.png")
+    assert path.stat().st_size > 0

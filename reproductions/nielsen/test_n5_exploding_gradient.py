@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from nnsanity.repro.chains import chain_gradients, sigmoid_prime
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import exact_claim
 
 SOURCE = "Nielsen ch. 5, 'The exploding gradient problem'"
 
@@ -43,67 +43,63 @@ def _exploding_chain(cost):
 COSTS = {"quadratic, y=0": lambda a: 0.5 * a**2, "cross-entropy, y=1": lambda a: -torch.log(a)}
 
 
-def _exact(values: list[float], target: float) -> Verdict:
-    return Verdict.REPRODUCED if all(v == target for v in values) else Verdict.NOT_REPRODUCED
-
-
-def test_every_term_w_sigma_prime_is_25_when_every_z_is_zero(nnsanity_claim):
+def test_every_term_w_sigma_prime_is_25_when_every_z_is_zero(claim):
     terms, zs = [], []
     for cost in COSTS.values():
         w, r = _exploding_chain(cost)
         terms += (w * sigmoid_prime(r.z)).flatten().tolist()
         zs += r.z.flatten().tolist()
-    claim = Claim(
-        id="N5.terms-25",
-        source=SOURCE,
-        statement="with w_j = 100 and every z_j = 0, each term w_j sigma'(z_j) = 25",
-        published=25.0,
-        measured=terms,
-        statistic=f"w_j sigma'(z_j) for j = 1..4, a0 in {list(INPUTS)}, two costs (float64)",
-        verdict=_exact(terms, 25.0),
-        interval=(25.0, 25.0),
-        details={"max_abs_z": max(abs(z) for z in zs)},
+    claim(
+        exact_claim(
+            all(v == 25.0 for v in terms),
+            terms,
+            id="N5.terms-25",
+            source=SOURCE,
+            statement="with w_j = 100 and every z_j = 0, each term w_j sigma'(z_j) = 25",
+            published=25.0,
+            statistic=f"w_j sigma'(z_j) for j = 1..4, a0 in {list(INPUTS)}, two costs (float64)",
+            interval=(25.0, 25.0),
+            details={"max_abs_z": max(abs(z) for z in zs)},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_first_bias_gradient_is_625_times_the_third(nnsanity_claim):
+def test_first_bias_gradient_is_625_times_the_third(claim):
     ratios = []
     for cost in COSTS.values():
         _, r = _exploding_chain(cost)
         ratios += (r.dC_db[:, 0] / r.dC_db[:, 2]).tolist()
-    claim = Claim(
-        id="N5.ratio-625",
-        source=SOURCE,
-        statement="dC/db1 / dC/db3 = 25^2 = 625: the gradient explodes towards the input",
-        published=625.0,
-        measured=ratios,
-        statistic="dC/db1 / dC/db3 by autograd (float64), one value per (a0, cost)",
-        verdict=_exact(ratios, 625.0),
-        interval=(625.0, 625.0),
+    claim(
+        exact_claim(
+            all(v == 625.0 for v in ratios),
+            ratios,
+            id="N5.ratio-625",
+            source=SOURCE,
+            statement="dC/db1 / dC/db3 = 25^2 = 625: the gradient explodes towards the input",
+            published=625.0,
+            statistic="dC/db1 / dC/db3 by autograd (float64), one value per (a0, cost)",
+            interval=(625.0, 625.0),
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
-def test_first_bias_gradient_is_3906_25_times_the_output_activation_gradient(nnsanity_claim):
+def test_first_bias_gradient_is_3906_25_times_the_output_activation_gradient(claim):
     ratios, per_layer = [], {}
     for name, cost in COSTS.items():
         _, r = _exploding_chain(cost)
         ratios += (r.dC_db[:, 0] / r.dC_da[:, -1]).tolist()
         # the whole profile dC/db_j / dC/da4 = (1/4) 25^(4-j): 3906.25, 156.25, 6.25, 0.25
         per_layer[name] = (r.dC_db / r.dC_da[:, -1:])[0].tolist()
-    claim = Claim(
-        id="N5.ratio-3906",
-        source=SOURCE,
-        statement="dC/db1 / dC/da4 = sigma'(z1) 25^3 = 3906.25",
-        published=3906.25,
-        measured=ratios,
-        statistic="dC/db1 / dC/da4 by autograd (float64), one value per (a0, cost)",
-        verdict=_exact(ratios, 3906.25),
-        interval=(3906.25, 3906.25),
-        details={"dC/db_j / dC/da4, j = 1..4": per_layer},
+    claim(
+        exact_claim(
+            all(v == 3906.25 for v in ratios),
+            ratios,
+            id="N5.ratio-3906",
+            source=SOURCE,
+            statement="dC/db1 / dC/da4 = sigma'(z1) 25^3 = 3906.25",
+            published=3906.25,
+            statistic="dC/db1 / dC/da4 by autograd (float64), one value per (a0, cost)",
+            interval=(3906.25, 3906.25),
+            details={"dC/db_j / dC/da4, j = 1..4": per_layer},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim

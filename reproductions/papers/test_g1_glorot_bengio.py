@@ -55,7 +55,6 @@ for the gradient variances (their width stays 1,000). Verdicts are expected to h
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable
 
@@ -64,14 +63,16 @@ import torch
 from scipy import stats
 from torch.nn import functional as F
 
-from nnsanity.repro.claims import Claim, Verdict, single_run_claim
+from nnsanity.repro.claims import Claim, Verdict, every_seed_claim, exact_claim, single_run_claim
 from nnsanity.repro.initialisers import (
     normalised_,
     normalised_variance,
     standard_,
     standard_variance,
 )
+from nnsanity.repro.plots import activation_saturation, gradient_variances
 from nnsanity.repro.stats import summarize, welch_p_greater
+from reproductions._nets import stacked_batches, stacked_params
 
 SOURCE = "Glorot & Bengio, AISTATS 2010"
 
@@ -116,21 +117,6 @@ Init = Callable[..., torch.Tensor]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def budget(nnsanity_budget: str) -> Budget:
-    return FULL if nnsanity_budget == "full" else SMOKE
-
-
-# -- nets stacked over seeds: every weight is (seeds, n_in, n_out), so one bmm trains them all --
-def init_params(widths, init: Init, gens, device) -> list[torch.Tensor]:
-    """[W1, b1, W2, b2, ...]: weights from ``init`` per seed (its own generator), biases 0."""
-    params = []
-    for n_in, n_out in itertools.pairwise(widths):
-        w = torch.stack([init(torch.empty(n_out, n_in), generator=g).T for g in gens])
-        params += [w.contiguous().to(device), torch.zeros(len(gens), 1, n_out, device=device)]
-    return params
-
-
 def forward(params, x, act) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """(pre-activations, activations) of each hidden layer, and the logits; x: (seeds, n, 784)."""
     pre, hidden, h = [], [], x
@@ -157,10 +143,9 @@ def train(data, act: str, init: Init, lr: float, budget: Budget, seeds, device, 
     """Plain SGD on the mean NLL of mini-batches of 10, each seed its own init and data order."""
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     widths = (784, *[budget.width] * FIG2_DEPTH, 10)
-    params = [p.requires_grad_() for p in init_params(widths, init, gens, device)]
+    params = [p.requires_grad_() for p in stacked_params(widths, [init] * len(gens), gens, device)]
     x, y = data.train_x.to(device), data.train_y.to(device)
     probe = data.test_x[:PROBE].to(device).expand(len(seeds), -1, -1)
-    per_epoch = len(x) // BATCH
     steps, means, sds = [], [], []
 
     def snapshot(t: int) -> None:
@@ -170,15 +155,11 @@ def train(data, act: str, init: Init, lr: float, budget: Budget, seeds, device, 
         means.append(torch.stack([h.mean(dim=(1, 2)) for h in hidden], dim=1).cpu())
         sds.append(torch.stack([h.std(dim=(1, 2)) for h in hidden], dim=1).cpu())
 
-    for t in range(budget.updates):
-        if t % per_epoch == 0:  # a fresh permutation per epoch and per seed
-            order = torch.stack([torch.randperm(len(x), generator=g) for g in gens])
-            order = order.to(device)
+    for t, idx in enumerate(stacked_batches(len(x), BATCH, gens, budget.updates, device)):
         if t % budget.record_every == 0:
             snapshot(t)
             progress(f"G1 {act} training", t, budget.updates, "updates")
-        idx = order[:, (t % per_epoch) * BATCH : (t % per_epoch + 1) * BATCH]  # (seeds, 10)
-        _, _, logits = forward(params, x[idx], ACTIVATIONS[act])
+        _, _, logits = forward(params, x[idx], ACTIVATIONS[act])  # idx: (seeds, 10)
         # Summed over seeds, so each seed's gradient is that of its own batch-mean NLL.
         loss = F.cross_entropy(logits.transpose(1, 2), y[idx], reduction="mean") * len(seeds)
         grads = torch.autograd.grad(loss, params)
@@ -193,87 +174,106 @@ def train(data, act: str, init: Init, lr: float, budget: Budget, seeds, device, 
     return Run(steps, torch.stack(means), torch.stack(sds), wrong.tolist())
 
 
-_RUNS: dict[tuple, Run] = {}
+@pytest.fixture(scope="module")
+def sigmoid_runs(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Run:
+    """Sigmoid nets with the standard init, one per seed (Fig. 2, Table 1's sigmoid)."""
+    return train(
+        nnsanity_mnist,
+        "sigmoid",
+        standard_,
+        SIGMOID_LR,
+        budget,
+        seeds(budget.seeds),
+        nnsanity_device,
+        nnsanity_progress,
+    )
 
 
-def trained(name: str, data, budget: Budget, seeds, device, progress) -> Run:
-    """The sigmoid-standard or tanh-normalised runs, trained once per session and shared."""
-    key = (name, budget, tuple(seeds), str(device))
-    if key not in _RUNS:
-        act, init, lr = {
-            "sigmoid": ("sigmoid", standard_, SIGMOID_LR),
-            "tanh-N": ("tanh", normalised_, TANH_LR),
-        }[name]
-        _RUNS[key] = train(data, act, init, lr, budget, seeds, device, progress)
-    return _RUNS[key]
+@pytest.fixture(scope="module")
+def tanh_runs(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Run:
+    """Tanh nets with the normalised init, one per seed (Table 1's tanh-N)."""
+    return train(
+        nnsanity_mnist,
+        "tanh",
+        normalised_,
+        TANH_LR,
+        budget,
+        seeds(budget.seeds),
+        nnsanity_device,
+        nnsanity_progress,
+    )
 
 
-@pytest.fixture
-def seeds(nnsanity_seed: int, budget: Budget) -> list[int]:
-    return [nnsanity_seed + i for i in range(budget.seeds)]
+@dataclasses.dataclass(frozen=True)
+class Lowest:
+    """Each seed's snapshot where its top layer's mean activation is lowest."""
+
+    step: list[int]  # update of that snapshot, per seed
+    means: torch.Tensor  # (seeds, layers) mean activations there
+
+
+def lowest_top_layer(run: Run) -> Lowest:
+    top = run.mean[:, :, -1]  # (snapshots, seeds)
+    lowest = top.argmin(dim=0)
+    seeds = run.mean.shape[1]
+    return Lowest([run.steps[i] for i in lowest.tolist()], run.mean[lowest, torch.arange(seeds)])
 
 
 # -- G1.saturation and G1.ordering ------------------------------------------------------------
 def test_top_sigmoid_layer_saturates_at_zero_while_lower_layers_stay_above_one_half(
-    budget,
-    seeds,
-    nnsanity_mnist,
-    nnsanity_device,
-    nnsanity_claim,
-    nnsanity_progress,
-    nnsanity_plots,
+    budget, sigmoid_runs, claim
 ):
-    run = trained("sigmoid", nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
+    run, at = sigmoid_runs, lowest_top_layer(sigmoid_runs)
     top = run.mean[:, :, -1]  # (snapshots, seeds)
-    lowest = top.argmin(dim=0)  # the snapshot where each seed's top layer is lowest
-    at_lowest = run.mean[lowest, torch.arange(len(seeds))]  # (seeds, layers)
     first_below = [
         next((run.steps[i] for i in range(len(run.steps)) if top[i, r] < SATURATED), None)
-        for r in range(len(seeds))
+        for r in range(top.shape[1])
     ]
-    saturated = bool((at_lowest[:, -1] < SATURATED).all())
-    lower_above = bool((at_lowest[:, :-1] > ABOVE).all())
-    claim = Claim(
-        id="G1.saturation",
-        source=f"{SOURCE}, section 3.1, Fig. 2",
-        statement="sigmoid + standard init: the top hidden layer's mean activation is pushed "
-        "to 0 early in training while the lower layers' stay above 0.5",
-        published="~0 (Fig. 2)",
-        measured=at_lowest[:, -1].tolist(),
-        statistic=f"per seed: the lowest top-layer mean activation on {PROBE} fixed test images "
-        f"over {budget.updates} updates (snapshots every {budget.record_every})",
-        verdict=Verdict.REPRODUCED if saturated and lower_above else Verdict.NOT_REPRODUCED,
-        interval=(0.0, SATURATED),
-        details={
-            "lower_layer_means_at_lowest": at_lowest[:, :-1].tolist(),
-            "update_of_lowest": [run.steps[i] for i in lowest.tolist()],
-            "first_update_below_0.1": first_below,
-            "final_means": run.mean[-1].tolist(),
-            "initial_means": run.mean[0].tolist(),
-            "width": budget.width,
-            "lr": SIGMOID_LR,
-        },
+    saturated = bool((at.means[:, -1] < SATURATED).all())
+    lower_above = bool((at.means[:, :-1] > ABOVE).all())
+    claim(
+        Claim(
+            id="G1.saturation",
+            source=f"{SOURCE}, section 3.1, Fig. 2",
+            statement="sigmoid + standard init: the top hidden layer's mean activation is pushed "
+            "to 0 early in training while the lower layers' stay above 0.5",
+            published="~0 (Fig. 2)",
+            measured=at.means[:, -1].tolist(),  # one seed's lowest top-layer mean each
+            statistic=f"per seed: the lowest top-layer mean activation on {PROBE} fixed test "
+            f"images over {budget.updates} updates (snapshots every {budget.record_every})",
+            verdict=Verdict.REPRODUCED if saturated and lower_above else Verdict.NOT_REPRODUCED,
+            interval=(0.0, SATURATED),
+            details={
+                "lower_layer_means_at_lowest": at.means[:, :-1].tolist(),
+                "update_of_lowest": at.step,
+                "first_update_below_0.1": first_below,
+                "final_means": run.mean[-1].tolist(),
+                "initial_means": run.mean[0].tolist(),
+                "width": budget.width,
+                "lr": SIGMOID_LR,
+            },
+        )
     )
-    nnsanity_claim(claim)
-    h1, h2, h3 = at_lowest[:, 0], at_lowest[:, 1], at_lowest[:, 2]
-    margin = torch.minimum(h3 - h2, h2 - h1)
-    ordering = Claim(
-        id="G1.ordering",
-        source=f"{SOURCE}, section 3.1, Fig. 2",
-        statement="the lower layers' mean activations decrease from the output side to the "
-        "input side: mean(h3) > mean(h2) > mean(h1)",
-        published="h3 > h2 > h1 (Fig. 2)",
-        measured=margin.tolist(),
-        statistic="per seed, at the top layer's lowest snapshot: min(h3 - h2, h2 - h1)",
-        verdict=Verdict.REPRODUCED if bool((margin > 0).all()) else Verdict.NOT_REPRODUCED,
-        interval=(0.0, 1.0),  # a difference of two sigmoid means is below 1
-        details={"means_h1_h2_h3": at_lowest[:, :-1].tolist()},
+
+
+def test_lower_sigmoid_layers_are_less_active_the_nearer_they_are_to_the_input(sigmoid_runs, claim):
+    means = lowest_top_layer(sigmoid_runs).means
+    h1, h2, h3 = means[:, 0], means[:, 1], means[:, 2]
+    margin = torch.minimum(h3 - h2, h2 - h1)  # per seed
+    claim(
+        every_seed_claim(
+            (margin > 0).tolist(),
+            margin.tolist(),
+            id="G1.ordering",
+            source=f"{SOURCE}, section 3.1, Fig. 2",
+            statement="the lower layers' mean activations decrease from the output side to the "
+            "input side: mean(h3) > mean(h2) > mean(h1)",
+            published="h3 > h2 > h1 (Fig. 2)",
+            statistic="per seed, at the top layer's lowest snapshot: min(h3 - h2, h2 - h1)",
+            interval=(0.0, 1.0),  # a difference of two sigmoid means is below 1
+            details={"means_h1_h2_h3": means[:, :-1].tolist()},
+        )
     )
-    nnsanity_claim(ordering)
-    if nnsanity_plots is not None:
-        plot_saturation(nnsanity_plots / "G1_sigmoid_saturation.png", run)
-    assert claim.verdict is Verdict.REPRODUCED, claim
-    assert ordering.verdict is Verdict.REPRODUCED, ordering
 
 
 # -- G1.nvar ----------------------------------------------------------------------------------
@@ -284,12 +284,12 @@ NVAR = {  # name: (init, the closed form as published, the factor that makes it 
 
 
 @pytest.mark.parametrize("name", NVAR)
-def test_weight_variance_matches_the_closed_form(name, seeds, nnsanity_claim):
+def test_weight_variance_matches_the_closed_form(name, budget, seeds, claim):
     init, published, scale = NVAR[name]
     n_out, n_in = MC_SHAPE
     closed = n_in * standard_variance(n_in) if name == "standard" else 1.0  # 1/3, or 1 x 2/(...)
     estimates, ses = [], []
-    for seed in seeds:
+    for seed in seeds(budget.seeds):
         w = torch.empty(n_out, n_in, dtype=torch.float64)
         sq = init(w, generator=torch.Generator().manual_seed(seed)).flatten() ** 2
         # The mean is 0 by construction, so Var[W] = E[W^2], estimated with its standard error.
@@ -298,28 +298,28 @@ def test_weight_variance_matches_the_closed_form(name, seeds, nnsanity_claim):
     pooled = sum(estimates) / len(estimates)
     se = math.sqrt(sum(s**2 for s in ses)) / len(ses)
     lo, hi = closed - Z * se, closed + Z * se
-    claim = Claim(
-        id=f"G1.nvar-{name}",
-        source=f"{SOURCE}, eqs. (1), (16)",
-        statement=f"the {name} init gives Var[W] = {published}",
-        published=closed,
-        measured=estimates,
-        statistic=f"Monte Carlo on {n_out}x{n_in} matrices, one per seed: "
-        + ("n_in Var[W]" if name == "standard" else "Var[W] / (2/(n_in+n_out))")
-        + f"; interval: closed form ± {Z:g} pooled standard errors",
-        verdict=Verdict.REPRODUCED if lo <= pooled <= hi else Verdict.NOT_REPRODUCED,
-        interval=(lo, hi),
-        details={"pooled": pooled, "standard_error": se, "n_in": n_in, "n_out": n_out},
+    claim(
+        exact_claim(
+            lo <= pooled <= hi,
+            estimates,
+            id=f"G1.nvar-{name}",
+            source=f"{SOURCE}, eqs. (1), (16)",
+            statement=f"the {name} init gives Var[W] = {published}",
+            published=closed,
+            statistic=f"Monte Carlo on {n_out}x{n_in} matrices, one per seed: "
+            + ("n_in Var[W]" if name == "standard" else "Var[W] / (2/(n_in+n_out))")
+            + f"; interval: closed form ± {Z:g} pooled standard errors",
+            interval=(lo, hi),
+            details={"pooled": pooled, "standard_error": se, "n_in": n_in, "n_out": n_out},
+        )
     )
-    nnsanity_claim(claim)
-    assert claim.verdict is Verdict.REPRODUCED, claim
 
 
 # -- G1.gradvar -------------------------------------------------------------------------------
 def backprop_variances(data, init: Init, budget: Budget, seed: int, device) -> list[float]:
     """Var of the per-example dC/ds in each hidden layer (bottom first), tanh net at init."""
     widths = (784, *[budget.init_width] * FIG7_DEPTH, 10)
-    params = init_params(widths, init, [torch.Generator().manual_seed(seed)], device)
+    params = stacked_params(widths, [init], [torch.Generator().manual_seed(seed)], device)
     params = [p.requires_grad_() for p in params]  # so that the pre-activations join the graph
     x = data.train_x[: budget.init_examples].to(device)[None]
     y = data.train_y[: budget.init_examples].to(device)[None]
@@ -329,68 +329,66 @@ def backprop_variances(data, init: Init, budget: Budget, seed: int, device) -> l
     return [float(g.var()) for g in torch.autograd.grad(loss, pre)]
 
 
-def test_backpropagated_gradients_shrink_toward_the_input_only_with_the_standard_init(
-    budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_plots
-):
-    variances = {
-        name: [backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device) for s in seeds]
+@pytest.fixture(scope="module")
+def variances(budget, seeds, nnsanity_mnist, nnsanity_device) -> dict[str, list[list[float]]]:
+    """init name -> (seeds, hidden layers) variance of the back-propagated gradient at init."""
+    return {
+        name: [
+            backprop_variances(nnsanity_mnist, init, budget, s, nnsanity_device)
+            for s in seeds(budget.seeds)
+        ]
         for name, init in (("standard", standard_), ("normalised", normalised_))
     }
-    gaps = FIG7_DEPTH - 1
 
-    def factor(v: list[float]) -> float:
-        return (v[0] / v[-1]) ** (1 / gaps)
 
-    g = {name: [factor(v) for v in vs] for name, vs in variances.items()}
-    lo, hi = NORMALISED_BAND
-    claims = [
-        Claim(
+def per_layer_factor(v: list[float]) -> float:
+    """(Var_1 / Var_L)^(1/(L-1)): the mean factor per layer, input side over output side."""
+    return (v[0] / v[-1]) ** (1 / (len(v) - 1))
+
+
+def test_backpropagated_gradients_shrink_toward_the_input_with_the_standard_init(variances, claim):
+    g = [per_layer_factor(v) for v in variances["standard"]]  # one per seed
+    claim(
+        every_seed_claim(
+            [v < STANDARD_MAX_G for v in g],
+            g,
             id="G1.gradvar-standard",
             source=f"{SOURCE}, section 4.2.1, eqs. (13)-(15), Fig. 7",
             statement="with the standard init, back-propagated gradients shrink toward the input "
             "at initialisation (tanh)",
             published=1 / 3,
-            measured=g["standard"],
-            statistic=f"per seed: (Var[dC/ds^1] / Var[dC/ds^{FIG7_DEPTH}])^(1/{gaps}), the "
-            "per-layer factor; published = the paper's linear-regime n Var[W]",
-            verdict=Verdict.REPRODUCED
-            if max(g["standard"]) < STANDARD_MAX_G
-            else Verdict.NOT_REPRODUCED,
+            statistic=f"per seed: (Var[dC/ds^1] / Var[dC/ds^{FIG7_DEPTH}])^(1/{FIG7_DEPTH - 1}), "
+            "the per-layer factor; published = the paper's linear-regime n Var[W]",
             interval=(0.0, STANDARD_MAX_G),
             details={"variances_bottom_first": variances["standard"]},
-        ),
-        Claim(
+        )
+    )
+
+
+def test_backpropagated_gradients_keep_their_variance_with_the_normalised_init(variances, claim):
+    g = [per_layer_factor(v) for v in variances["normalised"]]  # one per seed
+    lo, hi = NORMALISED_BAND
+    claim(
+        every_seed_claim(
+            [lo < v < hi for v in g],
+            g,
             id="G1.gradvar-normalised",
             source=f"{SOURCE}, section 4.2.1, eq. (16), Fig. 7",
             statement="with the normalised init, back-propagated gradients keep about the same "
             "variance across layers at initialisation (tanh)",
             published=1.0,
-            measured=g["normalised"],
-            statistic=f"per seed: (Var[dC/ds^1] / Var[dC/ds^{FIG7_DEPTH}])^(1/{gaps})",
-            verdict=Verdict.REPRODUCED
-            if all(lo < v < hi for v in g["normalised"])
-            else Verdict.NOT_REPRODUCED,
+            statistic=f"per seed: (Var[dC/ds^1] / Var[dC/ds^{FIG7_DEPTH}])^(1/{FIG7_DEPTH - 1})",
             interval=NORMALISED_BAND,
             details={"variances_bottom_first": variances["normalised"]},
-        ),
-    ]
-    for claim in claims:
-        nnsanity_claim(claim)
-    if nnsanity_plots is not None:
-        plot_gradient_variances(nnsanity_plots / "G1_backprop_gradient_variance.png", variances)
-    for claim in claims:
-        assert claim.verdict is Verdict.REPRODUCED, claim
+        )
+    )
 
 
 # -- G1.table1 --------------------------------------------------------------------------------
 def test_sigmoid_ends_with_a_higher_test_error_than_tanh_with_the_normalised_init(
-    budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_claim, nnsanity_progress
+    budget, sigmoid_runs, tanh_runs, claim
 ):
-    runs = {
-        name: trained(name, nnsanity_mnist, budget, seeds, nnsanity_device, nnsanity_progress)
-        for name in ("sigmoid", "tanh-N")
-    }
-    sig, tanh = runs["sigmoid"].test_error, runs["tanh-N"].test_error
+    sig, tanh = sigmoid_runs.test_error, tanh_runs.test_error  # % per seed
     p = welch_p_greater(sig, tanh)
     if p < ALPHA:
         verdict = Verdict.REPRODUCED
@@ -399,97 +397,55 @@ def test_sigmoid_ends_with_a_higher_test_error_than_tanh_with_the_normalised_ini
     else:
         verdict = Verdict.WITHIN_NOISE
     ci = stats.ttest_ind(sig, tanh, equal_var=False).confidence_interval(1 - ALPHA)
-    published_gap = PUBLISHED_TABLE1["sigmoid"] - PUBLISHED_TABLE1["tanh-N"]
-    claim = Claim(
-        id="G1.table1",
-        source=f"{SOURCE}, Table 1 (MNIST)",
-        statement="sigmoid with the standard init ends with a higher test error than tanh with "
-        "the normalised init after the same number of updates",
-        published=published_gap,
-        measured=[s - t for s, t in zip(sig, tanh)],
-        statistic=f"test error gap sigmoid - tanh-N per seed index after {budget.updates} "
-        f"updates; one-sided Welch p = {p:.2g}; interval: 95% Welch CI of the mean gap",
-        verdict=verdict,
-        interval=(float(ci.low), float(ci.high)),
-        unit=" pp",
-        details={
-            "sigmoid_test_error_%": sig,
-            "tanh_N_test_error_%": tanh,
-            "sigmoid": str(summarize(sig)),
-            "tanh-N": str(summarize(tanh)),
-            "welch_p": p,
-            "published_%": PUBLISHED_TABLE1,
-            "note": "4 hidden layers, a short budget: the sigmoid nets are still on the plateau "
-            "Fig. 2 shows; only the sign of the gap is comparable with Table 1",
-        },
+    claim(
+        Claim(
+            id="G1.table1",
+            source=f"{SOURCE}, Table 1 (MNIST)",
+            statement="sigmoid with the standard init ends with a higher test error than tanh "
+            "with the normalised init after the same number of updates",
+            published=PUBLISHED_TABLE1["sigmoid"] - PUBLISHED_TABLE1["tanh-N"],
+            measured=[s - t for s, t in zip(sig, tanh)],
+            statistic=f"test error gap sigmoid - tanh-N per seed index after {budget.updates} "
+            f"updates; one-sided Welch p = {p:.2g}; interval: 95% Welch CI of the mean gap",
+            verdict=verdict,
+            interval=(float(ci.low), float(ci.high)),
+            unit=" pp",
+            details={
+                "sigmoid_test_error_%": sig,
+                "tanh_N_test_error_%": tanh,
+                "sigmoid": str(summarize(sig)),
+                "tanh-N": str(summarize(tanh)),
+                "welch_p": p,
+                "published_%": PUBLISHED_TABLE1,
+                "note": "4 hidden layers, a short budget: the sigmoid nets are still on the "
+                "plateau Fig. 2 shows; only the sign of the gap is comparable with Table 1",
+            },
+        )
     )
-    nnsanity_claim(claim)
+
+
+def test_sigmoid_reaches_table_1s_test_error(budget, sigmoid_runs, claim):
     # Table 1's sigmoid error itself, judged like every single published run (95% prediction
     # interval): at this scaled-down budget the sigmoid nets have not left the plateau.
-    absolute = single_run_claim(
-        PUBLISHED_TABLE1["sigmoid"],
-        sig,
-        id="G1.table1-sigmoid-error",
-        source=f"{SOURCE}, Table 1 (MNIST)",
-        statement=f"sigmoid reaches Table 1's {PUBLISHED_TABLE1['sigmoid']}% test error",
-        unit="%",
-        details={"updates": budget.updates, "paper": "5 hidden layers of 1,000, converged"},
+    claim(
+        single_run_claim(
+            PUBLISHED_TABLE1["sigmoid"],
+            sigmoid_runs.test_error,  # % per seed
+            id="G1.table1-sigmoid-error",
+            source=f"{SOURCE}, Table 1 (MNIST)",
+            statement=f"sigmoid reaches Table 1's {PUBLISHED_TABLE1['sigmoid']}% test error",
+            unit="%",
+            details={"updates": budget.updates, "paper": "5 hidden layers of 1,000, converged"},
+        ),
+        expect=Verdict.NOT_REPRODUCED,
     )
-    nnsanity_claim(absolute)
-    assert claim.verdict is Verdict.REPRODUCED, claim
-    assert absolute.verdict is Verdict.NOT_REPRODUCED, absolute
 
 
-# -- figures ----------------------------------------------------------------------------------
-def plot_saturation(path, run: Run) -> None:
-    """Fig. 2's layout: mean ± sd of each hidden layer's activation over training (first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for layer in range(run.mean.shape[-1]):
-        m, s = run.mean[:, 0, layer].numpy(), run.sd[:, 0, layer].numpy()
-        ax.plot(run.steps, m, label=f"layer {layer + 1}")
-        ax.fill_between(run.steps, m - s, m + s, alpha=0.15)
-    ax.set(
-        xlabel="updates (mini-batches of 10)",
-        ylabel="activation (mean ± sd)",
-        ylim=(0, 1),
-        title="Sigmoid, standard init: mean activation on 300 test images",
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_gradient_variances(path, variances: dict[str, list[list[float]]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, per_seed in variances.items():
-        v = torch.tensor(per_seed)  # (seeds, layers)
-        layers = range(1, v.shape[1] + 1)
-        ax.errorbar(
-            layers,
-            v.mean(0),
-            yerr=v.std(0) if len(v) > 1 else None,
-            marker="o",
-            capsize=3,
-            label=f"{name} init",
-        )
-    ax.set(
-        yscale="log",
-        xlabel="hidden layer (1 = input side)",
-        ylabel="Var[dC/ds]",
-        title="Back-propagated gradients at initialisation (tanh)",
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def test_figure(sigmoid_runs, variances, figures):
+    """Fig. 2's saturation (first seed) and the back-propagated gradient variances at init."""
+    run = sigmoid_runs
+    paths = [
+        activation_saturation(run.steps, run.mean, run.sd, figures / "G1_sigmoid_saturation.png"),
+        gradient_variances(variances, figures / "G1_backprop_gradient_variance.png"),
+    ]
+    assert all(p.stat().st_size > 0 for p in paths)
