@@ -270,7 +270,7 @@ def _explain(r: InitLossResult) -> Explanation:
                 "softmax applied twice: the model returns probabilities (softmax at its end) and "
                 "CrossEntropyLoss applies log_softmax itself; return the logits",
                 "sigmoid before BCEWithLogitsLoss, which applies it itself; return the logits",
-            ],
+            ][:: 1 if r.n_classes else -1],  # no class dimension: per-element sigmoid outputs
         )
     if misuse == "summed":
         return Explanation(

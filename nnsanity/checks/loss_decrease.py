@@ -39,6 +39,8 @@ class LossDecreaseResult(CheckResult):
     diverged_at: int | None  # first step with a NaN/Inf loss, or above initial + required
     parameters_changed: bool
     accumulates_gradients: bool | None  # user step only: never zeroes .grad (None: no verdict)
+    # when nothing changed: the value every output element had, if all had the same one
+    constant_output: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -129,6 +131,10 @@ def measure_loss_decrease(
             trace.append(loss)
             if not math.isfinite(loss) or loss > limit:
                 break
+            if len(trace) == _STILL and all(
+                torch.equal(a, p) for a, p in zip(start, h.model.parameters(), strict=True)
+            ):
+                break  # nothing has moved in _STILL steps: more will not tell more
             if len(trace) >= confirm_after and _looks_done(trace, initial, required, sd):
                 final = h.evaluate()[0]  # confirmed by a mean of evaluations, as at the start
                 confirmed = initial - final >= required
@@ -141,6 +147,7 @@ def measure_loss_decrease(
         changed = any(
             not torch.equal(a, p) for a, p in zip(start, h.model.parameters(), strict=True)
         )
+        constant = None if changed else _constant_output(h)
     return LossDecreaseResult(
         seed=h.seed,
         steps=steps,
@@ -154,7 +161,18 @@ def measure_loss_decrease(
         diverged_at=_diverged(trace, initial, required, final),
         parameters_changed=changed,
         accumulates_gradients=accumulates,
+        constant_output=constant,
     )
+
+
+def _constant_output(h: Harness) -> float | None:
+    """The single value of the judged output, when every element of it has the same one."""
+    with preserved_module(h.model), preserved_rng(), torch.no_grad():
+        logits = h.logits(h.forward())
+    first = logits.flatten()[:1]
+    if logits.numel() < 2 or not bool((logits == first).all()):
+        return None
+    return float(first)
 
 
 # Steps whose loss exceeds _EXPLODED times the initial loss (plus the required change) diverged,
@@ -163,6 +181,9 @@ _EXPLODED = 10.0
 # The decrease is confirmed by evaluation once the recent steps' losses show it: from step
 # _MIN_PROBE on, and again _RECHECK steps after a confirmation that failed.
 _MIN_PROBE, _RECHECK, _RECENT = 2, 10, 5
+# A run in which no parameter has changed after _STILL steps stops there (a learning-rate warmup
+# from 0 moves them by the second or third step).
+_STILL = 10
 
 
 def _looks_done(trace: list[float], initial: float, required: float, sd: float) -> bool:
@@ -238,15 +259,23 @@ def _explain(r: LossDecreaseResult) -> Explanation:
             ],
         )
     if not r.parameters_changed:
+        causes = [
+            "the step never calls optimizer.step()",
+            "the optimizer holds other parameters (built before the model was replaced, "
+            "copied or moved), or lr=0",
+            "every gradient is zero or None: a detach() or no_grad() cuts the graph",
+        ]
+        if r.constant_output is not None:  # the gradients were zero: the output is why
+            causes.insert(
+                0,
+                f"the output is {r.constant_output:g} for every sample whatever the parameters: "
+                "softmax or log_softmax over a dimension of size 1 (a single output unit); use "
+                "a sigmoid with BCEWithLogitsLoss, or 2 units",
+            )
         return Explanation(
             header="No parameter changed during training!",
             lines=[f"Parameters changed after {len(r.trace)} steps: none", losses],
-            causes=[
-                "the step never calls optimizer.step()",
-                "the optimizer holds other parameters (built before the model was replaced, "
-                "copied or moved), or lr=0",
-                "every gradient is zero or None: a detach() or no_grad() cuts the graph",
-            ],
+            causes=causes,
         )
     if r.accumulates_gradients:
         return Explanation(

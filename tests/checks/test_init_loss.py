@@ -111,6 +111,20 @@ def test_fails_on_softmax_before_cross_entropy_naming_the_double_softmax_first()
     assert e.value.result.perfect_loss == pytest.approx(math.log(1 + 9 / math.e), rel=1e-4)
 
 
+def test_fails_on_sigmoid_before_bce_with_logits_naming_the_double_sigmoid_first():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1), nn.Sigmoid()
+    )
+    x = torch.randn(4, 1, 8, 8)
+    masks = (x > 0).float()
+    with pytest.raises(
+        SanityError, match=r"(?s)cannot reach its minimum.*1\. sigmoid before BCEWithLogitsLoss"
+    ):
+        assert_init_loss(model, (x, masks), F.binary_cross_entropy_with_logits)
+    assert assert_init_loss(model, (x, masks), F.binary_cross_entropy).passed  # its proper loss
+
+
 def test_fails_on_a_loss_summed_over_the_batch_and_rtol_accepts_it():
     summed = lambda o, y: F.cross_entropy(o, y, reduction="sum")  # noqa: E731
     model, batch = zoo.mlp(), zoo.classification_batch()

@@ -67,6 +67,17 @@ def test_fails_when_the_training_step_never_calls_optimizer_step():
         assert_loss_decreases(model, batch, loss_fn, step=user_step(model, "no_optimizer_step"))
 
 
+def test_names_log_softmax_over_a_single_unit_when_no_parameter_can_change():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 1), nn.LogSoftmax(dim=1))
+    x, y = zoo.classification_batch()[0], torch.ones(16, 1)
+    with pytest.raises(
+        SanityError, match=r"(?s)No parameter changed.*1\. the output is 0 for every"
+    ) as e:
+        assert_loss_decreases(model, (x, y), F.binary_cross_entropy_with_logits)
+    assert e.value.result.constant_output == 0 and len(e.value.result.trace) == 10  # stopped
+
+
 def test_fails_when_the_training_step_flips_the_loss_sign():
     model, batch, loss_fn = healthy("mlp")
     with pytest.raises(SanityError, match=r"(?s)Loss diverged!.*Loss at step \d+") as e:
