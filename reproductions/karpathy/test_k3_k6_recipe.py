@@ -354,7 +354,7 @@ def test_backprop_charts_the_whole_batch_when_batch_norm_trains(seeds, probe_bat
         assert_batch_independence(bn, probe_batch)  # eval mode, the default
         result = measure_batch_independence(bn, probe_batch, train_mode=True)
         leaks.append(max(result.dependence) if not result.passed else 0.0)
-        with pytest.raises(SanityError, match="Outputs depend on other samples. inputs!"):
+        with pytest.raises(SanityError, match=r"Outputs depend on other samples. inputs!"):
             assert_batch_independence(bn, probe_batch, train_mode=True)
     claim(
         exact_claim(
