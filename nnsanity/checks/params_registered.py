@@ -206,6 +206,11 @@ def measure_params_registered(
             described = f"{type(opt).__name__} (called by your step)" if opt else None
         elif optimizer is not None:
             opt = optimizer([p for p in h.model.parameters() if p.requires_grad])
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(
+                    "optimizer must be a factory params -> torch.optim.Optimizer, e.g. "
+                    f"lambda p: torch.optim.SGD(p, lr=0.1); got one returning {type(opt).__name__}."
+                )
             described = f"{type(opt).__name__} (from optimizer=)"
     unregistered, recreated, ours = [], [], []
     for t in leaves:
