@@ -167,8 +167,9 @@ def _token_padding(h: Harness, padding: int | None) -> Padding:
             raise _no_padding(f"nn.Embedding padding_idx={pads[0]}")
         raise ValueError(
             f"no padding found: the inputs hold no 'attention_mask' and no nn.Embedding of "
-            f"{type(h.model).__name__} has a padding_idx. Pass padding= (a bool (B, T) mask, True "
-            "at padded positions, or the pad token id)."
+            f"{type(h.model).__name__} has a padding_idx. Pass padding=: a bool (B, T) mask, True "
+            "at padded positions (torch.arange(T) >= lengths[:, None] for (x, lengths) inputs), "
+            "or the pad token id."
         )
     module, ids = read
     pad = module.padding_idx if padding is None else padding
