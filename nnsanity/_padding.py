@@ -7,8 +7,8 @@ The padding checks (padding invariance, loss masking) share this. Padding is fou
 2. an ``attention_mask`` among the inputs (the Hugging Face convention: 1 = real, 0 = padding);
 3. an ``nn.Embedding`` with ``padding_idx=p`` in the model: the positions whose token id is p.
 
-A mask the model reads (1, or 2 given as a tensor) is kept and the data inputs at the padded
-positions are changed; padding the model finds from the token ids (3, or 2 given as an id) cannot
+A mask the model reads (2, or 1 given as a tensor) is kept and the data inputs at the padded
+positions are changed; padding the model finds from the token ids (3, or 1 given as an id) cannot
 be changed in the ids without un-padding them, so the embedding vectors of the pad tokens are
 changed instead, at the output of the embedding that reads them.
 """

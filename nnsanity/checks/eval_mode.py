@@ -348,7 +348,7 @@ _TRAIN_IN_EVAL = (
 # Each BatchNorm problem, in the order it is reported: (header, causes).
 _PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stats_updated_in_eval": (
-        "{n} BatchNorm layers changed their running statistics in eval mode!",
+        "{n} BatchNorm layer{s} changed {their} running statistics in eval mode!",
         (
             "the layer runs in train mode inside an eval forward (model.eval() does not reach it)",
             "F.batch_norm(..., training=True) called directly in forward: pass "
@@ -356,14 +356,14 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "stats_unused_in_eval": (
-        "{n} BatchNorm layers ignore their running statistics in eval mode!",
+        "{n} BatchNorm layer{s} {ignore} {their} running statistics in eval mode!",
         (
             "a BatchNorm subclass whose forward always normalises with the batch's statistics: "
             "use the running statistics when not self.training",
         ),
     ),
     "no_running_stats": (
-        "{n} BatchNorm layers have no running statistics (track_running_stats=False)!",
+        "{n} BatchNorm layer{s} {have} no running statistics (track_running_stats=False)!",
         (
             "track_running_stats=False makes eval mode normalise with the batch's own "
             "statistics, so a sample's output depends on the batch it is evaluated with (and "
@@ -373,7 +373,7 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "stats_frozen": (
-        "{n} BatchNorm layers did not update their running statistics in train mode!",
+        "{n} BatchNorm layer{s} did not update {their} running statistics in train mode!",
         (
             "momentum=0: the running statistics keep their initial values (mean 0, variance "
             "1) and eval mode normalises with them; use the default momentum=0.1",
@@ -433,7 +433,13 @@ def _explain(r: EvalModeResult) -> Explanation:
     if problem in ("stats_updated_in_eval", "stats_unused_in_eval") and r.train_in_eval:
         ranked.insert(0, _TRAIN_IN_EVAL.format(modules=names(r.train_in_eval)))
     return Explanation(
-        header=header.format(n=len(found)),
+        header=header.format(
+            n=len(found),
+            s="" if len(found) == 1 else "s",
+            their="its" if len(found) == 1 else "their",
+            ignore="ignores" if len(found) == 1 else "ignore",
+            have="has" if len(found) == 1 else "have",
+        ),
         lines=lines,
         causes=ranked,
         relax="exempt= [glob, ...] naming the BatchNorm layers that behave so on purpose.",

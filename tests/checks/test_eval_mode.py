@@ -141,7 +141,7 @@ class Normed(nn.Module):
 def test_momentum_zero_is_caught_as_statistics_that_never_move():
     with pytest.raises(
         SanityError,
-        match=r"(?s)^1 BatchNorm layers did not update their running statistics in train mode!"
+        match=r"(?s)^1 BatchNorm layer did not update its running statistics in train mode!"
         r"\n\nBatchNorm layers: 'bn' \(of 1 checked\)\nWith momentum=0: 'bn'\n"
         r"In eval mode during the train forward: none\n\nLikely causes:\n  1\. momentum=0",
     ):
@@ -171,7 +171,8 @@ def test_a_batchnorm_kept_in_eval_mode_while_training_is_caught_unless_exempt():
 def test_track_running_stats_false_is_caught_as_batch_statistics_in_eval_unless_exempt():
     with pytest.raises(
         SanityError,
-        match=r"(?s)have no running statistics \(track_running_stats=False\)!.*'bn'.*"
+        match=r"(?s)1 BatchNorm layer has no running statistics \(track_running_stats=False\)!"
+        r".*'bn'.*"
         r"1\. track_running_stats=False makes eval mode normalise with the batch",
     ):
         assert_eval_mode(Normed(track_running_stats=False), BATCH)
@@ -186,7 +187,9 @@ class BatchStatsAlways(nn.BatchNorm1d):
 
 
 def test_a_batchnorm_that_ignores_its_running_statistics_in_eval_is_caught():
-    with pytest.raises(SanityError, match=r"(?s)ignore their running statistics in eval mode!"):
+    with pytest.raises(
+        SanityError, match=r"(?s)1 BatchNorm layer ignores its running statistics in eval mode!"
+    ):
         assert_eval_mode(Normed(BatchStatsAlways), BATCH)
     r = measure_eval_mode(Normed(BatchStatsAlways), BATCH)
     assert r.stats_unused_in_eval == ("bn",) and r.stats_frozen == ("bn",)
@@ -204,7 +207,7 @@ class TrainsItsNorm(Normed):
 def test_a_batchnorm_switched_to_train_mode_in_forward_is_caught_with_its_mode_first():
     with pytest.raises(
         SanityError,
-        match=r"(?s)changed their running statistics in eval mode!.*'bn'.*"
+        match=r"(?s)^1 BatchNorm layer changed its running statistics in eval mode!.*'bn'.*"
         r"1\. modules ran in train mode during the eval forward \('bn'\)",
     ):
         assert_eval_mode(TrainsItsNorm(), BATCH)
