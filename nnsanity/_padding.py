@@ -7,10 +7,11 @@ The padding checks (padding invariance, loss masking) share this. Padding is fou
 2. an ``attention_mask`` among the inputs (the Hugging Face convention: 1 = real, 0 = padding);
 3. an ``nn.Embedding`` with ``padding_idx=p`` in the model: the positions whose token id is p.
 
-A mask the model reads (2, or 1 given as a tensor) is kept and the data inputs at the padded
-positions are changed; padding the model finds from the token ids (3, or 1 given as an id) cannot
-be changed in the ids without un-padding them, so the embedding vectors of the pad tokens are
-changed instead, at the output of the embedding that reads them.
+What sits at the padded positions is changed where the model first reads it: the vectors an
+``nn.Embedding`` makes of the token ids there (the ids themselves cannot change without
+un-padding a model that finds its padding from them, and one that also derives positions or
+lengths from them must see the same ids), else the data inputs there (float features). The mask,
+the ids and every other structure input stay as they are.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class Padding:
 
     mask: torch.Tensor  # (B, T) bool, True at padded positions, on the model's device
     source: str  # how it was found, as a message says it
-    pad_id: int | None = None  # the id route: change the embeddings of this token id
-    embeddings: tuple[torch.nn.Embedding, ...] = ()  # the modules that embed it
+    pad_id: int | None = None  # the token id that marks padding, where that defines it
+    embeddings: tuple[torch.nn.Embedding, ...] = ()  # the modules that embed the ids
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,6 +110,27 @@ def _ids_read(h: Harness, pad_id: int | None) -> tuple[torch.nn.Embedding, torch
     return found[0] if found else None
 
 
+def _embeddings_reading(h: Harness, shape: tuple[int, ...]) -> tuple[torch.nn.Embedding, ...]:
+    """The embeddings that read an integer tensor of the padding's shape (the token ids)."""
+    found: dict[int, torch.nn.Embedding] = {}
+
+    def pre_hook(m: torch.nn.Module, args: Any) -> None:
+        ids = args[0] if args else None
+        if isinstance(ids, torch.Tensor) and tuple(ids.shape) == shape:
+            assert isinstance(m, torch.nn.Embedding)
+            found.setdefault(id(m), m)
+
+    embeddings = [m for m in h.model.modules() if isinstance(m, torch.nn.Embedding)]
+    handles = [m.register_forward_pre_hook(pre_hook) for m in embeddings]
+    try:
+        with torch.no_grad():
+            h.forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tuple(found.values())
+
+
 def _no_padding(source: str) -> ValueError:
     return ValueError(
         f"the padding is marked by {source}, but this batch holds none; pass a batch of "
@@ -117,7 +139,7 @@ def _no_padding(source: str) -> ValueError:
     )
 
 
-def _given_mask(h: Harness, padding: torch.Tensor) -> Padding:
+def _given_mask(h: Harness, padding: torch.Tensor, readers: bool) -> Padding:
     b = h.batch_size
     if padding.shape[0] != b:
         raise ValueError(
@@ -129,10 +151,11 @@ def _given_mask(h: Harness, padding: torch.Tensor) -> Padding:
         raise _no_padding("padding=")
     if bool(mask.all()):
         raise ValueError("padding= marks every position as padding; nothing real is left.")
-    return Padding(mask=mask, source="padding= (your mask)")
+    found = _embeddings_reading(h, mask.shape) if readers else ()
+    return Padding(mask=mask, source="padding= (your mask)", embeddings=found)
 
 
-def _attention_mask(h: Harness, path: Path, am: torch.Tensor) -> Padding:
+def _attention_mask(h: Harness, path: Path, am: torch.Tensor, readers: bool) -> Padding:
     source = f"{describe(path)} == 0"
     if am.dim() != 2 or am.shape[0] != h.batch_size:
         raise ValueError(
@@ -147,7 +170,8 @@ def _attention_mask(h: Harness, path: Path, am: torch.Tensor) -> Padding:
     mask = am == 0
     if not bool(mask.any()):
         raise _no_padding(source)
-    return Padding(mask=mask, source=source)
+    found = _embeddings_reading(h, mask.shape) if readers else ()
+    return Padding(mask=mask, source=source, embeddings=found)
 
 
 def _token_padding(h: Harness, padding: int | None) -> Padding:
@@ -187,18 +211,22 @@ def _token_padding(h: Harness, padding: int | None) -> Padding:
     )
 
 
-def find_padding(h: Harness, padding: torch.Tensor | int | None) -> Padding:
-    """The batch's padding; call inside ``h.isolated(...)`` (the id route runs a forward)."""
+def find_padding(
+    h: Harness, padding: torch.Tensor | int | None, *, readers: bool = True
+) -> Padding:
+    """The batch's padding; call inside ``h.isolated(...)`` (finding the embeddings that read
+    the ids takes a forward). ``readers=False``: a mask's readers are not needed."""
     if isinstance(padding, torch.Tensor):
-        return _given_mask(h, padding)
+        return _given_mask(h, padding, readers)
     if padding is None and (found := _mask_in_inputs(h)) is not None:
-        return _attention_mask(h, *found)
+        return _attention_mask(h, *found, readers)
     return _token_padding(h, padding)
 
 
 def changed_inputs(h: Harness, pad: Padding, g: torch.Generator) -> Any:
-    """The inputs with the data entries at padded positions changed (the mask route); tokens
-    move to other tokens of the batch, floats are redrawn (``_perturbation._different``)."""
+    """The inputs with the data entries at padded positions changed (a mask, and no embedding
+    reading the ids); tokens move to other tokens of the batch, floats are redrawn
+    (``_perturbation._different``)."""
     b, t = pad.shape
     changed = False
 
@@ -223,14 +251,19 @@ def changed_inputs(h: Harness, pad: Padding, g: torch.Generator) -> Any:
 
 @contextlib.contextmanager
 def changed_embeddings(pad: Padding, g: torch.Generator) -> Iterator[None]:
-    """Inside the block, the pad tokens' embedding vectors are replaced by random ones with the
-    mean and spread of the real tokens' (the id route)."""
-    assert pad.pad_id is not None
-    pad_id = pad.pad_id
+    """Inside the block, the embedding vectors at padded positions (of the pad id, or where the
+    mask says, for an embedding reading ids of the mask's shape) are replaced by random ones
+    with the mean and spread of the real positions'. The ids and the mask stay as they are, so
+    whatever the model derives from them (position ids, lengths, its own mask) does too."""
 
     def hook(_: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
         ids = args[0]
-        where = ids == pad_id
+        if pad.pad_id is not None:
+            where = ids == pad.pad_id
+        elif tuple(ids.shape) == tuple(pad.mask.shape):
+            where = pad.mask.to(ids.device)
+        else:  # another call of a shared embedding (a decoder's ids)
+            return out
         if not bool(where.any()) or not bool((~where).any()):
             return out
         real = out[~where].detach().double()

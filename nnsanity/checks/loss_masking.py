@@ -83,7 +83,7 @@ def measure_loss_masking(
     pad_arg = check_padding(padding)
     h = Harness(model, batch, loss_fn, seed=seed, output=output, unpack=unpack)
     with h.isolated(train=True):
-        pad = find_padding(h, pad_arg)
+        pad = find_padding(h, pad_arg, readers=False)  # nothing is changed at the padding
         b, t = pad.shape
         with autograd():
             outputs = h.forward()

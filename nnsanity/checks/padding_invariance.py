@@ -113,10 +113,10 @@ def measure_padding_invariance(
                 f"no floating-point output of {type(model).__name__} has the batch in front; "
                 "pass output= (a key, an index or a callable outputs -> tensor)."
             )
-        if pad.pad_id is None:
-            moved = batch_outputs(h, changed_inputs(h, pad, g))
-        else:
+        if pad.embeddings:
             moved = batch_outputs(h, h.inputs, around=lambda: changed_embeddings(pad, g))
+        else:
+            moved = batch_outputs(h, changed_inputs(h, pad, g))
     real = ~pad.mask.cpu()
     change, _, nonfinite = _compare(base, moved, real)
     modules = [(n.lower(), m) for n, m in h.model.named_modules()]
@@ -131,7 +131,7 @@ def measure_padding_invariance(
         padded=int(pad.mask.sum()),
         positions=pad.mask.numel(),
         source=pad.source,
-        changed="inputs" if pad.pad_id is None else "embeddings",
+        changed="embeddings" if pad.embeddings else "inputs",
         attention=any(
             isinstance(m, torch.nn.MultiheadAttention)
             or any(w in type(m).__name__.lower() for w in _ATTENTION_WORDS)
@@ -158,12 +158,14 @@ def assert_ignores_padding(
     The padding is found from ``padding=`` (a bool ``(B, T)`` tensor, True at padded positions,
     or the pad token id), else an ``attention_mask`` among the inputs (the Hugging Face
     convention: 0 = padding), else an ``nn.Embedding(padding_idx=p)`` in the model (token id p
-    is padding). Where the model reads a mask, the data inputs at the padded positions are changed
-    (tokens to other tokens of the batch, floats redrawn; the mask kept); where it finds the
-    padding from the token ids, the pad tokens' embedding vectors are replaced by random ones at
-    the embedding's output. In eval mode, the outputs at real positions (an output ``(B, T, ...)``
-    or ``(B, C, T)``) and every per-sequence output (``(B, ...)``, such as a pooled classifier's)
-    must then stay within ``max_dependence`` of their scale, and be finite.
+    is padding). What sits at the padded positions is then changed where the model first reads
+    it: the vectors of every ``nn.Embedding`` that reads the token ids are replaced there by
+    random ones (the ids, the mask and all that the model derives from them stay as they are),
+    or, with no embedding, the data inputs there are (tokens moved to other tokens of the batch,
+    floats redrawn; ``perturb=`` names those inputs). In eval mode, the outputs at real
+    positions (an output ``(B, T, ...)`` or ``(B, C, T)``) and every per-sequence output
+    (``(B, ...)``, such as a pooled classifier's) must then stay within ``max_dependence`` of
+    their scale, and be finite.
 
     The bound 1e-5 is the one of the other dependency checks (``_perturbation.MAX_DEPENDENCE``):
     a masked position gets exactly zero attention weight (exp(-inf) = 0, and exp of Hugging

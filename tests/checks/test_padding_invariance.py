@@ -69,7 +69,7 @@ def test_an_hf_attention_mask_passed_as_key_padding_mask_is_caught():
     ):
         assert_ignores_padding(Encoder(inverted=True), batch)
     r = assert_ignores_padding(Encoder(inverted=False), batch)
-    assert r.changed == "inputs" and r.dependence == 0.0
+    assert r.changed == "embeddings" and r.dependence == 0.0
 
 
 class MeanPooled(nn.Module):
@@ -122,7 +122,40 @@ def test_explicit_padding_as_a_pad_id_or_a_mask_agrees_with_the_padding_found():
     )
     model = MeanPooled(masked=False)
     by_mask = measure_padding_invariance(model, P.sentences(), padding=ids == P.PAD)
-    assert by_mask.changed == "inputs" and not by_mask.passed  # pad ids changed: mean moves
+    assert by_mask.changed == "embeddings" and not by_mask.passed  # the mean reads the padding
+
+
+def test_float_features_are_changed_in_the_inputs_where_no_embedding_reads_them():
+    r = run("packed_lstm")  # (x, lengths) with padding= the mask of positions >= lengths
+    assert r.changed == "inputs" and r.dependence == 0.0
+    (x, lengths), y = A._sequences()
+    model = A._packed_lstm()
+    model.forward = lambda inputs: model.out(model.rnn(inputs[0])[0][:, -1])  # unpacked
+    padding = torch.arange(x.shape[1]) >= lengths[:, None]
+    with pytest.raises(SanityError, match=r"(?s)depend on the padding!.*1\. an RNN run over"):
+        assert_ignores_padding(model, ((x, lengths), y), padding=padding)
+
+
+class PoolsByIds(nn.Module):
+    """Attention masked by the HF attention mask, pooling over the tokens that are not the pad
+    id: it reads its ids besides the mask, and is right to."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(A.VOCAB, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids)
+        h = self.attn(h, h, h, key_padding_mask=attention_mask == 0)[0]
+        real = (input_ids != P.PAD).unsqueeze(-1)
+        return (h * real).sum(1) / real.sum(1)
+
+
+def test_the_token_ids_stay_as_they_are_for_a_model_that_also_reads_them():
+    r = assert_ignores_padding(PoolsByIds(), P.hf_batch(left=True))
+    assert r.changed == "embeddings" and r.source == "inputs['attention_mask'] == 0"
 
 
 def test_not_applicable_without_padding_is_a_clear_error():
