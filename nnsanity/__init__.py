@@ -25,18 +25,30 @@ _LAZY = {
     "assert_causal": "nnsanity.checks.causal",
     "measure_causal": "nnsanity.checks.causal",
     "CausalResult": "nnsanity.checks.causal",
+    "assert_eval_mode": "nnsanity.checks.eval_mode",
+    "measure_eval_mode": "nnsanity.checks.eval_mode",
+    "EvalModeResult": "nnsanity.checks.eval_mode",
     "assert_finite": "nnsanity.checks.finite",
     "measure_finite": "nnsanity.checks.finite",
     "FiniteResult": "nnsanity.checks.finite",
     "assert_gradient_ratio": "nnsanity.checks.gradient_ratio",
     "measure_gradient_ratio": "nnsanity.checks.gradient_ratio",
     "GradientRatioResult": "nnsanity.checks.gradient_ratio",
+    "assert_ignores_padding": "nnsanity.checks.padding_invariance",
+    "measure_padding_invariance": "nnsanity.checks.padding_invariance",
+    "PaddingInvarianceResult": "nnsanity.checks.padding_invariance",
     "assert_init_loss": "nnsanity.checks.init_loss",
     "measure_init_loss": "nnsanity.checks.init_loss",
     "InitLossResult": "nnsanity.checks.init_loss",
     "assert_loss_decreases": "nnsanity.checks.loss_decrease",
     "measure_loss_decrease": "nnsanity.checks.loss_decrease",
     "LossDecreaseResult": "nnsanity.checks.loss_decrease",
+    "assert_loss_masks_padding": "nnsanity.checks.loss_masking",
+    "measure_loss_masking": "nnsanity.checks.loss_masking",
+    "LossMaskingResult": "nnsanity.checks.loss_masking",
+    "assert_params_registered": "nnsanity.checks.params_registered",
+    "measure_params_registered": "nnsanity.checks.params_registered",
+    "ParamsRegisteredResult": "nnsanity.checks.params_registered",
     "assert_params_update": "nnsanity.checks.params_update",
     "measure_params_update": "nnsanity.checks.params_update",
     "ParamsUpdateResult": "nnsanity.checks.params_update",
@@ -80,6 +92,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.causal import CausalResult as CausalResult
     from nnsanity.checks.causal import assert_causal as assert_causal
     from nnsanity.checks.causal import measure_causal as measure_causal
+    from nnsanity.checks.eval_mode import EvalModeResult as EvalModeResult
+    from nnsanity.checks.eval_mode import assert_eval_mode as assert_eval_mode
+    from nnsanity.checks.eval_mode import measure_eval_mode as measure_eval_mode
     from nnsanity.checks.finite import FiniteResult as FiniteResult
     from nnsanity.checks.finite import assert_finite as assert_finite
     from nnsanity.checks.finite import measure_finite as measure_finite
@@ -92,9 +107,28 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.loss_decrease import LossDecreaseResult as LossDecreaseResult
     from nnsanity.checks.loss_decrease import assert_loss_decreases as assert_loss_decreases
     from nnsanity.checks.loss_decrease import measure_loss_decrease as measure_loss_decrease
+    from nnsanity.checks.loss_masking import LossMaskingResult as LossMaskingResult
+    from nnsanity.checks.loss_masking import assert_loss_masks_padding as assert_loss_masks_padding
+    from nnsanity.checks.loss_masking import measure_loss_masking as measure_loss_masking
     from nnsanity.checks.overfit import OverfitResult as OverfitResult
     from nnsanity.checks.overfit import assert_can_overfit as assert_can_overfit
     from nnsanity.checks.overfit import measure_overfit as measure_overfit
+    from nnsanity.checks.padding_invariance import (
+        PaddingInvarianceResult as PaddingInvarianceResult,
+    )
+    from nnsanity.checks.padding_invariance import assert_ignores_padding as assert_ignores_padding
+    from nnsanity.checks.padding_invariance import (
+        measure_padding_invariance as measure_padding_invariance,
+    )
+    from nnsanity.checks.params_registered import (
+        ParamsRegisteredResult as ParamsRegisteredResult,
+    )
+    from nnsanity.checks.params_registered import (
+        assert_params_registered as assert_params_registered,
+    )
+    from nnsanity.checks.params_registered import (
+        measure_params_registered as measure_params_registered,
+    )
     from nnsanity.checks.params_update import ParamsUpdateResult as ParamsUpdateResult
     from nnsanity.checks.params_update import assert_params_update as assert_params_update
     from nnsanity.checks.params_update import measure_params_update as measure_params_update

@@ -32,6 +32,8 @@ ALL_CHECKS = (
     "uses_inputs",
     "reproducible",
     "causal",
+    "eval_mode",
+    "params_registered",
 )
 
 
@@ -385,6 +387,8 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
     if check == "causal":
         assert arch.causal_inputs is not None
         return nnsanity.measure_causal(model, arch.causal_inputs(batch))
+    if check == "eval_mode":
+        return nnsanity.measure_eval_mode(model, batch)
     if check == "reproducible":
         model.train()  # dropout on: the forward pass draws random numbers where it has any
 
@@ -404,5 +408,6 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
         "params_update": nnsanity.measure_params_update,
         "gradient_ratio": nnsanity.measure_gradient_ratio,
         "uses_inputs": nnsanity.measure_uses_inputs,
+        "params_registered": nnsanity.measure_params_registered,
     }[check]
     return measure(model, batch, loss_fn)

@@ -27,6 +27,11 @@ SCRIPT = textwrap.dedent(
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     batch = (torch.randn(6, 8), torch.randint(0, 3, (6,)))
     loss = F.cross_entropy
+    # a token tagger over right-padded ids (pad id 0): the padding checks need padding
+    tagger = torch.nn.Sequential(torch.nn.Embedding(9, 8, padding_idx=0), torch.nn.Linear(8, 3))
+    ids = torch.randint(1, 9, (4, 6))
+    ids[1:, 4:] = 0
+    tags = (ids, torch.randint(0, 3, (4, 6)).masked_fill(ids == 0, 0))
     calls = {
         "assert_init_loss": lambda: nnsanity.assert_init_loss(model, batch, loss),
         "assert_loss_decreases": lambda: nnsanity.assert_loss_decreases(model, batch, loss),
@@ -40,6 +45,12 @@ SCRIPT = textwrap.dedent(
             torch.nn.Linear(4, 4), torch.randn(2, 5, 4)
         ),
         "assert_reproducible": lambda: nnsanity.assert_reproducible(lambda: torch.randn(3)),
+        "assert_eval_mode": lambda: nnsanity.assert_eval_mode(model, batch),
+        "assert_params_registered": lambda: nnsanity.assert_params_registered(model, batch, loss),
+        "assert_ignores_padding": lambda: nnsanity.assert_ignores_padding(tagger, tags),
+        "assert_loss_masks_padding": lambda: nnsanity.assert_loss_masks_padding(
+            tagger, tags, lambda z, y: F.cross_entropy(z.transpose(1, 2), y, ignore_index=0)
+        ),
     }
     missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)
     assert not missing, f"add these checks to tests/test_install.py: {missing}"

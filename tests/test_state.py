@@ -22,8 +22,26 @@ def _forward_with_noise(model, batch):
     return model(x + torch.randn_like(x))  # seeded by the check, so reproducible
 
 
+def _padded(model):
+    """``model`` applied per token behind an embedding with padding_idx=0, and a right-padded
+    batch of ids and tags: the padding checks need padding. Nothing drawn from the global RNG."""
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False):  # the caller may be inside inference_mode
+        table = torch.randn(9, 20, generator=g)
+    emb = torch.nn.Embedding.from_pretrained(table, freeze=False, padding_idx=0)
+    ids = torch.randint(1, 9, (4, 6), generator=g)
+    ids[1:, 4:] = 0
+    tags = torch.randint(0, 10, (4, 6), generator=g).masked_fill(ids == 0, 0)
+    return torch.nn.Sequential(emb, model), (ids, tags)
+
+
+def _tag_loss(logits, tags):
+    return F.cross_entropy(logits.transpose(1, 2), tags, ignore_index=0)
+
+
 # Each public check, called on the zoo MLP and a batch made by the caller under the grad mode
-# being tested. Causality needs a sequence model: the zoo's causal LM and its tokens.
+# being tested. Causality needs a sequence model: the zoo's causal LM and its tokens; the padding
+# checks a padded batch: the MLP behind an embedding, on padded token ids.
 CALLS = {
     "assert_batch_independence": lambda m, b, **kw: nnsanity.assert_batch_independence(m, b, **kw),
     "assert_can_overfit": lambda m, b, **kw: nnsanity.assert_can_overfit(
@@ -46,6 +64,14 @@ CALLS = {
     ),
     "assert_uses_inputs": lambda m, b, **kw: nnsanity.assert_uses_inputs(
         m, b, F.cross_entropy, **kw
+    ),
+    "assert_eval_mode": lambda m, b, **kw: nnsanity.assert_eval_mode(m, b, **kw),
+    "assert_params_registered": lambda m, b, **kw: nnsanity.assert_params_registered(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_ignores_padding": lambda m, b, **kw: nnsanity.assert_ignores_padding(*_padded(m), **kw),
+    "assert_loss_masks_padding": lambda m, b, **kw: nnsanity.assert_loss_masks_padding(
+        *_padded(m), _tag_loss, **kw
     ),
 }
 

@@ -6,6 +6,7 @@ the check walks the step in the order values are computed and names the first of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from nnsanity._result import CheckResult
 from nnsanity._state import autograd
 from nnsanity._structures import tensors_in
 
-Stage = Literal["parameter", "buffer", "input", "output", "loss", "gradient"]
+Stage = Literal[
+    "parameter", "buffer", "input", "output", "loss", "gradient", "eval input", "eval output",
+    "eval loss",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +52,18 @@ def _bad(tensors: list[torch.Tensor]) -> tuple[int, int]:
 
 def _label(name: str, m: torch.nn.Module) -> str:
     return f"'{name}' ({type(m).__name__})" if name else f"{type(m).__name__} (the model)"
+
+
+def _wrap(forward: Any, pre: Any, post: Any) -> Any:
+    """``forward`` with the pre-hook ``pre`` and the hook ``post`` called around it."""
+
+    def watched(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        pre(module, args)
+        out = forward(*args, **kwargs)
+        post(module, args, out)
+        return out
+
+    return watched
 
 
 class _Watch:
@@ -90,6 +106,27 @@ class _Watch:
         return hook
 
     @contextmanager
+    def wrapped(self, model: torch.nn.Module) -> Iterator[None]:
+        """The same watch by wrapping each module's forward instead of hooking it: hooks turn
+        off PyTorch's transformer fast path, whose output is the one to watch in eval mode."""
+        wrapped = []
+        for n, m in model.named_modules():
+            own = m.__dict__.get("forward")  # an instance attribute someone set: put it back
+            forward = _wrap(m.forward, self.on_input(_label(n, m)), self.on_output(_label(n, m)))
+            try:
+                m.forward = functools.partial(forward, m)
+            except (AttributeError, TypeError, RuntimeError):  # a scripted module: not watched
+                continue
+            wrapped.append((m, own))
+        try:
+            yield
+        finally:
+            for m, own in wrapped:
+                del m.forward
+                if own is not None:
+                    m.forward = own
+
+    @contextmanager
     def attached(self, model: torch.nn.Module) -> Iterator[None]:
         handles = []
         for n, m in model.named_modules():
@@ -100,6 +137,27 @@ class _Watch:
         finally:
             for h in handles:
                 h.remove()
+
+
+def _first_in_eval(h: Harness) -> tuple[Stage, str, int, int, str | None] | None:
+    """The first non-finite value on the eval path, as a user evaluates: eval mode under
+    no_grad(), the model's own running statistics. PyTorch's transformer fast path runs only
+    there, and gives NaN for a query whose every key is masked (an inverted key_padding_mask),
+    which train mode hides. (stage, name, count, numel, last finite module) or None."""
+    outputs = h.forward()
+    count, numel = _bad(tensors_in(outputs))
+    if not count and torch.isfinite(h.loss(outputs)):
+        return None
+    watch = _Watch()
+    with watch.wrapped(h.model):
+        h.forward()
+    if watch.first_bad is not None:
+        stage, name, count, numel = watch.first_bad
+        where: Stage = "eval input" if stage == "input" else "eval output"
+        return where, name, count, numel, watch.last_good
+    if count:  # a functional op of the model's own forward made it
+        return "eval output", _label("", h.model), count, numel, watch.last_good
+    return "eval loss", "loss", 1, 1, None
 
 
 def measure_finite(
@@ -159,7 +217,10 @@ def measure_finite(
                 stage="gradient", name=bad[-1], count=count, numel=numel, loss=value,
                 nonfinite_grads=bad,
             )  # fmt: skip
-        return found(stage=None, name=None, count=0, numel=0, loss=value)
+    with h.isolated(train=False), torch.no_grad():
+        first = _first_in_eval(h)
+    stage_, name_, count, numel, after = first or (None, None, 0, 0, None)
+    return found(stage=stage_, name=name_, count=count, numel=numel, loss=value, after=after)
 
 
 def assert_finite(
@@ -178,8 +239,16 @@ def assert_finite(
     whose gradient does in backward order (the op just after that module has an infinite
     derivative), with the parameters that got NaN/Inf gradients.
 
-    Proves: one training-mode step on this batch stays finite. Does not prove: training stays
-    finite (a high learning rate can diverge later), or that float16 would.
+    When the step is finite, one eval-mode forward under ``torch.no_grad()`` (how a model is
+    evaluated) must be finite too, with the loss of its outputs; the first offender there is
+    named the same way (stage ``"eval input"``, ``"eval output"`` or ``"eval loss"``). It is
+    watched by wrapping each module's ``forward``, not by hooks, which would turn off PyTorch's
+    transformer fast path: that path runs only in eval mode without grad, and gives NaN for a
+    query whose every key is masked (pytorch/pytorch issue 24816), where train mode gives 0.
+
+    Proves: one training-mode step on this batch stays finite, and so does the eval path.
+    Does not prove: training stays finite (a high learning rate can diverge later), or that
+    float16 would.
 
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
@@ -190,7 +259,53 @@ def assert_finite(
     return r
 
 
+_MASKED_ROWS = (
+    "a query whose every key is masked: PyTorch's fast path (nn.TransformerEncoderLayer, "
+    "nn.MultiheadAttention in eval mode under no_grad) gives NaN for it where train mode gives "
+    "0. An inverted key_padding_mask (it takes True at the padding to ignore: "
+    "attention_mask == 0, tokens == PAD), or a sequence that is all padding"
+)
+_EVAL_BRANCH = (
+    "a branch taken only in eval mode (if not self.training) with a log, sqrt or division by "
+    "a value that can be zero: clamp it or add an epsilon"
+)
+_RUNNING_STATS = (
+    "BatchNorm running statistics that do not fit the data (a running_var near 0): run "
+    "nnsanity.assert_eval_mode"
+)
+
+
+def _explain_eval(r: FiniteResult) -> Explanation:
+    if r.stage == "eval loss":
+        return Explanation(
+            header="The loss is not finite in eval mode, though it is in train mode!",
+            lines=["Loss of an eval-mode forward under no_grad(): not finite"],
+            causes=[_EVAL_BRANCH, _RUNNING_STATS],
+        )
+    where = "input" if r.stage == "eval input" else "output"
+    lines = [
+        f"First non-finite value in an eval-mode forward under no_grad(): the {where} of "
+        f"{r.name} (the training step is finite)",
+        f"Non-finite values: {r.count} of {r.numel} are NaN/Inf",
+    ]
+    if r.after:
+        lines.append(f"Last finite module output: {r.after}")
+    attention = any(w in (r.name or "").lower() for w in ("attn", "attention", "transformer"))
+    causes = (
+        [_MASKED_ROWS, _EVAL_BRANCH, _RUNNING_STATS]
+        if attention
+        else [_EVAL_BRANCH, _RUNNING_STATS, _MASKED_ROWS]
+    )
+    return Explanation(
+        header=f"The {where} of {r.name} is the first non-finite value in eval mode!",
+        lines=lines,
+        causes=causes,
+    )
+
+
 def _explain(r: FiniteResult) -> Explanation:
+    if r.stage is not None and r.stage.startswith("eval"):
+        return _explain_eval(r)
     share = f"Non-finite values: {r.count} of {r.numel} are NaN/Inf"
     if r.stage in ("parameter", "buffer"):
         return Explanation(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import padding_zoo
 import pytest
 import torch
 import zoo
@@ -141,3 +142,39 @@ def test_leaves_model_and_global_state_unchanged_and_removes_its_hooks():
     assert torch.equal(model.fc1.weight.grad, torch.ones_like(model.fc1.weight))
     assert model.fc2.weight.grad is None and not model.training and torch.is_grad_enabled()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_field_report_05_nan_on_the_eval_path_of_an_inverted_padding_mask_is_named():
+    """True passed for the real tokens as key_padding_mask: train mode gives 0 for a sentence
+    without padding (every key masked), the eval fast path under no_grad gives NaN."""
+    model, batch = padding_zoo.MaskedClassifier(inverted=True), padding_zoo.sentences()
+    with pytest.raises(
+        SanityError,
+        match=r"(?s)^The output of 'enc' \(TransformerEncoderLayer\) is the first non-finite "
+        r"value in eval mode!\n\nFirst non-finite value in an eval-mode forward under no_grad\(\)"
+        r": the output of 'enc' \(TransformerEncoderLayer\) \(the training step is finite\)\n"
+        r"Non-finite values: 768 of 3072 are NaN/Inf\nLast finite module output: 'emb' "
+        r"\(Embedding\)\n\nLikely causes:\n  1\. a query whose every key is masked",
+    ):
+        assert_finite(model, batch, F.cross_entropy)
+    r = assert_finite(padding_zoo.MaskedClassifier(), batch, F.cross_entropy)
+    assert all("forward" not in vars(m) for m in model.modules())  # the wrappers are gone
+    assert r.passed
+
+
+class LogInEval(LogOfRelu):
+    """Takes the log of a ReLU output in eval mode only: -inf where a unit is off."""
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h if self.training else torch.log(h))
+
+
+def test_a_non_finite_value_only_on_the_eval_path_names_the_eval_only_branch_first():
+    with pytest.raises(
+        SanityError,
+        match=r"(?s)The input of 'fc2' \(Linear\) is the first non-finite value in eval mode!.*"
+        r"1\. a branch taken only in eval mode",
+    ) as e:
+        assert_finite(LogInEval(), BATCH, F.cross_entropy)
+    assert e.value.result.stage == "eval input" and np.isfinite(e.value.result.loss)

@@ -1,0 +1,446 @@
+"""Eval mode does what ``model.eval()`` promises, with what ``model.train()`` collected.
+
+``model.eval()`` switches off the two things that make training differ from inference: dropout
+(and other random regularisers) and BatchNorm's batch statistics, replaced by the running
+statistics that train-mode forwards accumulate. Karpathy lists forgetting to toggle train/eval
+mode among the most common neural-net mistakes; a model can also get the toggle half wrong on its
+own: ``F.dropout(x, p)`` (training defaults to True), attention dropout that ignores
+``self.training``, BatchNorm whose running statistics never move (``momentum=0``, kept in eval
+mode while training) or are not there to use (``track_running_stats=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from nnsanity._arguments import check_number
+from nnsanity._harness import Harness
+from nnsanity._messages import Explanation, Msg, fail, names, up_to
+from nnsanity._perturbation import MAX_DEPENDENCE
+from nnsanity._result import CheckResult
+from nnsanity._structures import select_output, tensors_in
+from nnsanity.seeding import seed_torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalModeResult(CheckResult):
+    """Two eval-mode forwards compared, and each BatchNorm's running statistics followed.
+
+    ``difference`` is the largest difference between two eval-mode forwards of the batch,
+    relative to the largest output (0 for a deterministic eval mode). BatchNorm layers are named
+    by the problem found with them (empty tuples when healthy).
+    """
+
+    max_difference: float  # the bound on ``difference``
+    difference: float
+    culprit: str | None  # the innermost module whose output differs though its input does not
+    train_in_eval: tuple[str, ...]  # modules in train mode during the eval-mode forward
+    batchnorms: int  # BatchNorm layers checked (exempt ones left out)
+    stats_updated_in_eval: tuple[str, ...]  # running statistics changed by an eval forward
+    stats_unused_in_eval: tuple[str, ...]  # eval output does not change with them
+    no_running_stats: tuple[str, ...]  # track_running_stats=False: batch statistics in eval
+    stats_frozen: tuple[str, ...]  # running statistics did not move in a train-mode forward
+    eval_in_train: tuple[str, ...]  # of those, the ones in eval mode during the train forward
+    zero_momentum: tuple[str, ...]  # of those, the ones with momentum=0
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """The problems found, most fundamental first (the first is the one reported)."""
+        found = [p for p in _PROBLEMS if getattr(self, p)]
+        if self.difference > self.max_difference:
+            found.insert(0, "not_deterministic")
+        return tuple(found)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def _patterns(exempt: Any, norms: dict[str, _BatchNorm]) -> tuple[str, ...]:
+    patterns = (exempt,) if isinstance(exempt, str) else exempt
+    if not isinstance(patterns, Iterable) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"exempt must be a glob or a list of globs over BatchNorm module names, e.g. "
+            f"exempt=['backbone.*'], got {exempt!r}."
+        )
+    patterns = tuple(patterns)
+    for pat in patterns:
+        if not any(fnmatchcase(n, pat) for n in norms):
+            raise ValueError(
+                f"exempt pattern {pat!r} matches no BatchNorm layer; the model's are "
+                f"{names(list(norms)) or 'none'}."
+            )
+    return patterns
+
+
+def _label(name: str, m: torch.nn.Module) -> str:
+    return f"'{name}' ({type(m).__name__})" if name else f"{type(m).__name__} (the model)"
+
+
+def _floats(outputs: Any, output: Any) -> list[torch.Tensor]:
+    found = [select_output(outputs, output)[0]] if output is not None else tensors_in(outputs)
+    return [o.detach().double() for o in found if o.is_floating_point()]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Largest |a - b| over the outputs, relative to the largest finite |a|; NaN == NaN."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=False)):
+        return float("inf")  # the outputs' structure changed from one call to the next
+    biggest, scale = 0.0, torch.finfo(torch.float64).tiny
+    for x, y in zip(a, b, strict=True):
+        if not x.numel():
+            continue
+        d = (x - y).abs().nan_to_num(nan=float("inf"))
+        d[x.isnan() & y.isnan()] = 0.0
+        biggest = max(biggest, float(d.max()))
+        scale = max(scale, float(x.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()))
+    return biggest / scale
+
+
+class _Calls:
+    """Every module call of one forward, in completion order: (label, inputs, outputs)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
+        self._open: list[list[torch.Tensor]] = []
+
+    @contextmanager
+    def attached(self, model: torch.nn.Module) -> Iterator[None]:
+        handles = []
+        for name, m in model.named_modules():
+            label = _label(name, m)
+
+            def pre(_: torch.nn.Module, args: Any, kwargs: Any) -> None:
+                self._open.append([t.detach().clone() for t in tensors_in((args, kwargs))])
+
+            def post(_: torch.nn.Module, args: Any, out: Any, label: str = label) -> None:
+                ins = self._open.pop() if self._open else []
+                self.done.append((label, ins, [t.detach().clone() for t in tensors_in(out)]))
+
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _culprit(h: Harness) -> str | None:
+    """The innermost module whose output differs between two eval forwards while its inputs do
+    not: the randomness enters there (in it, or in a functional op of its own forward)."""
+    passes = []
+    for _ in range(2):
+        calls = _Calls()
+        with calls.attached(h.model), torch.no_grad():
+            h.forward()
+        passes.append(calls.done)
+    first, second = passes
+    if [c[0] for c in first] != [c[0] for c in second]:
+        return None  # different modules ran: control flow itself is random
+    for (label, ins_a, outs_a), (_, ins_b, outs_b) in zip(first, second, strict=True):
+        same_in = len(ins_a) == len(ins_b) and all(map(_same, ins_a, ins_b))
+        same_out = len(outs_a) == len(outs_b) and all(map(_same, outs_a, outs_b))
+        if same_in and not same_out:
+            return label
+    return None
+
+
+def _stats(m: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if m.running_mean is None or m.running_var is None:
+        return None
+    return m.running_mean.detach().clone(), m.running_var.detach().clone()
+
+
+def _moved(m: _BatchNorm, before: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    now = _stats(m)
+    if before is None or now is None:
+        return False
+    return not (torch.equal(before[0], now[0]) and torch.equal(before[1], now[1]))
+
+
+@contextmanager
+def _watch_norms(
+    norms: dict[str, _BatchNorm], seen: dict[str, bool], inputs: dict[str, torch.Tensor]
+) -> Iterator[None]:
+    """Record each BatchNorm's mode when it runs, and its first input."""
+    handles = []
+    for name, m in norms.items():
+
+        def pre(module: torch.nn.Module, args: Any, name: str = name) -> None:
+            seen.setdefault(name, module.training)
+            if args and isinstance(args[0], torch.Tensor) and name not in inputs:
+                inputs[name] = args[0].detach().clone()
+
+        handles.append(m.register_forward_pre_hook(pre))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _ignores_stats(m: _BatchNorm, x: torch.Tensor) -> bool:
+    """Whether the layer's eval output stays the same when its running statistics change.
+
+    The affine weight is set to 1 for the test (restored after): a zero-initialised one (timm's
+    ``zero_init_last``) hides the statistics from the output by design."""
+    saved = _stats(m)
+    assert saved is not None and m.running_mean is not None and m.running_var is not None
+    weight = m.weight.detach().clone() if m.weight is not None else None
+    with torch.no_grad():
+        if m.weight is not None:
+            m.weight.fill_(1.0)
+        before = m(x)
+        m.running_mean.add_(saved[1].sqrt().clamp_min(1.0))
+        m.running_var.mul_(4.0)
+        after = m(x)
+        m.running_mean.copy_(saved[0])
+        m.running_var.copy_(saved[1])
+        if m.weight is not None and weight is not None:
+            m.weight.copy_(weight)
+    return isinstance(before, torch.Tensor) and _same(before.double(), after.double())
+
+
+def measure_eval_mode(
+    model: torch.nn.Module,
+    batch: Any,
+    *,
+    exempt: str | Iterable[str] = (),
+    max_difference: float = MAX_DEPENDENCE,
+    output: Any = None,
+    unpack: bool | None = None,
+    seed: int = 0,
+) -> EvalModeResult:
+    """Compare two eval forwards and follow the BatchNorm statistics; see the assert."""
+    bound = check_number(max_difference, "max_difference", low=0, what="a number >= 0")
+    h = Harness(model, batch, seed=seed, output=output, unpack=unpack, needs_loss=False)
+    every = {n: m for n, m in h.model.named_modules() if isinstance(m, _BatchNorm)}
+    patterns = _patterns(exempt, every)
+    norms = {n: m for n, m in every.items() if not any(fnmatchcase(n, p) for p in patterns)}
+    modes: dict[str, bool] = {}
+    eval_seen: dict[str, bool] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    with h.isolated(train=False):
+        before = {n: _stats(m) for n, m in norms.items()}
+        # The two passes compared run without hooks: hooks turn PyTorch's transformer fast
+        # path off, and a hooked pass differs from an unhooked one by float32 rounding.
+        seed_torch(h.seed)
+        with torch.no_grad():
+            first = _floats(h.forward(), h.output)
+            second = _floats(h.forward(), h.output)
+        difference = _difference(first, second)
+        culprit = _culprit(h) if difference > bound else None
+
+        def noter(name: str) -> Any:
+            def note(module: torch.nn.Module, args: Any) -> None:
+                if module.training:
+                    modes[name] = True
+
+            return note
+
+        handles = [m.register_forward_pre_hook(noter(n)) for n, m in h.model.named_modules()]
+        try:
+            with torch.no_grad(), _watch_norms(norms, eval_seen, inputs):
+                h.forward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        updated = tuple(n for n, m in norms.items() if _moved(m, before[n]))
+        unused = tuple(
+            n
+            for n, m in norms.items()
+            if n in inputs and before[n] is not None and n not in updated
+            and _ignores_stats(m, inputs[n])
+        )  # fmt: skip
+    train_seen: dict[str, bool] = {}
+    with h.isolated(train=True):
+        start = {n: _stats(m) for n, m in norms.items()}
+        with torch.no_grad(), _watch_norms(norms, train_seen, {}):
+            h.forward()
+        frozen = tuple(
+            n for n, m in norms.items()
+            if n in train_seen and start[n] is not None and not _moved(m, start[n])
+        )  # fmt: skip
+    return EvalModeResult(
+        seed=h.seed,
+        max_difference=bound,
+        difference=difference,
+        culprit=culprit,
+        train_in_eval=tuple(modes),
+        batchnorms=len(norms),
+        stats_updated_in_eval=updated,
+        stats_unused_in_eval=unused,
+        no_running_stats=tuple(n for n in norms if n in eval_seen and before[n] is None),
+        stats_frozen=frozen,
+        eval_in_train=tuple(n for n in frozen if not train_seen[n]),
+        zero_momentum=tuple(n for n in frozen if norms[n].momentum == 0),
+    )
+
+
+def assert_eval_mode(
+    model: torch.nn.Module,
+    batch: Any,
+    *,
+    exempt: str | Iterable[str] = (),
+    max_difference: float = MAX_DEPENDENCE,
+    output: Any = None,
+    unpack: bool | None = None,
+    seed: int = 0,
+    msg: Msg = None,
+) -> EvalModeResult:
+    """Assert that eval mode is deterministic and BatchNorm's running statistics work.
+
+    Two eval-mode forwards of the batch (under ``torch.no_grad()``, without reseeding between
+    them) must agree to ``max_difference`` of the output scale; if they do not, two more with
+    every module's inputs and outputs recorded name the innermost module whose output differs
+    while its inputs do not, where the randomness enters. Every BatchNorm layer
+    (``nn.BatchNorm1d/2d/3d``, ``SyncBatchNorm`` and subclasses such as timm's
+    ``BatchNormAct2d``) that runs must have running statistics (``track_running_stats=True``),
+    leave them unchanged in an eval forward, use them there (its output changes when they do),
+    and move them in one train-mode forward. ``exempt`` names (globs) the BatchNorm layers whose
+    statistics are fixed or absent on purpose: frozen for fine-tuning, batch statistics at test
+    time.
+
+    The bound 1e-5 is the one of the other dependency checks (``_perturbation.MAX_DEPENDENCE``):
+    on CPU two unhooked eval forwards are bit-identical (0.0 on every model of the zoo and of
+    the real-architecture zoo; a hooked and an unhooked one are not, as hooks turn PyTorch's
+    transformer fast path off, so both compared passes run without hooks), GPU kernels with
+    atomic additions differ by float32 rounding (about 1e-7 of the scale), and dropout left on
+    moves the outputs by 0.06 to 0.9 of their scale (measured with the dropout of BERT 0.062,
+    GPT-2 0.10, the log-softmax CNN 0.17, the dropout CNN 0.32, T5 0.64 and ViT-Tiny 0.84 forced
+    on in eval mode; the tests' planted bugs 0.47 to 0.91): four orders of magnitude apart.
+
+    Proves: for this batch, eval mode draws no random numbers that reach the outputs, and every
+    BatchNorm layer that runs collects running statistics in train mode and normalises with them
+    in eval mode. Does not prove: that your training loop calls ``model.train()`` and
+    ``model.eval()`` at the right places, that the statistics collected match the data (a
+    frozen backbone's may not), nor anything about normalisation layers that are not BatchNorm
+    (torchvision's ``FrozenBatchNorm2d`` has no training behaviour to check).
+
+    Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
+    """
+    __tracebackhide__ = True
+    r = measure_eval_mode(
+        model, batch, exempt=exempt, max_difference=max_difference, output=output, unpack=unpack,
+        seed=seed,
+    )  # fmt: skip
+    if not r.passed:
+        fail(_explain(r), r, seed=r.seed, msg=msg)
+    return r
+
+
+_TRAIN_IN_EVAL = (
+    "modules ran in train mode during the eval forward ({modules}): a train()/eval() override "
+    "that does not pass the mode on to its children, or self.train() called in forward"
+)
+# Each BatchNorm problem, in the order it is reported: (header, causes).
+_PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "stats_updated_in_eval": (
+        "{n} BatchNorm layer{s} changed {their} running statistics in eval mode!",
+        (
+            "the layer runs in train mode inside an eval forward (model.eval() does not reach it)",
+            "F.batch_norm(..., training=True) called directly in forward: pass "
+            "training=self.training",
+        ),
+    ),
+    "stats_unused_in_eval": (
+        "{n} BatchNorm layer{s} {ignore} {their} running statistics in eval mode!",
+        (
+            "a BatchNorm subclass whose forward always normalises with the batch's statistics: "
+            "use the running statistics when not self.training",
+        ),
+    ),
+    "no_running_stats": (
+        "{n} BatchNorm layer{s} {have} no running statistics (track_running_stats=False)!",
+        (
+            "track_running_stats=False makes eval mode normalise with the batch's own "
+            "statistics, so a sample's output depends on the batch it is evaluated with (and "
+            "a batch of one fails): use the default track_running_stats=True",
+            "batch statistics at test time on purpose (test-time adaptation): list the layer "
+            "in exempt=",
+        ),
+    ),
+    "stats_frozen": (
+        "{n} BatchNorm layer{s} did not update {their} running statistics in train mode!",
+        (
+            "momentum=0: the running statistics keep their initial values (mean 0, variance "
+            "1) and eval mode normalises with them; use the default momentum=0.1",
+            "the layer stays in eval mode while the model trains: a train() override that "
+            "calls .eval() on it, or .eval() called in forward",
+            "frozen on purpose for fine-tuning: list the layer in exempt=",
+        ),
+    ),
+}
+
+
+def _nondeterministic(r: EvalModeResult) -> Explanation:
+    where = r.culprit or "not found (the modules called differ between forwards)"
+    attention = r.culprit is not None and any(w in r.culprit.lower() for w in ("attn", "atten"))
+    dropout = (
+        "F.dropout(x, p) in a forward: its training argument defaults to True, so it drops in "
+        "eval mode too; pass training=self.training, or use an nn.Dropout module"
+    )
+    attn = (
+        "attention dropout that ignores self.training: pass F.scaled_dot_product_attention "
+        "dropout_p=self.p if self.training else 0.0 (and F.dropout(attn, p, self.training))"
+    )
+    causes = [attn, dropout] if attention else [dropout, attn]
+    if r.train_in_eval:
+        causes.insert(0, _TRAIN_IN_EVAL.format(modules=names(r.train_in_eval)))
+    causes.append(
+        "sampling in forward (noise injection, a VAE's reparameterisation, random masking): "
+        "draw only when self.training and use the mean in eval mode"
+    )
+    size = "inf (the outputs' shapes differ)" if r.difference == float("inf") else r.difference
+    return Explanation(
+        header="Two eval-mode forwards of the same batch differ!",
+        lines=[
+            "Largest difference between two eval forwards: "
+            + up_to(f"{size:.3g}" if isinstance(size, float) else size, f"{r.max_difference:g}")
+            + " of the output scale",
+            f"Randomness enters at: {where}",
+        ],
+        causes=causes,
+        relax="max_difference= (larger); output= judges one output only.",
+    )
+
+
+def _explain(r: EvalModeResult) -> Explanation:
+    problem = r.problems[0]
+    if problem == "not_deterministic":
+        return _nondeterministic(r)
+    header, causes = _PROBLEMS[problem]
+    found: tuple[str, ...] = getattr(r, problem)
+    lines = [f"BatchNorm layers: {names(found)} (of {r.batchnorms} checked)"]
+    ranked = list(causes)
+    if problem == "stats_frozen":
+        lines.append(f"With momentum=0: {names(r.zero_momentum) or 'none'}")
+        lines.append(f"In eval mode during the train forward: {names(r.eval_in_train) or 'none'}")
+        if r.eval_in_train and not r.zero_momentum:
+            ranked = [causes[1], causes[0], causes[2]]
+    if problem in ("stats_updated_in_eval", "stats_unused_in_eval") and r.train_in_eval:
+        ranked.insert(0, _TRAIN_IN_EVAL.format(modules=names(r.train_in_eval)))
+    return Explanation(
+        header=header.format(
+            n=len(found),
+            s="" if len(found) == 1 else "s",
+            their="its" if len(found) == 1 else "their",
+            ignore="ignores" if len(found) == 1 else "ignore",
+            have="has" if len(found) == 1 else "have",
+        ),
+        lines=lines,
+        causes=ranked,
+        relax="exempt= [glob, ...] naming the BatchNorm layers that behave so on purpose.",
+    )
