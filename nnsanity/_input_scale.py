@@ -69,7 +69,13 @@ def _is_norm(m: torch.nn.Module) -> bool:
         torch.nn.GroupNorm,
         torch.nn.LocalResponseNorm,
     )
-    return isinstance(m, norms) or "Norm" in type(m).__name__  # RMSNorm, LlamaRMSNorm, ...
+    if isinstance(m, norms):
+        return True
+    # RMSNorm, LlamaRMSNorm, T5LayerNorm: a leaf named for it with gains only (not a container
+    # such as torchvision's Conv2dNormActivation)
+    own = list(m.parameters(recurse=False))
+    leaf = next(iter(m.children()), None) is None
+    return "Norm" in type(m).__name__ and leaf and bool(own) and all(p.dim() < 2 for p in own)
 
 
 def _rms(t: torch.Tensor) -> float:

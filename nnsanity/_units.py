@@ -1,11 +1,12 @@
-"""Dead units: rows of a Linear/Conv layer whose gradient is exactly zero on a batch.
+"""Dead units: output units of a Linear/Conv layer through which no gradient flows on a batch.
 
-A unit (an output feature or channel) learns from the gradient of its weight row and bias. A
-ReLU whose input is negative for every example of the batch passes back exactly zero, and so do
-a saturated sigmoid (its float32 derivative underflows to 0) and a ReLU6 above 6: the unit is
-dead on the batch. The gradient is read rather than the activation, so functional activations
-(``F.relu``) count too. The bias gradient is the unit's summed error, so a layer fed all-zero
-inputs (weight rows zero, bias alive) is not counted; without a bias only the weight row is read.
+A unit (an output feature or channel) learns from the error signal at its output, the gradient of
+the loss with respect to it. A ReLU whose input is negative for every example of the batch passes
+back exactly zero, and so do a saturated sigmoid (its float32 derivative underflows to 0) and a
+ReLU6 above 6: the unit is dead on the batch. The gradient is read rather than the activation, so
+functional activations (``F.relu``) count, and a layer followed by BatchNorm is judged by what
+reaches it through the norm. Only the gradients at the layers' outputs are computed, not the
+weights' (a third cheaper than a full backward pass).
 """
 
 from __future__ import annotations
@@ -25,24 +26,6 @@ TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvT
 _BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
 
 
-def dead_units(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Per Linear/Conv layer with a gradient, which units get exactly zero gradient in weight
-    row and bias (a bool tensor over its units)."""
-    found = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, UNIT_LAYERS + TRANSPOSED):
-            continue
-        w, b = m.weight, m.bias
-        if not w.requires_grad or w.grad is None:
-            continue
-        g = w.grad.detach().transpose(0, 1) if isinstance(m, TRANSPOSED) else w.grad.detach()
-        zero = (g.reshape(g.shape[0], -1) == 0).all(1)
-        if b is not None and b.grad is not None and b.shape[0] == zero.shape[0]:
-            zero &= b.grad.detach() == 0
-        found[name or type(m).__name__] = zero
-    return found
-
-
 @contextlib.contextmanager
 def _deterministic_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (dropout, stochastic depth off) with BatchNorm left in train mode, so a unit's
@@ -60,29 +43,38 @@ def _deterministic_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
-    """One seeded forward/backward of the batch without dropout: the dead units per layer, and
-    the name of the output layer (the last Linear/Conv to run), whose units go quiet when the
-    loss saturates rather than when they die. Gradients are cleared afterwards."""
-    order: list[str] = []
+    """One seeded forward pass of the batch without dropout and the gradient of its loss with
+    respect to every Linear/Conv output: per layer, which units got exactly zero (a bool tensor
+    over its units); and the output layer (the last Linear/Conv to run), whose units go quiet
+    when the loss saturates rather than when they die."""
     names: dict[torch.nn.Module, str] = {
-        m: n for n, m in h.model.named_modules() if isinstance(m, UNIT_LAYERS + TRANSPOSED)
+        m: n or type(m).__name__
+        for n, m in h.model.named_modules()
+        if isinstance(m, UNIT_LAYERS + TRANSPOSED)
     }
+    calls: list[tuple[str, int, torch.Tensor]] = []  # (layer, unit dim, output) as they ran
 
     def ran(module: torch.nn.Module, args: Any, out: Any) -> None:
-        order.append(names[module] or type(module).__name__)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            # units along the last dim of a Linear's output, along dim 1 of a convolution's
+            calls.append((names[module], -1 if isinstance(module, torch.nn.Linear) else 1, out))
 
     handles = [m.register_forward_hook(ran) for m in names]
-    params = list(h.model.parameters())
     try:
         with _deterministic_mode(h.model), autograd():
-            for p in params:
-                p.grad = None
             seed_torch(h.seed)
-            h.loss(h.forward()).backward()
-            dead = dead_units(h.model)
+            loss = h.loss(h.forward())
+            grads = torch.autograd.grad(loss, [o for _, _, o in calls], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-        for p in params:
-            p.grad = None
-    return dead, order[-1] if order else None
+    dead: dict[str, torch.Tensor] = {}
+    for (name, dim, out), g in zip(calls, grads, strict=True):
+        zero = (
+            torch.ones(out.shape[dim], dtype=torch.bool, device=out.device)
+            if g is None
+            else (g.detach().movedim(dim, 0).reshape(out.shape[dim], -1) == 0).all(1)
+        )
+        dead[name] = dead[name] & zero if name in dead else zero  # a layer called twice
+    return dead, calls[-1][0] if calls else None
+

@@ -25,12 +25,15 @@ from nnsanity._result import CheckResult
 from nnsanity._training import excerpt
 from nnsanity._units import probe
 
-# The bound on the fraction of a layer's live units that may die during the steps. With the
-# default Adam 3e-4 the healthy zoo loses at most 3% of a layer in 3 steps (a unit active on one
-# or two examples of the batch that flips: T5's ReLU feed-forward, MobileNetV3's squeeze-
-# excitation, a 30-unit MLP layer), 7% at 1e-3; the classic failure, SGD a few orders of
-# magnitude too fast on a ReLU MLP, kills 50-90%, as does Adam at 1e-1. A quarter sits between.
-MAX_DYING_FRACTION = 0.25
+# The bound on the fraction of a layer's live units that may die during the steps. In 3 steps of
+# the default Adam 3e-4 the healthy zoo loses 0-4% of a layer (units active on one or two
+# examples of the batch that flip: T5's ReLU feed-forward, MobileNetV3's squeeze-excitation, a
+# 30-unit MLP layer), except a dropout CNN's first classifier layer: 16% (34% at Adam 1e-3), a
+# 1024-input layer fed non-negative features, where Adam's sign-like first steps move every
+# unit's pre-activation by lr x ||x||_1 at once. The classic failure kills more than half a layer:
+# SGD at lr 10 on ReLU MLPs 53-69%, Adam 0.1 on a 256-wide ReLU MLP 87%, SGD 1 on the PyTorch
+# MNIST example's CNN 73%.
+MAX_DYING_FRACTION = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,14 +144,16 @@ def assert_no_dying_units(
     non-zero gradient; it is read once at initialisation and once after ``steps`` (3) steps of
     ``optimizer`` (default Adam 3e-4) or of your ``step(batch) -> loss``, both times with dropout
     and other train-only randomness off (BatchNorm keeps its batch statistics). Fails when, in
-    any layer, more than ``max_dying_fraction`` (25%) of the units alive at initialisation are
+    any layer, more than ``max_dying_fraction`` (50%) of the units alive at initialisation are
     dead after the steps, or when training produced NaN/Inf. The output layer (the last Linear/
     Conv to run) is not judged: its units go quiet when the loss saturates, not when they die.
 
     Source: CS231n's dying-ReLU warning (up to 40% of a network dead at too high a learning rate).
     Calibration: with Adam 3e-4 the healthy zoo (GPT-2, Llama, BERT, T5, ResNet-18, MobileNetV3,
-    ViT-Tiny, LSTM, CNNs, MLPs) loses at most 3% of a layer's live units in 3 steps; SGD at a
-    learning rate of 10 on a ReLU MLP kills 53-69%, Adam 0.1 up to 85% and more.
+    ViT-Tiny, LSTM, CNNs, MLPs) loses 0-4% of a layer's live units in 3 steps, and 16% in a
+    dropout CNN's 1024-input classifier layer (34% at Adam 1e-3): on a batch of a few examples
+    many units are marginal. SGD at a learning rate of 10 on ReLU MLPs kills 53-69% of a layer,
+    Adam 0.1 on a 256-wide one 87%, SGD 1 on the PyTorch MNIST example's CNN 73%.
 
     Proves: on this batch, the first steps at this learning rate keep the live units alive. Does
     not prove: they survive later (a spike at step 1,000), nor that a unit dead on this batch is
