@@ -77,4 +77,3 @@ def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
         )
         dead[name] = dead[name] & zero if name in dead else zero  # a layer called twice
     return dead, calls[-1][0] if calls else None
-
