@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from architectures import T, VOCAB
+from architectures import VOCAB, T
 
 TASK = 1234  # one task for every batch: the relation is shared by train and holdout
 CLASSES = 4  # fewer classes than outputs: each class recurs within a small batch

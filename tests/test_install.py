@@ -27,6 +27,11 @@ SCRIPT = textwrap.dedent(
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     batch = (torch.randn(6, 8), torch.randint(0, 3, (6,)))
     loss = F.cross_entropy
+
+    def signal(n):  # a learnable relation, shared by two batches
+        x = torch.randn(n, 8)
+        return x, x[:, :3].argmax(1)
+
     calls = {
         "assert_init_loss": lambda: nnsanity.assert_init_loss(model, batch, loss),
         "assert_loss_decreases": lambda: nnsanity.assert_loss_decreases(model, batch, loss),
@@ -40,6 +45,14 @@ SCRIPT = textwrap.dedent(
             torch.nn.Linear(4, 4), torch.randn(2, 5, 4)
         ),
         "assert_reproducible": lambda: nnsanity.assert_reproducible(lambda: torch.randn(3)),
+        "assert_update_ratio": lambda: nnsanity.assert_update_ratio(model, batch, loss),
+        "assert_activation_growth": lambda: nnsanity.assert_activation_growth(model, batch),
+        "assert_no_dying_units": lambda: nnsanity.assert_no_dying_units(model, batch, loss),
+        "assert_loss_stable": lambda: nnsanity.assert_loss_stable(model, batch, loss),
+        "assert_input_scale": lambda: nnsanity.assert_input_scale(model, batch),
+        "assert_learns_signal": lambda: nnsanity.assert_learns_signal(
+            model, signal(32), loss, holdout=signal(32)
+        ),
     }
     missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)
     assert not missing, f"add these checks to tests/test_install.py: {missing}"

@@ -224,7 +224,7 @@ def _explain(r: ActivationGrowthResult) -> Explanation:
     growing = g.direction == "grows"
     bound = r.max_growth if growing else r.max_decay
     lines = [
-        f"Activations {g.direction} with depth along '{g.pattern}' ({len(g.layers)} layers): "
+        f"Activations {g.direction[:-1]} with depth along '{g.pattern}' ({len(g.layers)} layers): "
         + up_to(f"{g.trend:.3g}x", f"{bound:g}x"),
         f"Per layer: {g.rate:.3g}x; from '{g.layers[0]}' (RMS {g.rms[0]:.3g}, nearest the input) "
         f"to '{g.layers[-1]}' (RMS {g.rms[-1]:.3g})",

@@ -57,6 +57,7 @@ class LearnsSignalResult(CheckResult):
     trace: tuple[float, ...]  # the training loss each step saw
     z_trace: tuple[float, ...]  # z after each step
     constant_labels: bool  # every permutation left the holdout's labels unchanged
+    label_blind: bool = False  # every permutation gave the same loss: identical predictions
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
 
     @property
@@ -144,6 +145,7 @@ def measure_learns_signal(
     trace: list[float] = []
     z_trace: list[float] = []
     gain = permuted_gain = spread = z = math.nan
+    blind = False
     with h.isolated():
         unpaired = _unpaired(hb)
         start = _losses(hb, shuffles)
@@ -158,6 +160,7 @@ def measure_learns_signal(
             floor = 1e-6 * max(abs(start[0]), 1e-12)
             z = (gain - permuted_gain) / max(spread, floor)
             z_trace.append(z)
+            blind = all(abs(v - now[0]) <= floor for v in now[1:])
             if not math.isfinite(trace[-1]) or not math.isfinite(z) or z >= min_z:
                 break
     return LearnsSignalResult(
@@ -173,6 +176,7 @@ def measure_learns_signal(
         trace=tuple(trace),
         z_trace=tuple(z_trace),
         constant_labels=constant,
+        label_blind=blind,
         unpaired=unpaired,
     )
 
@@ -251,14 +255,18 @@ def _explain(r: LearnsSignalResult) -> Explanation:
         f"{r.initial_loss:.4g} before training",
         f"Training loss: {excerpt(r.trace)}",
     ]
+    ignores = "the model ignores its inputs: run nnsanity.assert_uses_inputs"
     causes = [
         "labels not aligned with the inputs: shuffled separately from them (shuffle indices, "
         "not the two arrays), off by one, or the wrong column taken as the label",
         "the two batches disagree on what a label means (classes encoded separately per split)",
         f"the relation needs more than {r.steps} steps, or larger batches, to show: raise "
         "steps= or pass a holdout of a few dozen samples",
-        "the model ignores its inputs: run nnsanity.assert_uses_inputs",
+        ignores,
     ]
+    if r.label_blind:  # the same prediction for every sample: no labels can be told apart
+        lines.insert(1, "Holdout loss unchanged by every permutation: the same prediction for all")
+        causes = [ignores, *causes[:-1]]
     if diverged:
         causes.insert(0, "training diverged (NaN/Inf loss): lower the learning rate")
     return Explanation(

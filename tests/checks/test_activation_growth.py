@@ -72,7 +72,7 @@ def test_a_deep_relu_net_at_pytorchs_default_init_passes():
 def test_fails_when_activations_explode_in_a_relu_net_at_three_times_he_scale():
     with pytest.raises(
         SanityError,
-        match=r"(?s)Activations explode with depth!.*grows with depth along '\*' \(9 layers\).*"
+        match=r"(?s)Activations explode with depth!.*grow with depth along '\*' \(9 layers\).*"
         r"1\. weights initialised too large",
     ) as e:
         assert_activation_growth(deep_net(10, nn.ReLU, 3 * HE), BATCH)
