@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import nnsanity  # noqa: E402
-from architectures import ZOO  # noqa: E402
-from learnable import SIGNAL  # noqa: E402
+from architectures import ZOO
+from learnable import SIGNAL
+
+import nnsanity
 
 REFERENCE = ("torchvision_resnet18", "gpt2", "timm_vit_tiny")
 REPEATS = 3

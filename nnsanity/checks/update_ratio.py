@@ -76,9 +76,8 @@ class UpdateRatioResult(CheckResult):
 
 
 def _judged(p: torch.nn.Parameter) -> bool:
-    """A weight matrix: trainable, with at least two dimensions of size above one (biases,
-    norm gains and (1, 1, d) tokens are vectors)."""
-    return p.requires_grad and sum(s > 1 for s in p.shape) >= 2
+    """A weight matrix: trainable, of dim >= 2 (biases and norm gains are vectors)."""
+    return p.requires_grad and p.dim() >= 2
 
 
 def _near_zero(w: torch.Tensor) -> bool:
@@ -143,8 +142,8 @@ def assert_update_ratio(
     its norm.
 
     One step of ``optimizer`` (default Adam 3e-4) or of your ``step(batch) -> loss`` on the
-    batch; for every trainable weight matrix (at least two dimensions above size one: Linear,
-    Conv, Embedding, LSTM and attention weights; not biases, norm gains or (1, 1, d) tokens) the
+    batch; for every trainable weight matrix (dim >= 2: Linear, Conv, Embedding, LSTM and
+    attention weights, position tables; not biases or norm gains) the
     ratio ||W_after - W_before|| / ||W_before|| must be at most ``max_ratio``. Matrices that start
     at or near zero (RMS below a hundredth of 1/sqrt(fan_in)) are listed in ``near_zero`` and not
     judged: their relative change is unbounded whatever the learning rate.
