@@ -134,12 +134,16 @@ def _first_layer(h: Harness) -> tuple[str, torch.nn.Module, float] | None:
                 )
             )
             h.forward(inputs)
-    except ValueError:  # a forward that cannot take inputs requiring a gradient (x.numpy())
-        return None
+    except ValueError:
+        seen.clear()
     finally:
         for handle in handles:
             handle.remove()
-    return seen[0] if seen else None
+    if not seen:  # no layer reached through autograd, or a forward that cannot take inputs
+        with torch.no_grad():  # requiring a gradient (x.numpy()): a plain call surfaces a
+            h.forward()  # genuine misuse (wrong shapes) as its ValueError
+        return None
+    return seen[0]
 
 
 def measure(h: Harness) -> InputScale:

@@ -24,9 +24,9 @@ from nnsanity._result import CheckResult
 from nnsanity._training import NOISE_Z, excerpt, train
 
 # The default bound on a rise above the best loss so far, as a fraction of the initial loss. With
-# Adam 3e-4 the healthy zoo's largest rise in 5 steps is 13% of its initial loss (a dropout-0.5
-# CNN on 8 images, whose every step is one noisy draw) and 0-2% elsewhere; at 100x that rate
-# (3e-2) ResNet-18 rises 177%, MobileNetV3 900%, ViT-Tiny 380%, BERT 110%, a dropout CNN 610%.
+# Adam 3e-4 the healthy zoo's largest rise in 5 steps is 12% of its initial loss (a dropout-0.5
+# CNN on 8 images, whose every step is one noisy draw) and 0-2.3% elsewhere; at 100x that rate
+# (3e-2) ResNet-18 rises 177%, MobileNetV3 900%, ViT-Tiny 390%, BERT 110%, a dropout CNN 610%.
 MAX_RISE = 0.5
 
 
@@ -134,8 +134,8 @@ def assert_loss_stable(
     oscillation.
 
     Calibrated on the healthy zoo (GPT-2, Llama, BERT, T5, ResNet-18, MobileNetV3, ViT-Tiny, LSTM,
-    CNNs, MLPs): with Adam 3e-4 the largest rise is 13% of the initial loss (a dropout-0.5 CNN on 8
-    images), 0-2% elsewhere; with 100x that learning rate ResNet-18, MobileNetV3, ViT-Tiny, BERT
+    CNNs, MLPs): with Adam 3e-4 the largest rise is 12% of the initial loss (a dropout-0.5 CNN on 8
+    images), 0-2.3% elsewhere; with 100x that learning rate ResNet-18, MobileNetV3, ViT-Tiny, BERT
     and the dropout CNN rise by 110-900% within 5 steps, while the small MLPs, LSTM and LMs still
     descend smoothly there: the check judges what the loss does, not the learning rate.
 

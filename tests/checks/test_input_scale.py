@@ -83,7 +83,7 @@ def test_fails_on_images_standardised_twice():
 
 def test_fails_on_pixels_divided_by_255_twice():
     x, y = photos(16)
-    small = nn.functional.avg_pool2d(x[:, :1], 3)[:, :, :12, :12]  # 1x12x12, as the MNIST CNN's
+    small = nn.functional.adaptive_avg_pool2d(x[:, :1], 12)  # 1x12x12, as the MNIST CNN takes
     with pytest.raises(
         SanityError,
         match=r"(?s)Inputs are far below the scale the first layer expects!.*"
@@ -159,3 +159,26 @@ def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
     model.train()
     assert_restores(lambda: measure_input_scale(model, zoo.image_batch()), model)
     assert all(p.requires_grad for p in model.parameters())
+
+
+class ReadsItsInputAsNumpy(nn.Module):
+    """A forward that leaves autograd (x.numpy()) before its first layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.mlp()
+
+    def forward(self, x):
+        return self.net(torch.from_numpy(x.numpy() * 255))
+
+
+def test_a_forward_that_leaves_autograd_is_judged_on_its_raw_features():
+    x, y = zoo.classification_batch()
+    r = assert_input_scale(ReadsItsInputAsNumpy(), (x, y))
+    assert r.first_layer is None and r.rms == pytest.approx(r.features[0].rms)
+
+
+def test_a_batch_the_model_cannot_take_is_a_clear_error():
+    x, y = zoo.classification_batch()
+    with pytest.raises(ValueError, match="Sequential failed when called as model"):
+        assert_input_scale(zoo.mlp(), (x[:, :7], y))

@@ -171,6 +171,9 @@ def test_learns_signal_rejects_bad_arguments():
         assert_learns_signal(model, train, loss_fn, holdout=(x, y), min_z=-1)
     with pytest.raises(TypeError, match=r"batch must be an \(inputs, targets\) pair"):
         assert_learns_signal(model, train, loss_fn, holdout=x)
+    flat = lambda out, y: F.cross_entropy(out, y.view(out.shape[0]))  # noqa: E731
+    with pytest.raises(ValueError, match=r"no first dimension of the batch size 64"):
+        assert_learns_signal(model, train, flat, holdout=(x, y.view(1, 64)))
 
 
 def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
