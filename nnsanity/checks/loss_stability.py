@@ -18,6 +18,7 @@ import torch
 
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
+from nnsanity._input_scale import cause, measure
 from nnsanity._messages import Explanation, Msg, fail, up_to
 from nnsanity._optim import fast_adam
 from nnsanity._result import CheckResult
@@ -43,6 +44,8 @@ class LossStabilityResult(CheckResult):
     rise: float  # the largest trace[k] - min(trace[:k]), 0 if none rose (inf: a NaN/Inf loss)
     rise_at: int | None  # the step k of that rise (None if the loss never rose)
     first_over: int | None  # the first step whose rise exceeded ``allowed``
+    input_scale: str | None = None  # the inputs' scale, where far from what the first layer
+    # expects (raw pixels make a first layer's gradient, and the loss, jump): a likely cause
 
     @property
     def diverged(self) -> bool:
@@ -87,6 +90,7 @@ def measure_loss_stability(
         optimizer = fast_adam(SAFE_LR)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     with h.isolated():
+        scale = cause(measure(h))
         initial, sd = h.evaluate()
         trace = train(h.stepper(), steps) if math.isfinite(initial) else []
     allowed = max_rise * abs(initial) + NOISE_Z * math.sqrt(2) * (sd if math.isfinite(sd) else 0)
@@ -107,6 +111,7 @@ def measure_loss_stability(
         rise=rise,
         rise_at=at,
         first_over=first,
+        input_scale=scale,
     )
 
 
@@ -138,6 +143,9 @@ def assert_loss_stable(
     images), 0-2.3% elsewhere; with 100x that learning rate ResNet-18, MobileNetV3, ViT-Tiny, BERT
     and the dropout CNN rise by 110-900% within 5 steps, while the small MLPs, LSTM and LMs still
     descend smoothly there: the check judges what the loss does, not the learning rate.
+
+    Where the float inputs reach the first layer far from unit scale (``assert_input_scale``:
+    raw 0-255 pixels, inputs normalised twice), that is named as the first likely cause.
 
     Proves: on this batch, the first steps at this learning rate descend without overshooting.
     Does not prove: training stays stable later (after warm-up, at a larger batch), nor that the
@@ -185,11 +193,13 @@ def _explain(r: LossStabilityResult) -> Explanation:
     ]
     if r.rise_at != k and math.isfinite(rise):
         lines.insert(1, f"Largest rise: {r.rise:.4g} at step {r.rise_at}")
+    first = [r.input_scale] if r.input_scale else []
     if r.diverged:
         return Explanation(
             header="Loss diverged!",
             lines=lines,
             causes=[
+                *first,
                 _LR,
                 "the step amplifies the gradient: a loss summed over the batch (reduction='sum'), "
                 "no gradient clipping, or a learning rate scaled up for a larger batch",
@@ -201,6 +211,7 @@ def _explain(r: LossStabilityResult) -> Explanation:
         header="Loss oscillates!",
         lines=lines,
         causes=[
+            *first,
             _LR,
             "momentum too high for this learning rate (SGD momentum / Adam beta1): lower one",
             "heavy dropout on a tiny batch makes each step's loss a noisy draw: raise max_rise= "

@@ -136,3 +136,18 @@ def test_results_are_the_same_run_after_run():
     first = measure_loss_stability(relu_mlp(), BATCH, F.cross_entropy, optimizer=sgd(3.0))
     again = measure_loss_stability(relu_mlp(), BATCH, F.cross_entropy, optimizer=sgd(3.0))
     assert again.to_dict() == first.to_dict()
+
+
+def test_raw_pixel_scale_inputs_are_named_as_the_first_cause():
+    x, y = BATCH
+    raw = (x * 64 + 128).clamp(0, 255)  # features in 0-255 units, as raw pixels
+    with pytest.raises(
+        SanityError, match=r"(?s)Loss diverged!.*1\. the inputs reach '0' at RMS 1\d\d"
+    ) as e:
+        assert_loss_stable(relu_mlp(), (raw, y), F.cross_entropy, optimizer=sgd(0.1))
+    assert "raw 0-255 pixels" in e.value.result.input_scale
+    # the same model and learning rate on standardised inputs: stable, nothing to name
+    assert (
+        assert_loss_stable(relu_mlp(), BATCH, F.cross_entropy, optimizer=sgd(0.1)).input_scale
+        is None
+    )
