@@ -39,11 +39,11 @@ def checks(name: str) -> dict[str, object]:
         "dying_units": lambda m: nnsanity.measure_dying_units(m, batch, loss),
         "loss_stability": lambda m: nnsanity.measure_loss_stability(m, batch, loss),
         "input_scale": lambda m: nnsanity.measure_input_scale(m, batch),
-        # the holdout as large as the batch, then the 32 samples the tests use
-        "learns_signal (holdout 8)": lambda m: nnsanity.measure_learns_signal(
+        # a holdout as large as the batch (8 images, 4 rows), then 4x that, as the tests use
+        "learns_signal (holdout 1x)": lambda m: nnsanity.measure_learns_signal(
             m, train, loss, holdout=SIGNAL[name](8 if name != "gpt2" else 4, 20)
         ),
-        "learns_signal (holdout 32)": lambda m: nnsanity.measure_learns_signal(
+        "learns_signal (holdout 4x)": lambda m: nnsanity.measure_learns_signal(
             m, train, loss, holdout=SIGNAL[name](32 if name != "gpt2" else 16, 20)
         ),
     }
