@@ -3,9 +3,9 @@
 A healthy initialisation keeps the scale of the forward signal about constant with depth: He
 et al. (2015, sec. 2.2) choose Var(w) = 2 / fan_in so that each ReLU layer passes on the second
 moment of its input unchanged, Glorot & Bengio (2010) 1 / fan_in for tanh. Weights c times too
-large multiply the signal by about c per layer (a ReLU net at 3x He scale: 3x per layer, so 10
-layers grow ~6,600x); an exponential activation compounds faster still, until it overflows.
-The same factor below one shrinks it toward zero. The forward counterpart of
+large multiply the signal by about c per layer (a ReLU net at 3x He scale grows 2.9x per
+layer, 4,500x over 9 repeated layers); an exponential activation compounds faster still, until
+it overflows. The same factor below one shrinks it toward zero. The forward counterpart of
 ``gradient_ratio``: the RMS of each weight layer's output, compared like with like along
 repeated layers (see ``nnsanity._depth``).
 """
