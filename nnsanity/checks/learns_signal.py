@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, check_int, check_number
+from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
 from nnsanity._optim import fast_adam
@@ -118,6 +118,7 @@ def measure_learns_signal(
     *,
     holdout: Any,
     optimizer: OptimizerFactory | None = None,
+    step: Step | None = None,
     steps: int = 5,
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
@@ -129,9 +130,9 @@ def measure_learns_signal(
     steps = check_int(steps, "steps", minimum=1)
     min_z = check_number(min_z, "min_z", low=0, what="a number >= 0")
     permutations = check_int(permutations, "permutations", minimum=2)
-    if optimizer is None:
+    if optimizer is None and step is None:
         optimizer = fast_adam(FIT_LR)
-    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, unpack=unpack)
+    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     hb = Harness(model, holdout, loss_fn, seed=seed, unpack=unpack)
     n = hb.batch_size
     if n < 2:
@@ -195,6 +196,7 @@ def assert_learns_signal(
     *,
     holdout: Any,
     optimizer: OptimizerFactory | None = None,
+    step: Step | None = None,
     steps: int = 5,
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
@@ -206,13 +208,15 @@ def assert_learns_signal(
     better than the same labels shuffled among the holdout's samples.
 
     Up to ``steps`` (5) steps of ``optimizer`` (default Adam 1e-3, as for the other fitting
-    checks) on ``batch``; before training and after each step the holdout's loss is computed
-    with its own labels and with ``permutations`` (20) fixed random permutations of them (train
-    mode, the same dropout masks each time; BatchNorm's running statistics untouched). Training
-    lowers the loss with the own labels by ``gain`` and with the permuted ones by
-    ``permuted_gain`` on average, with standard deviation ``spread``; the check passes at the
-    first step where z = (gain - permuted_gain) / spread reaches ``min_z`` (3). Pass two batches
-    of the same data (two batches of a loader: the same split and label encoding).
+    checks) or of your ``step(batch) -> loss`` on ``batch``; before training and after each step
+    the holdout's loss is computed with its own labels and with ``permutations`` (20) fixed
+    random permutations of them (train mode, the same dropout masks each time; BatchNorm's
+    running statistics untouched). Training lowers the loss with the own labels by ``gain`` and
+    with the permuted ones by ``permuted_gain`` on average, with standard deviation ``spread``;
+    the check passes at the first step where z = (gain - permuted_gain) / spread reaches
+    ``min_z`` (3). Pass two batches of the same data (two batches of a loader: the same split and
+    label encoding). The model and global state are restored afterwards; the optimizer inside
+    your ``step`` is not (nnsanity never sees it), so give ``step`` a fresh one.
 
     The permuted labels keep the label frequencies, so a model that learns only them gains the
     same on both; a relation from inputs to labels that holds in both batches makes the own
@@ -234,8 +238,8 @@ def assert_learns_signal(
     """
     __tracebackhide__ = True
     r = measure_learns_signal(
-        model, batch, loss_fn, holdout=holdout, optimizer=optimizer, steps=steps, min_z=min_z,
-        permutations=permutations, unpack=unpack, seed=seed,
+        model, batch, loss_fn, holdout=holdout, optimizer=optimizer, step=step, steps=steps,
+        min_z=min_z, permutations=permutations, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
         fail(_explain(r), r, seed=r.seed, msg=msg)

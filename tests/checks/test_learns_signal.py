@@ -76,6 +76,13 @@ def test_fails_on_real_architectures_when_labels_are_shuffled_separately(name):
     assert not r.passed and max(r.z_trace) < r.min_z
 
 
+def test_a_users_step_trains_the_model():
+    model, loss_fn = toy("mlp")
+    train, holdout = batches("mlp")
+    r = assert_learns_signal(model, train, loss_fn, holdout=holdout, step=zoo.user_step(model))
+    assert r.trace and r.z >= r.min_z
+
+
 def test_one_batch_with_shuffled_labels_is_still_memorised():
     # why the check needs two batches: the single-batch checks cannot see this bug
     model, loss_fn = toy("mlp")
