@@ -58,6 +58,24 @@ _LAZY = {
     "assert_uses_inputs": "nnsanity.checks.uses_inputs",
     "measure_uses_inputs": "nnsanity.checks.uses_inputs",
     "UsesInputsResult": "nnsanity.checks.uses_inputs",
+    "assert_activation_growth": "nnsanity.checks.activation_growth",
+    "measure_activation_growth": "nnsanity.checks.activation_growth",
+    "ActivationGrowthResult": "nnsanity.checks.activation_growth",
+    "assert_no_dying_units": "nnsanity.checks.dying_units",
+    "measure_dying_units": "nnsanity.checks.dying_units",
+    "DyingUnitsResult": "nnsanity.checks.dying_units",
+    "assert_input_scale": "nnsanity.checks.input_scale",
+    "measure_input_scale": "nnsanity.checks.input_scale",
+    "InputScaleResult": "nnsanity.checks.input_scale",
+    "assert_learns_signal": "nnsanity.checks.learns_signal",
+    "measure_learns_signal": "nnsanity.checks.learns_signal",
+    "LearnsSignalResult": "nnsanity.checks.learns_signal",
+    "assert_loss_stable": "nnsanity.checks.loss_stability",
+    "measure_loss_stability": "nnsanity.checks.loss_stability",
+    "LossStabilityResult": "nnsanity.checks.loss_stability",
+    "assert_update_ratio": "nnsanity.checks.update_ratio",
+    "measure_update_ratio": "nnsanity.checks.update_ratio",
+    "UpdateRatioResult": "nnsanity.checks.update_ratio",
     "GradientMonitor": "nnsanity.gradient_norms",
     "LayerGradient": "nnsanity.gradient_norms",
     "layer_gradient_norms": "nnsanity.gradient_norms",
@@ -80,6 +98,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py keeps them = _LAZY
+    from nnsanity.checks.activation_growth import ActivationGrowthResult as ActivationGrowthResult
+    from nnsanity.checks.activation_growth import (
+        assert_activation_growth as assert_activation_growth,
+    )
+    from nnsanity.checks.activation_growth import (
+        measure_activation_growth as measure_activation_growth,
+    )
     from nnsanity.checks.batch_independence import (
         BatchIndependenceResult as BatchIndependenceResult,
     )
@@ -92,6 +117,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.causal import CausalResult as CausalResult
     from nnsanity.checks.causal import assert_causal as assert_causal
     from nnsanity.checks.causal import measure_causal as measure_causal
+    from nnsanity.checks.dying_units import DyingUnitsResult as DyingUnitsResult
+    from nnsanity.checks.dying_units import assert_no_dying_units as assert_no_dying_units
+    from nnsanity.checks.dying_units import measure_dying_units as measure_dying_units
     from nnsanity.checks.eval_mode import EvalModeResult as EvalModeResult
     from nnsanity.checks.eval_mode import assert_eval_mode as assert_eval_mode
     from nnsanity.checks.eval_mode import measure_eval_mode as measure_eval_mode
@@ -104,12 +132,21 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.init_loss import InitLossResult as InitLossResult
     from nnsanity.checks.init_loss import assert_init_loss as assert_init_loss
     from nnsanity.checks.init_loss import measure_init_loss as measure_init_loss
+    from nnsanity.checks.input_scale import InputScaleResult as InputScaleResult
+    from nnsanity.checks.input_scale import assert_input_scale as assert_input_scale
+    from nnsanity.checks.input_scale import measure_input_scale as measure_input_scale
+    from nnsanity.checks.learns_signal import LearnsSignalResult as LearnsSignalResult
+    from nnsanity.checks.learns_signal import assert_learns_signal as assert_learns_signal
+    from nnsanity.checks.learns_signal import measure_learns_signal as measure_learns_signal
     from nnsanity.checks.loss_decrease import LossDecreaseResult as LossDecreaseResult
     from nnsanity.checks.loss_decrease import assert_loss_decreases as assert_loss_decreases
     from nnsanity.checks.loss_decrease import measure_loss_decrease as measure_loss_decrease
     from nnsanity.checks.loss_masking import LossMaskingResult as LossMaskingResult
     from nnsanity.checks.loss_masking import assert_loss_masks_padding as assert_loss_masks_padding
     from nnsanity.checks.loss_masking import measure_loss_masking as measure_loss_masking
+    from nnsanity.checks.loss_stability import LossStabilityResult as LossStabilityResult
+    from nnsanity.checks.loss_stability import assert_loss_stable as assert_loss_stable
+    from nnsanity.checks.loss_stability import measure_loss_stability as measure_loss_stability
     from nnsanity.checks.overfit import OverfitResult as OverfitResult
     from nnsanity.checks.overfit import assert_can_overfit as assert_can_overfit
     from nnsanity.checks.overfit import measure_overfit as measure_overfit
@@ -135,6 +172,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.reproducible import ReproducibilityResult as ReproducibilityResult
     from nnsanity.checks.reproducible import assert_reproducible as assert_reproducible
     from nnsanity.checks.reproducible import measure_reproducibility as measure_reproducibility
+    from nnsanity.checks.update_ratio import UpdateRatioResult as UpdateRatioResult
+    from nnsanity.checks.update_ratio import assert_update_ratio as assert_update_ratio
+    from nnsanity.checks.update_ratio import measure_update_ratio as measure_update_ratio
     from nnsanity.checks.uses_inputs import UsesInputsResult as UsesInputsResult
     from nnsanity.checks.uses_inputs import assert_uses_inputs as assert_uses_inputs
     from nnsanity.checks.uses_inputs import measure_uses_inputs as measure_uses_inputs

@@ -32,6 +32,11 @@ SCRIPT = textwrap.dedent(
     ids = torch.randint(1, 9, (4, 6))
     ids[1:, 4:] = 0
     tags = (ids, torch.randint(0, 3, (4, 6)).masked_fill(ids == 0, 0))
+
+    def signal(n):  # a learnable relation, shared by two batches
+        x = torch.randn(n, 8)
+        return x, x[:, :3].argmax(1)
+
     calls = {
         "assert_init_loss": lambda: nnsanity.assert_init_loss(model, batch, loss),
         "assert_loss_decreases": lambda: nnsanity.assert_loss_decreases(model, batch, loss),
@@ -50,6 +55,14 @@ SCRIPT = textwrap.dedent(
         "assert_ignores_padding": lambda: nnsanity.assert_ignores_padding(tagger, tags),
         "assert_loss_masks_padding": lambda: nnsanity.assert_loss_masks_padding(
             tagger, tags, lambda z, y: F.cross_entropy(z.transpose(1, 2), y, ignore_index=0)
+        ),
+        "assert_update_ratio": lambda: nnsanity.assert_update_ratio(model, batch, loss),
+        "assert_activation_growth": lambda: nnsanity.assert_activation_growth(model, batch),
+        "assert_no_dying_units": lambda: nnsanity.assert_no_dying_units(model, batch, loss),
+        "assert_loss_stable": lambda: nnsanity.assert_loss_stable(model, batch, loss),
+        "assert_input_scale": lambda: nnsanity.assert_input_scale(model, batch),
+        "assert_learns_signal": lambda: nnsanity.assert_learns_signal(
+            model, signal(32), loss, holdout=signal(32)
         ),
     }
     missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)

@@ -6,6 +6,7 @@ Callers often run checks from evaluation code, inside ``torch.no_grad()`` or
 
 from __future__ import annotations
 
+import learnable
 import pytest
 import torch
 import zoo
@@ -72,6 +73,21 @@ CALLS = {
     "assert_ignores_padding": lambda m, b, **kw: nnsanity.assert_ignores_padding(*_padded(m), **kw),
     "assert_loss_masks_padding": lambda m, b, **kw: nnsanity.assert_loss_masks_padding(
         *_padded(m), _tag_loss, **kw
+    ),
+    "assert_update_ratio": lambda m, b, **kw: nnsanity.assert_update_ratio(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_activation_growth": lambda m, b, **kw: nnsanity.assert_activation_growth(m, b, **kw),
+    "assert_no_dying_units": lambda m, b, **kw: nnsanity.assert_no_dying_units(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_loss_stable": lambda m, b, **kw: nnsanity.assert_loss_stable(
+        m, b, F.cross_entropy, **kw
+    ),
+    "assert_input_scale": lambda m, b, **kw: nnsanity.assert_input_scale(m, b, **kw),
+    # random labels carry no signal: two batches of a learnable relation, made in the same mode
+    "assert_learns_signal": lambda m, b, **kw: nnsanity.assert_learns_signal(
+        m, learnable.batches("mlp")[0], F.cross_entropy, holdout=learnable.batches("mlp")[1], **kw
     ),
 }
 
