@@ -5,7 +5,7 @@ convolution, a squeeze-excitation gate differ for reasons of their own), so a de
 the modules that own a weight matrix by type, weight shapes, output shape and name with block
 numbers replaced by ``*`` (``blocks.3.attn.qkv`` with ``blocks.4.attn.qkv``), in the order the
 forward pass first ran them, and fits the least-squares trend of a log quantity along each group.
-The rule is the one ``checks/gradient_ratio.py`` applies to the error signal.
+Shared by the error-signal (gradient_ratio) and forward-signal (activation_growth) checks.
 """
 
 from __future__ import annotations

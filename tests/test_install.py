@@ -62,7 +62,7 @@ SCRIPT = textwrap.dedent(
         "assert_loss_stable": lambda: nnsanity.assert_loss_stable(model, batch, loss),
         "assert_input_scale": lambda: nnsanity.assert_input_scale(model, batch),
         "assert_learns_signal": lambda: nnsanity.assert_learns_signal(
-            model, signal(32), loss, holdout=signal(32)
+            model, signal(128), loss, holdout=signal(128)
         ),
     }
     missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)

@@ -20,7 +20,6 @@ import torch
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._optim import fast_adam
 from nnsanity._result import CheckResult
 from nnsanity._training import excerpt
 from nnsanity._units import probe
@@ -89,9 +88,10 @@ def measure_dying_units(
     max_dying_fraction = check_number(
         max_dying_fraction, "max_dying_fraction", low=0, high=1, what="a fraction"
     )
-    if optimizer is None and step is None:
-        optimizer = fast_adam(SAFE_LR)
-    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    h = Harness(
+        model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
+        default_lr=SAFE_LR,
+    )  # fmt: skip
     with h.isolated():
         before, output = probe(h)
         h.model.train()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import LossFn, check_number
+from nnsanity._depth import owns_weight, repeated, trend
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
 from nnsanity._result import CheckResult
@@ -73,9 +73,6 @@ class GradientRatioResult(CheckResult):
         return self.worst is None
 
 
-_OWNERS = re.compile(r"\d+")
-
-
 @contextlib.contextmanager
 def _error_signals(model: torch.nn.Module) -> Iterator[dict[str, list[Any]]]:
     """Record, per module owning a weight of dim >= 2, the forward order of its first call and
@@ -100,23 +97,13 @@ def _error_signals(model: torch.nn.Module) -> Iterator[dict[str, list[Any]]]:
     handles = [
         m.register_forward_hook(hook(n))
         for n, m in model.named_modules()
-        if any(p.dim() >= 2 and p.requires_grad for p in m.parameters(recurse=False))
+        if owns_weight(m) and any(p.requires_grad for p in m.parameters(recurse=False))
     ]
     try:
         yield found
     finally:
         for h in handles:
             h.remove()
-
-
-def _trend(rms: list[float]) -> tuple[float, float]:
-    """Least-squares slope of log rms on position, as (total change, change per layer)."""
-    n = len(rms)
-    x = [i - (n - 1) / 2 for i in range(n)]
-    y = [math.log(v) for v in rms]
-    my = sum(y) / n
-    slope = sum(a * (b - my) for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
-    return math.exp(abs(slope) * (n - 1)), slope
 
 
 def measure_gradient_ratio(
@@ -135,28 +122,21 @@ def measure_gradient_ratio(
     h = Harness(model, batch, loss_fn, seed=seed, unpack=unpack)
     with h.isolated(), _error_signals(h.model) as found:
         loss = h.backward()
-    modules = dict(h.model.named_modules())
-    groups: dict[tuple[Any, ...], list[tuple[str, float]]] = {}
-    silent = []
+    values, silent = [], []
     for name, (_, sq, count, shape) in sorted(found.items(), key=lambda kv: kv[1][0]):
         if count == 0:
             continue  # its output never reached the loss
         if sq == 0:
             silent.append(name)
             continue
-        m = modules[name]
-        weights = tuple(tuple(p.shape) for p in m.parameters(recurse=False) if p.dim() >= 2)
-        key = (type(m).__name__, weights, shape, _OWNERS.sub("*", name))
-        groups.setdefault(key, []).append((name, math.sqrt(sq / count)))
+        values.append((name, shape, math.sqrt(sq / count)))
     trends = []
-    for key, members in groups.items():
-        if len(members) < 2:
-            continue
+    for pattern, members in repeated(values, dict(h.model.named_modules())):
         rms = [v for _, v in members]
-        total, slope = _trend(rms)
+        total, slope = trend(rms)
         trends.append(
             LayerTrend(
-                pattern=key[3],
+                pattern=pattern,
                 layers=tuple(n for n, _ in members),
                 error_rms=tuple(rms),
                 trend=total,

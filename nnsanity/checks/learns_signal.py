@@ -24,7 +24,6 @@ import torch
 from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
-from nnsanity._optim import fast_adam
 from nnsanity._outputs import Outputs
 from nnsanity._result import CheckResult
 from nnsanity._state import preserved_module
@@ -130,9 +129,10 @@ def measure_learns_signal(
     steps = check_int(steps, "steps", minimum=1)
     min_z = check_number(min_z, "min_z", low=0, what="a number >= 0")
     permutations = check_int(permutations, "permutations", minimum=2)
-    if optimizer is None and step is None:
-        optimizer = fast_adam(FIT_LR)
-    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    h = Harness(
+        model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
+        default_lr=FIT_LR,
+    )  # fmt: skip
     hb = Harness(model, holdout, loss_fn, seed=seed, unpack=unpack)
     n = hb.batch_size
     if n < 2:
@@ -226,8 +226,11 @@ def assert_learns_signal(
     reaches 3.2-19 within one to three steps on the same models (ResNet-18 and ViT-Tiny trained
     on 8 images with a 32-image holdout, GPT-2 on 4 rows with a 16-row holdout, T5, BERT, CNNs,
     MLPs, an LSTM). The signal must be learnable within ``steps`` steps and the holdout large
-    enough to show it: a few dozen samples (GPT-2 with a 4-row holdout reaches only z = 2.2;
-    a dropout-0.5 CNN needs 64 training images).
+    enough to show it: about a hundred samples for a small model. A 8-16-3 MLP learning the
+    argmax of 3 of 8 features fails 3 of 20 seeds with 32-sample batch and holdout (z 1.1-1.9
+    after 5 steps, and still under 3 after 300 steps) and passes all 20 with 128 (z >= 4.1);
+    GPT-2 with a 4-row holdout reaches only z = 2.2, and a dropout-0.5 CNN needs 64 training
+    images.
 
     It proves the labels are aligned with the inputs in a way training picks up from one batch
     and that carries to another. It does NOT prove the relation is the intended one (a label

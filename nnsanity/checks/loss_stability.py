@@ -20,7 +20,6 @@ from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_i
 from nnsanity._harness import Harness
 from nnsanity._input_scale import cause, measure
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._optim import fast_adam
 from nnsanity._result import CheckResult
 from nnsanity._training import NOISE_Z, excerpt, train
 
@@ -86,9 +85,10 @@ def measure_loss_stability(
     so far. See :func:`assert_loss_stable`. Never raises ``SanityError``."""
     steps = check_int(steps, "steps", minimum=2)
     max_rise = check_number(max_rise, "max_rise", low=0, what="a number >= 0")
-    if optimizer is None and step is None:
-        optimizer = fast_adam(SAFE_LR)
-    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    h = Harness(
+        model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
+        default_lr=SAFE_LR,
+    )  # fmt: skip
     with h.isolated():
         scale = cause(measure(h))
         initial, sd = h.evaluate()

@@ -21,7 +21,6 @@ import torch
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names, up_to
-from nnsanity._optim import fast_adam
 from nnsanity._result import CheckResult
 
 # CS231n's rule of thumb for a healthy ratio.
@@ -100,9 +99,10 @@ def measure_update_ratio(
 ) -> UpdateRatioResult:
     """Take one optimisation step and measure each weight matrix's update-to-weight ratio."""
     max_ratio = check_number(max_ratio, "max_ratio", low=0, low_open=True, what="a number > 0")
-    if optimizer is None and step is None:
-        optimizer = fast_adam(SAFE_LR)
-    h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
+    h = Harness(
+        model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
+        default_lr=SAFE_LR,
+    )  # fmt: skip
     with h.isolated():
         weights = {n: p for n, p in h.model.named_parameters() if _judged(p)}
         near_zero = tuple(n for n, p in weights.items() if _near_zero(p.detach()))

@@ -198,3 +198,17 @@ def test_results_are_the_same_run_after_run():
     train, holdout = batches("gpt2")
     first = measure_learns_signal(arch.build(), train, None, holdout=holdout).to_dict()
     assert measure_learns_signal(arch.build(), train, None, holdout=holdout).to_dict() == first
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_small_mlp_with_a_clear_relation_passes_on_a_hundred_samples_whatever_the_seed(seed):
+    # the power the docstring states: with 32 samples 3 of these 20 seeds fail, with 128 none
+    g = torch.Generator().manual_seed(seed)
+
+    def signal(n):
+        x = torch.randn(n, 8, generator=g)
+        return x, x[:, :3].argmax(1)
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    assert assert_learns_signal(model, signal(128), F.cross_entropy, holdout=signal(128)).z >= 3
