@@ -1,17 +1,25 @@
-"""Model-epochs per second: the batched population trainer vs the plain one-model-at-a-time loop.
+"""Model-epochs per second of every way this project can train network2, in one run.
 
-    python benchmarks/bench_population.py [--synthetic] [--repeats 3] [--threads 1,2] [--profile]
+    python benchmarks/bench_population.py [--synthetic] [--repeats 3] [--json out.json] [--profile]
 
 The population is N1's: 4 depths ([784,30,10] ... [784,30,30,30,30,10]) x 5 seeds = 20 models,
 network2's SGD (m = 10, eta = 0.1, lmbda = 5) on MNIST-sized data (50,000 images of 784 pixels:
 the real training images when NNSANITY_DATA_DIR points at an MNIST copy, else random ones; the
-cost is the same). The population trains one full epoch; the plain loop (``train_single``:
-nn.Linear, autograd, torch.optim.SGD) trains each model on the first ``--baseline-images``
-images and is scaled up to 50,000, as it is linear in the number of steps. Evaluation is timed
-apart. Each timing is the best of ``--repeats`` (other processes share the CPU). FLOPs count
-the useful matmul work of forward and backward (no input gradient for the first layer; the
-population's zero padding of the first layer is not counted), against a large float32
-``torch.mm`` measured in the same process.
+cost is the same). Trainers, slowest first:
+
+- ``numpy``: Nielsen's network2.py algorithm, per-example backprop in float64 numpy
+  (``nielsen_network2.py``, written independently), timed on ``--numpy-images`` images;
+- ``plain``: one model at a time in PyTorch (``train_single``: nn.Linear, autograd,
+  torch.optim.SGD), timed on ``--baseline-images`` images;
+- ``population``: the batched trainer (``nnsanity.repro.population``) on 1 and 2 threads, and
+  split over 2 single-thread processes (``train_population(..., processes=2)``), timed on
+  ``--pop-images`` images.
+
+Each is scaled to 50,000 images (all are linear in the number of steps) and is the best of
+``--repeats`` (other processes share the CPU). Before timing, the numpy trainer and the
+population are run from the same initial parameters and data order in float64 and must agree
+to rounding. FLOPs count the useful matmul work of forward and backward (no input gradient for
+the first layer), against a large float32 ``torch.mm`` measured in the same process.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from nielsen_network2 import Network2 as NumpyNetwork2
 
 from nnsanity.repro.mnist import mnist
-from nnsanity.repro.network2 import train_single
+from nnsanity.repro.network2 import Network2Config, init_parameters, order_generator, train_single
 from nnsanity.repro.population import Population, grid, train_population
 
 SIZES = [(784, *([30] * h), 10) for h in (1, 2, 3, 4)]
@@ -63,6 +73,34 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def numpy_model(config: Network2Config) -> NumpyNetwork2:
+    weights, biases = init_parameters(config, dtype=torch.float64)
+    return NumpyNetwork2([w.numpy() for w in weights], [b.numpy() for b in biases])
+
+
+def numpy_epoch(config: Network2Config, x: np.ndarray, y: np.ndarray) -> NumpyNetwork2:
+    """One epoch of the numpy network2 on the population's data order for this config."""
+    net = numpy_model(config)
+    order = torch.randperm(len(x), generator=order_generator(config.seed)).numpy()
+    net.sgd_epoch(x, y, order, mini_batch_size=MINI_BATCH, eta=ETA, lmbda=LMBDA)
+    return net
+
+
+def agreement(x: torch.Tensor, y: torch.Tensor, n: int = 300) -> float:
+    """Largest |parameter difference| between the numpy network2 and the population after one
+    float64 epoch on n images, over the four N1 depths (rounding: about 1e-15)."""
+    configs = grid(SIZES, [0])
+    pop = train_population(
+        configs, x[:n].double(), y[:n], epochs=1, eta=ETA, lmbda=LMBDA, dtype=torch.float64
+    )
+    worst = 0.0
+    for k, config in enumerate(configs):
+        net = numpy_epoch(config, x[:n].double().numpy(), y[:n].numpy())
+        for ours, theirs in zip(pop.weights[k] + pop.biases[k], net.weights + net.biases):
+            worst = max(worst, float(np.abs(ours.numpy().reshape(theirs.shape) - theirs).max()))
+    return worst
 
 
 def profile_step(configs, x, y) -> None:
@@ -103,92 +141,102 @@ _VIEWS = {
 }
 
 
-def measure(threads: int, args, data, configs) -> dict[str, float]:
-    """One thread count: the torch.mm rate, both trainers (best of ``args.repeats``), validation."""
-    torch.set_num_threads(threads)
-    x, y, vx, vy = data
-    k = len(configs)
-    flops = sum(flops_per_model_epoch(c.sizes) for c in configs)  # one epoch of all K models
-
-    def population() -> None:
-        n = args.pop_images
-        train_population(configs, x[:n], y[:n], epochs=1, eta=ETA, lmbda=LMBDA)
-
-    def plain() -> None:
-        n = args.baseline_images
-        for c in configs:
-            train_single(c, x[:n], y[:n], epochs=1, eta=ETA, lmbda=LMBDA)
-
-    peak = matmul_rate()
-    pop_s, plain_s = [], []
-    for _ in range(args.repeats):  # interleaved, so both see the same background load
-        pop_s.append(_timed(population) * N_TRAIN / args.pop_images)
-        plain_s.append(_timed(plain) * N_TRAIN / args.baseline_images)
-    stack = Population(configs, torch.float32)
-    eval_s = min(_timed(lambda: stack.evaluate(vx, vy, LMBDA)) for _ in range(args.repeats))
-    r = {
-        "threads": threads,
-        "mm_gflops": peak / 1e9,
-        "population_s_per_epoch": min(pop_s),
-        "plain_s_per_model_epoch": min(plain_s) / k,
-        "population_model_epochs_per_s": k / min(pop_s),
-        "plain_model_epochs_per_s": k / min(plain_s),
-        "population_gflops": flops / min(pop_s) / 1e9,
-        "plain_gflops": flops / min(plain_s) / 1e9,
-        "validation_s": eval_s,
-    }
-    r["speedup"] = r["population_model_epochs_per_s"] / r["plain_model_epochs_per_s"]
-    r["fraction_of_mm"] = r["population_gflops"] / r["mm_gflops"]
-    print(
-        f"[{threads} thread{'s' * (threads > 1)}] torch.mm 4096^3 {peak / 1e9:.0f} GFLOP/s\n"
-        f"  population: {r['population_model_epochs_per_s']:.2f} model-epochs/s "
-        f"({min(pop_s):.2f} s per epoch of all {k}; {args.pop_images} images timed), "
-        f"{r['population_gflops']:.1f} GFLOP/s = {r['fraction_of_mm']:.0%} of torch.mm\n"
-        f"  plain loop: {r['plain_model_epochs_per_s']:.3f} model-epochs/s "
-        f"({r['plain_s_per_model_epoch']:.2f} s per model-epoch; {args.baseline_images} images "
-        f"timed, scaled), {r['plain_gflops']:.1f} GFLOP/s\n"
-        f"  speed-up {r['speedup']:.1f}x; every timing (s per population epoch): population "
-        f"{[round(t, 2) for t in pop_s]}, plain {[round(t, 1) for t in plain_s]}"
-    )
-    return r
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic", action="store_true", help="random images (default: MNIST)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many (default 3)")
     parser.add_argument("--pop-images", type=int, default=N_TRAIN, help="default 50000")
     parser.add_argument("--baseline-images", type=int, default=5000, help="default 5000")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts (default 1,2)")
+    parser.add_argument("--numpy-images", type=int, default=1000, help="default 1000")
     parser.add_argument("--profile", action="store_true", help="print a per-step op profile")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
-    data = load(args.synthetic)
+    x, y, vx, vy = load(args.synthetic)
     configs = grid(SIZES, SEEDS)
     k = len(configs)
-    flops = sum(flops_per_model_epoch(c.sizes) for c in configs)
+    flops = sum(flops_per_model_epoch(c.sizes) for c in configs)  # one epoch of all K models
     print(
-        f"torch {torch.__version__}, {k} models, data: "
-        f"{'synthetic' if args.synthetic else 'MNIST'} {tuple(data[0].shape)}; work "
-        f"{flops / k / 1e9:.2f} GFLOP per model-epoch on average, {flops / 1e9:.1f} GFLOP per "
-        f"population epoch (matmuls of forward and backward)"
+        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, {k} models, "
+        f"data: {'synthetic' if args.synthetic else 'MNIST'} {tuple(x.shape)}; "
+        f"{flops / 1e9:.1f} GFLOP per population epoch (matmuls of forward and backward)"
     )
-    results = [measure(int(t), args, data, configs) for t in args.threads.split(",")]
-    best_pop = max(results, key=lambda r: r["population_model_epochs_per_s"])
-    best_plain = max(results, key=lambda r: r["plain_model_epochs_per_s"])
-    ratio = best_pop["population_model_epochs_per_s"] / best_plain["plain_model_epochs_per_s"]
-    full = EPOCHS_N1 * (best_pop["population_s_per_epoch"] + best_pop["validation_s"])
+    torch.set_num_threads(1)
+    diff = agreement(x, y)
+    print(f"numpy network2 vs population, float64, one epoch: max |difference| {diff:.1e}")
+
+    def numpy_run() -> None:
+        n = args.numpy_images
+        xs, ys = x[:n].double().numpy(), y[:n].numpy()
+        for c in configs:
+            numpy_epoch(c, xs, ys)
+
+    def plain_run() -> None:
+        n = args.baseline_images
+        for c in configs:
+            train_single(c, x[:n], y[:n], epochs=1, eta=ETA, lmbda=LMBDA)
+
+    def population_run(processes: int = 1):
+        n = args.pop_images
+        return lambda: train_population(
+            configs, x[:n], y[:n], epochs=1, eta=ETA, lmbda=LMBDA, processes=processes
+        )
+
+    trainers = {  # name: (threads, the work, images it covers)
+        "numpy network2 (per example, float64)": (1, numpy_run, args.numpy_images),
+        "plain PyTorch loop, 1 thread": (1, plain_run, args.baseline_images),
+        "population, 1 thread": (1, population_run(), args.pop_images),
+        "population, 2 threads": (2, population_run(), args.pop_images),
+        "population, 2 processes x 1 thread": (1, population_run(2), args.pop_images),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(args.repeats):  # interleaved, so all see the same background load
+        for name, (threads, work, images) in trainers.items():
+            torch.set_num_threads(threads)
+            seconds[name].append(_timed(work) * N_TRAIN / images)
+    torch.set_num_threads(1)
+    peak = {t: (torch.set_num_threads(t), matmul_rate())[1] for t in (1, 2)}
+    torch.set_num_threads(1)
+    stack = Population(configs, torch.float32)
+    eval_s = min(_timed(lambda: stack.evaluate(vx, vy, LMBDA)) for _ in range(args.repeats))
+    rows = []
+    base = k / min(seconds["numpy network2 (per example, float64)"])
+    one = k / min(seconds["population, 1 thread"])
+    for name, times in seconds.items():
+        rate = k / min(times)
+        rows.append(
+            {
+                "trainer": name,
+                "model_epochs_per_s": rate,
+                "s_per_model_epoch": 1 / rate,
+                "gflops": flops / min(times) / 1e9,
+                "vs_numpy": rate / base,
+                "vs_population_1_thread": rate / one,
+                "timings_s_per_population_epoch": [round(t, 2) for t in times],
+            }
+        )
+        print(
+            f"  {name:40s} {rate:8.3f} model-epochs/s  {1 / rate:8.3f} s/model-epoch  "
+            f"{rate / base:7.1f}x numpy  {rate / one:5.2f}x population@1  "
+            f"{flops / min(times) / 1e9:5.1f} GFLOP/s"
+        )
+    best = max(rows, key=lambda r: r["model_epochs_per_s"])
+    n1 = EPOCHS_N1 * (k / best["model_epochs_per_s"] + eval_s)
     print(
-        f"best against best: population at {best_pop['threads']} thread(s) vs plain loop at "
-        f"{best_plain['threads']}: {ratio:.1f}x (target >= 10x)\n"
-        f"one N1 run ({k} models x {EPOCHS_N1} epochs x {N_TRAIN} images, validating each "
-        f"epoch in {best_pop['validation_s']:.2f} s): about {full / 60:.1f} min; the plain loop "
-        f"about {EPOCHS_N1 / best_plain['plain_model_epochs_per_s'] * k / 60:.0f} min"
+        f"torch.mm 4096^3: {peak[1] / 1e9:.0f} GFLOP/s on 1 thread, {peak[2] / 1e9:.0f} on 2; "
+        f"validation of all {k} models {eval_s:.2f} s; one N1 run ({k} models x {EPOCHS_N1} "
+        f"epochs) with the best trainer ({best['trainer']}): about {n1 / 60:.1f} min"
     )
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "best_ratio": ratio}, indent=2))
+        doc = {
+            "agreement_max_abs_diff": diff,
+            "models": k,
+            "mm_gflops": {str(t): r / 1e9 for t, r in peak.items()},
+            "validation_s": eval_s,
+            "trainers": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
     if args.profile:
-        profile_step(configs, data[0], data[1])
+        profile_step(configs, x, y)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ faithful setting, and ``SMOKE = dataclasses.replace(FULL, ...)``; ``budget`` han
 one that ``--nnsanity-budget`` asks for. Seeds follow ``--nnsanity-seed``: ``seeds(n)`` is
 ``[s, s + 1, ..., s + n - 1]`` for the run's seed ``s``, so the default run uses seeds 0..n-1
 and ``--nnsanity-seed=1000`` a fresh set.
+
+``claim(c)`` records a claim and fails the test unless the claim reproduced (or is an identity
+that holds): a claim known not to reproduce is marked ``not_reproduced(reason)`` (or
+``inconclusive(reason)``) from ``nnsanity.repro.plugin``, a strict xfail, so an unexpected pass
+is reported too.
 """
 
 from __future__ import annotations
@@ -15,39 +20,60 @@ from pathlib import Path
 import pytest
 
 from nnsanity.plugin import SEED
-from nnsanity.repro.claims import Claim, Verdict
+from nnsanity.repro.claims import Claim, ClaimInconclusive, ClaimNotReproduced, Verdict
 
 
 @pytest.fixture(scope="module")
 def budget(request: pytest.FixtureRequest, nnsanity_budget: str):
-    """The requesting module's ``FULL`` or ``SMOKE`` constants, by ``--nnsanity-budget``."""
+    """The requesting module's ``FULL`` or ``SMOKE`` constants, by ``--nnsanity-budget``.
+
+    ``SMOKE = None`` runs the module at the full budget only: its tests are skipped at smoke with
+    the module's ``NOT_AT_SMOKE`` reason."""
     module = request.module
     if not hasattr(module, "FULL") or not hasattr(module, "SMOKE"):
         raise pytest.UsageError(f"{module.__name__} uses `budget` but defines no FULL and SMOKE")
-    return module.FULL if nnsanity_budget == "full" else module.SMOKE
+    if nnsanity_budget == "full":
+        return module.FULL
+    if module.SMOKE is None:
+        pytest.skip(f"full budget only ({module.NOT_AT_SMOKE}): --nnsanity-budget=full")
+    return module.SMOKE
 
 
-@pytest.fixture(scope="session")
-def seeds(pytestconfig: pytest.Config) -> Callable[[int], list[int]]:
+class Seeds:
+    """``seeds(n)``: n consecutive seeds from the run's ``--nnsanity-seed``; remembers them."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.issued: set[int] = set()
+
+    def __call__(self, n: int) -> list[int]:
+        out = [self.base + i for i in range(n)]
+        self.issued.update(out)
+        return out
+
+
+@pytest.fixture(scope="module")
+def seeds(pytestconfig: pytest.Config) -> Seeds:
     """``seeds(n)``: n consecutive seeds starting at the run's ``--nnsanity-seed``."""
-    base = pytestconfig.stash[SEED]
-
-    def take(n: int) -> list[int]:
-        return [base + i for i in range(n)]
-
-    return take
+    return Seeds(pytestconfig.stash[SEED])
 
 
 @pytest.fixture
-def claim(nnsanity_claim: Callable[[Claim], None]) -> Callable[..., None]:
-    """``claim(c, expect=Verdict.REPRODUCED)``: record ``c`` for the table and the JSON report,
-    then assert its verdict, showing the whole claim when it differs."""
+def claim(nnsanity_claim: Callable[[Claim], None], seeds: Seeds) -> Callable[[Claim], Claim]:
+    """``claim(c)``: record ``c`` for the table and the JSON report (with the seeds its module
+    drew, unless it names its own), then raise ``ClaimNotReproduced`` or ``ClaimInconclusive``
+    unless it reproduced or is an identity that holds."""
 
-    def record(c: Claim, expect: Verdict = Verdict.REPRODUCED) -> None:
+    def record(c: Claim) -> Claim:
         __tracebackhide__ = True
+        if not c.seeds and c.verdict is not Verdict.IDENTITY:
+            c.seeds = sorted(seeds.issued)
         nnsanity_claim(c)
-        if c.verdict is not expect:
-            pytest.fail(f"{c.id}: {c.verdict} (expected {expect})\n{c}", pytrace=False)
+        if c.verdict is Verdict.NOT_REPRODUCED:
+            raise ClaimNotReproduced(str(c))
+        if c.verdict is Verdict.INCONCLUSIVE:
+            raise ClaimInconclusive(str(c))
+        return c
 
     return record
 

@@ -297,12 +297,14 @@ def _stacked_logits(weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tens
     return torch.baddbmm(biases[-1].unsqueeze(1), a, weights[-1].transpose(1, 2))
 
 
-def _stacked_init(sizes, seeds, init, dtype, device) -> tuple[list[Tensor], list[Tensor]]:
+def _stacked_init(
+    sizes, seeds, init, dtype, device, weight_scale: float = 1.0
+) -> tuple[list[Tensor], list[Tensor]]:
     params = [
         init_parameters(Network2Config(sizes, s, init), dtype=dtype, device=device) for s in seeds
     ]
     return (
-        [torch.stack(ws) for ws in zip(*(p[0] for p in params), strict=True)],
+        [weight_scale * torch.stack(ws) for ws in zip(*(p[0] for p in params), strict=True)],
         [torch.stack(bs) for bs in zip(*(p[1] for p in params), strict=True)],
     )
 
@@ -333,22 +335,36 @@ def bias_gradients(
     *,
     seeds: Sequence[int],
     init: str = "default",
+    weight_scale: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device=None,
 ) -> list[Tensor]:
     """N2: for fresh networks (one per seed), each hidden layer's bias gradient of the mean cost
     over the images, i.e. generate_gradient.py's signed average of dC_x/db^l. Returns one
-    (len(seeds), width) tensor per hidden layer; take ``.norm(dim=1)`` for the book's numbers."""
+    (len(seeds), width) tensor per hidden layer; take ``.norm(dim=1)`` for the book's numbers.
+    ``weight_scale`` multiplies every initial weight (1: the book's init)."""
     _check_stack(sizes, x, y, seeds)
-    weights, biases = _stacked_init(tuple(sizes), seeds, init, dtype, device)
+    weights, biases = _stacked_init(tuple(sizes), seeds, init, dtype, device, weight_scale)
     x = x.to(weights[0].device, dtype)
     onehot = F.one_hot(y.to(x.device), sizes[-1]).to(dtype)
     return _hidden_bias_gradients(weights, biases, x, onehot)
 
 
-def bias_gradient_norms(sizes, x, y, *, seeds, init="default", dtype=torch.float64, device=None):
+def bias_gradient_norms(
+    sizes: Sequence[int],
+    x: Tensor,
+    y: Tensor,
+    *,
+    seeds: Sequence[int],
+    init: str = "default",
+    weight_scale: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+) -> Tensor:
     """N2's numbers: (len(seeds), n_hidden) norms of each hidden layer's mean bias gradient."""
-    grads = bias_gradients(sizes, x, y, seeds=seeds, init=init, dtype=dtype, device=device)
+    grads = bias_gradients(
+        sizes, x, y, seeds=seeds, init=init, weight_scale=weight_scale, dtype=dtype, device=device
+    )
     return torch.stack([g.norm(dim=1) for g in grads], dim=1)
 
 

@@ -64,16 +64,43 @@ def accuracy_by_depth(
 def learning_speed(speeds: torch.Tensor, path: Path, title: str) -> Path:
     """Nielsen's log-axis figure: each hidden layer's bias-gradient norm over epochs.
 
-    ``speeds`` is (seeds, epochs, hidden layers); the line is the geometric mean over seeds.
+    ``speeds`` is (seeds, epochs, hidden layers); the line is the geometric mean over seeds and
+    the band the range over seeds.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    geo = speeds.double().cpu().clamp_min(1e-300).log().mean(0).exp().numpy()
+    v = speeds.double().cpu().clamp_min(1e-300)
+    geo = v.log().mean(0).exp().numpy()
+    lo, hi = v.min(0).values.numpy(), v.max(0).values.numpy()
+    epochs = np.arange(geo.shape[0])
     for layer in range(geo.shape[1]):
-        ax.plot(geo[:, layer], label=f"hidden layer {layer + 1}")
+        (line,) = ax.plot(epochs, geo[:, layer], label=f"hidden layer {layer + 1}")
+        ax.fill_between(epochs, lo[:, layer], hi[:, layer], alpha=0.2, color=line.get_color())
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="||dC/db|| (speed of learning)", title=title)
     ax.legend()
+    return _save(fig, path)
+
+
+def top_six_neurons(gradients: Sequence[torch.Tensor], path: Path, title: str) -> Path:
+    """The book's N2 figure: bars of |dC/db| for the top six neurons of each hidden layer.
+
+    ``gradients[l]`` is (inits, width), hidden layer l's bias gradient of the mean cost for each
+    init; the bars are the first init's (the book shows one network), dots the other inits'.
+    """
+    plt = _pyplot()
+    layers = len(gradients)
+    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers, 3.6), sharey=True)
+    for layer, (ax, grad) in enumerate(zip(np.atleast_1d(axes), gradients, strict=True)):
+        g = grad[:, :6].abs().double().cpu().numpy()  # (inits, 6)
+        neurons = np.arange(1, g.shape[1] + 1)
+        ax.bar(neurons, g[0], color=f"C{layer}", alpha=0.8, label="first init")
+        jitter = np.linspace(-0.25, 0.25, max(g.shape[0] - 1, 1))
+        for i, row in enumerate(g[1:]):
+            ax.plot(neurons + jitter[i], row, ".", color="k", alpha=0.15, ms=3)
+        ax.set(xlabel="neuron", title=f"hidden layer {layer + 1}", yscale="log")
+    np.atleast_1d(axes)[0].set_ylabel("|dC/db| at init")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -165,12 +192,20 @@ def autoencoder_training(
     title: str,
     path: Path,
 ) -> Path:
-    """S1: training error against updates, one line per arm (its first seed), and the
-    mean-image plateau. ``curves[arm]`` is (points,)."""
+    """S1: training error against updates, one line per arm (mean over seeds, band: range over
+    seeds), and the mean-image plateau. ``curves[arm]`` is (points, seeds)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
-        ax.plot(steps, curve.numpy(), label=name)
+        c = curve.double().cpu()
+        (line,) = ax.plot(steps, c.mean(1).numpy(), label=f"{name} (n={c.shape[1]})")
+        ax.fill_between(
+            steps,
+            c.min(1).values.numpy(),
+            c.max(1).values.numpy(),
+            alpha=0.2,
+            color=line.get_color(),
+        )
     ax.axhline(mean_image_error, color="grey", linestyle="--", label="mean image")
     ax.set(
         yscale="log",
@@ -178,7 +213,7 @@ def autoencoder_training(
         ylabel="squared error per image",
         title=title,
     )
-    ax.legend()
+    ax.legend(fontsize="small")
     return _save(fig, path)
 
 

@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 BUDGETS = ("smoke", "full")
 
 
+def not_reproduced(reason: str, *, budget: str | None = None) -> pytest.MarkDecorator:
+    """Mark a claim test whose claim is known not to reproduce (at ``budget`` only, if given):
+    it becomes a strict xfail that expects the recording fixture's ``ClaimNotReproduced``, so
+    an unexpected pass fails the run, and so does an inconclusive or a crashing test.
+    ``reason`` states the measured reason in short; the claim card states it in full."""
+    return pytest.mark.nnsanity_known(kind="not reproduced", budget=budget, reason=reason)
+
+
+def inconclusive(reason: str, *, budget: str | None = None) -> pytest.MarkDecorator:
+    """As ``not_reproduced``, for a claim our measurement cannot decide (``ClaimInconclusive``),
+    e.g. at the smoke budget only, where fewer seeds leave its interval too wide."""
+    return pytest.mark.nnsanity_known(kind="inconclusive", budget=budget, reason=reason)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(
         parser,
@@ -60,8 +74,28 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 "--nnsanity-plots needs matplotlib: pip install 'nnsanity[repro]'"
             ) from None
+    config.addinivalue_line(
+        "markers",
+        "nnsanity_known(kind, budget, reason): a claim known not to reproduce or to be "
+        "inconclusive (at one budget, or all): a strict xfail; see nnsanity.repro.plugin",
+    )
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(_ClaimTable(config), "nnsanity-claims")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Turn each ``nnsanity_known`` mark that applies to this budget into a strict xfail."""
+    from nnsanity.repro.claims import ClaimInconclusive, ClaimNotReproduced
+
+    raises = {"not reproduced": ClaimNotReproduced, "inconclusive": ClaimInconclusive}
+    budget = option(config, "budget", "smoke")
+    for item in items:
+        for mark in item.iter_markers("nnsanity_known"):
+            kind, when = mark.kwargs["kind"], mark.kwargs.get("budget")
+            if when is None or when == budget:
+                where = "" if when is None else f" at the {when} budget"
+                reason = f"known {kind}{where}: {mark.kwargs['reason']}"
+                item.add_marker(pytest.mark.xfail(strict=True, raises=raises[kind], reason=reason))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -107,7 +141,9 @@ def nnsanity_mnist(nnsanity_data_dir: Path | None) -> MNIST:
 
 @pytest.fixture
 def nnsanity_claim(request: pytest.FixtureRequest) -> Callable[[Claim], None]:
-    """``record(claim)``: add a Claim to the end-of-run table and the JSON report."""
+    """``record(claim)``: add a Claim to the end-of-run table and the JSON report; the report
+    adds the test's wall time (its setup included, so a shared measurement is charged to the
+    first claim that needs it)."""
 
     def record(claim: Claim) -> None:
         entry = {"test": request.node.nodeid, **claim.to_dict()}
@@ -160,17 +196,22 @@ def nnsanity_progress(pytestconfig: pytest.Config) -> Callable[..., None]:
 
 
 class _ClaimTable:
-    """Collects claims from test reports (so xdist workers' claims reach the controller)."""
+    """Collects claims from test reports (so xdist workers' claims reach the controller), with
+    each test's wall time: setup, call and teardown."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.claims: list[dict[str, Any]] = []
+        self.seconds: dict[str, float] = {}
+        self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.claims += [
-                cast(dict[str, Any], v) for k, v in report.user_properties if k == "nnsanity_claim"
-            ]
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+        if report.when == "teardown":
+            for key, value in report.user_properties:
+                if key == "nnsanity_claim":
+                    claim = cast(dict[str, Any], value)
+                    self.claims.append({**claim, "seconds": self.seconds[report.nodeid]})
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.claims:
@@ -182,10 +223,14 @@ class _ClaimTable:
             terminalreporter.write_line(line)
         path = option(self.config, "report")
         if path is not None:
-            meta = {
-                "seed": self.config.stash[SEED],
+            seed: int = self.config.stash[SEED]
+            meta: dict[str, Any] = {
+                "seed": seed,
                 "budget": option(self.config, "budget", "smoke"),
                 "device": option(self.config, "device", "cpu"),
+                "command": " ".join(["pytest", *self.config.invocation_params.args]),
+                "wall_seconds": time.time() - self.started,
+                "test_seconds": sum(self.seconds.values()),
             }
-            written = _report.write_json(Path(path), self.claims, meta)
+            written = _report.write_json(Path(path), self.claims, meta, self.config.rootpath)
             terminalreporter.write_line(f"nnsanity: claim report written to {written}")

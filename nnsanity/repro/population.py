@@ -31,6 +31,7 @@ from nnsanity.repro.network2 import (
     init_parameters,
     order_generator,
 )
+from nnsanity.repro.parallel import map_processes
 
 _EVAL_CHUNK = 2**22  # elements per (K, chunk, width) activation block when evaluating
 
@@ -301,6 +302,7 @@ def train_population(
     dtype: torch.dtype = torch.float32,
     device=None,
     progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
 ) -> PopulationResult:
     """Train each config as network2 would, all at once; ``progress(done, total)`` after each
     epoch counts model-epochs.
@@ -308,15 +310,57 @@ def train_population(
     Proves, per model, what ``train_single`` proves (tested equal to float rounding); it does
     not make the models interact. Models may differ in depth and seed and init, but must share
     the input size, output size and hidden width, and eta, lmbda and the mini-batch size.
+
+    ``processes > 1`` (CPU only) splits the models into that many groups of about equal work and
+    trains each group in its own forked process on one thread: small batched GEMMs gain little
+    from a second thread, but two populations side by side keep both cores busy. A model's
+    numbers depend on the population around it only through float rounding (MKL's batched
+    GEMMs round a few models differently by batch size: about 1 ulp per step), so the split is
+    deterministic but not bit-identical to one process: fix ``processes`` to repeat a run.
     """
     _check_configs(configs)  # all share the input and output sizes
     check_training_arguments(
         configs[0], train_x, train_y, eval_x, eval_y, epochs, mini_batch_size, eta, lmbda, dtype
     )
-    n_out, n, m = configs[0].sizes[-1], len(train_x), mini_batch_size
     if progress is not None and not callable(progress):
         raise TypeError("progress must be callable(done_model_epochs, total_model_epochs)")
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"processes must be an int >= 1, got {processes!r}")
+    kwargs = {
+        "epochs": epochs,
+        "eta": eta,
+        "lmbda": lmbda,
+        "mini_batch_size": mini_batch_size,
+        "eval_x": eval_x,
+        "eval_y": eval_y,
+        "monitor_training_cost": monitor_training_cost,
+        "dtype": dtype,
+        "device": device,
+    }
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if processes > 1 and len(configs) > 1 and on_cpu:
+        return _train_in_processes(configs, train_x, train_y, kwargs, progress, processes)
+    return _train(configs, train_x, train_y, progress=progress, **kwargs)
 
+
+def _train(
+    configs: Sequence[Network2Config],
+    train_x: Tensor,
+    train_y: Tensor,
+    *,
+    epochs: int,
+    eta: float,
+    lmbda: float,
+    mini_batch_size: int,
+    eval_x: Tensor | None,
+    eval_y: Tensor | None,
+    monitor_training_cost: bool,
+    dtype: torch.dtype,
+    device,
+    progress: Callable[[int, int], None] | None,
+) -> PopulationResult:
+    """The training loop of ``train_population`` in this process, arguments checked."""
+    n_out, n, m = configs[0].sizes[-1], len(train_x), mini_batch_size
     start = time.perf_counter()
     stack = Population(configs, dtype, device)
     k, dev = stack.k, stack.w_in.device
@@ -358,5 +402,69 @@ def train_population(
         training_cost=train_cost[rows] if monitor_training_cost else None,
         weights=tuple(p[0] for p in params),
         biases=tuple(p[1] for p in params),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _flops(config: Network2Config) -> int:
+    """Multiply-adds of one example's forward pass: the work a model adds to a population."""
+    return sum(i * o for i, o in zip(config.sizes[:-1], config.sizes[1:], strict=True))
+
+
+def split(configs: Sequence[Network2Config], groups: int) -> list[list[int]]:
+    """Indices of ``configs`` in ``groups`` non-empty groups of about equal work: the largest
+    model first into the lightest group (deterministic, so a run repeats exactly)."""
+    order = sorted(range(len(configs)), key=lambda k: (-_flops(configs[k]), k))
+    parts: list[list[int]] = [[] for _ in range(min(groups, len(configs)))]
+    load = [0] * len(parts)
+    for k in order:
+        g = min(range(len(parts)), key=lambda i: (load[i], i))
+        parts[g].append(k)
+        load[g] += _flops(configs[k])
+    return [sorted(p) for p in parts]
+
+
+def _train_in_processes(configs, train_x, train_y, kwargs, progress, processes) -> PopulationResult:
+    start = time.perf_counter()
+    parts = split(configs, processes)
+    total = len(configs) * kwargs["epochs"]
+
+    def train_group(part: list[int], tick) -> PopulationResult:
+        done = [0]
+
+        def per_epoch(model_epochs: int, _total: int) -> None:
+            tick(model_epochs - done[0])
+            done[0] = model_epochs
+
+        group = [configs[k] for k in part]
+        return _train(group, train_x, train_y, progress=per_epoch, **kwargs)
+
+    results = map_processes(
+        train_group,
+        parts,
+        groups=[[i] for i in range(len(parts))],
+        processes=len(parts),
+        progress=None if progress is None else lambda done: progress(min(done, total), total),
+    )
+    if progress is not None:
+        progress(total, total)
+    rows: list[tuple[PopulationResult, int]] = [None] * len(configs)  # type: ignore[list-item]
+    for part, result in zip(parts, results, strict=True):
+        for r, k in enumerate(part):
+            rows[k] = (result, r)
+
+    def gather(field: str) -> Tensor | None:
+        if getattr(rows[0][0], field) is None:
+            return None
+        return torch.stack([getattr(res, field)[r] for res, r in rows])
+
+    return PopulationResult(
+        configs=tuple(configs),
+        correct=torch.stack([res.correct[r] for res, r in rows]),
+        n_eval=results[0].n_eval,
+        evaluation_cost=gather("evaluation_cost"),
+        training_cost=gather("training_cost"),
+        weights=tuple(res.weights[r] for res, r in rows),
+        biases=tuple(res.biases[r] for res, r in rows),
         seconds=time.perf_counter() - start,
     )

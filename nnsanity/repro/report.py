@@ -1,26 +1,44 @@
-"""The claim table printed at the end of `pytest reproductions`, and its JSON twin."""
+"""The claim table printed at the end of `pytest reproductions`, its JSON twin, and the report.
+
+``python -m nnsanity.repro.report --markdown RESULTS.json [--figures DIR] [-o REPORT.md]``
+renders a JSON claim report (``--nnsanity-report``) as the Markdown report a student can read:
+provenance, the verdict counts with identities apart, every claim with the statistic its verdict
+used, what does not reproduce, criteria changed after seeing data, fragile verdicts, per-claim
+wall time and the figures. ``--compare OTHER.json`` lists the claims whose verdicts differ
+between two reports (two seeds, two budgets, two machines).
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
 import os
 import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from nnsanity.repro.stats import summarize
 
-_COLUMNS = ("claim", "published", "measured (mean ± sd, n)", "interval", "verdict")
-
-
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
+_COLUMNS = (
+    "claim",
+    "fidelity",
+    "published",
+    "verdict used",
+    "n",
+    "interval",
+    "interval kind",
+    "verdict",
+    "flip",
+)
+_ORDER = ("reproduced", "not reproduced", "inconclusive", "identity")
+FLIP_TARGET = 0.05  # the flip probability a verdict should stay under (issue 10)
+_PACKAGES = ("nnsanity", "torch", "numpy", "scipy", "torchvision", "matplotlib", "pytest")
 
 
 def _num(x: float | None) -> str:
@@ -30,24 +48,61 @@ def _num(x: float | None) -> str:
     return f"{x:.6g}" if x == int(x) or abs(x) >= 1000 else f"{x:.4g}"
 
 
-def _row(c: dict[str, Any]) -> tuple[str, ...]:
-    unit = c.get("unit", "")
-    values = c.get("measured") or []
+def _published(c: dict[str, Any]) -> str:
+    p = c.get("published")
+    if p is None:
+        return "-"
+    if isinstance(p, (int, float)):
+        return _num(float(p)) + c.get("unit", "")
+    return str(p)
+
+
+def _measured(c: dict[str, Any]) -> str:
+    values, unit = c.get("measured") or [], c.get("unit", "")
     if not values:
-        measured = "-"
-    elif len(values) == 1:
-        measured = f"{values[0]:.6g}{unit}"
-    else:
-        s = summarize(values)
-        spread = "0" if s.sd == 0 else f"{s.sd:.2g}"
-        mean = f"{s.mean:.6g}" if s.sd == 0 else f"{s.mean:.4g}"
-        measured = f"{mean} ± {spread}{unit} (n={s.n})"
+        return "-"
+    if len(values) == 1:
+        return f"{_num(values[0])}{unit}"
+    s = summarize(values)
+    return f"{_num(s.mean)} ± {'0' if s.sd == 0 else f'{s.sd:.2g}'}{unit} (n={s.n})"
+
+
+def _used(c: dict[str, Any]) -> str:
+    """The statistic the verdict was judged on, named: 'median 118.7', 'proportion 0.6'."""
+    if c.get("estimate") is None:
+        return "-"
+    return f"{c.get('estimator', '')} {_num(c['estimate'])}{c.get('unit', '')}".strip()
+
+
+def _interval(c: dict[str, Any]) -> str:
     lo_hi = c.get("interval")
-    interval = f"[{_num(lo_hi[0])}, {_num(lo_hi[1])}]" if lo_hi else "-"
-    published = _fmt(c.get("published"))
-    if unit and published != "-" and isinstance(c.get("published"), (int, float)):
-        published += unit
-    return (c["id"], published, measured, interval, c["verdict"])
+    return f"[{_num(lo_hi[0])}, {_num(lo_hi[1])}]" if lo_hi else "-"
+
+
+def _flip(c: dict[str, Any]) -> str:
+    flip = c.get("flip")
+    return "-" if flip is None else f"{flip:.2f}"
+
+
+def _row(c: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        c["id"],
+        c.get("fidelity", "faithful"),
+        _published(c),
+        _used(c),
+        str(len(c.get("measured") or [])),
+        _interval(c),
+        c.get("interval_kind", "") or "-",
+        c["verdict"],
+        _flip(c),
+    )
+
+
+def counts(claims: list[dict[str, Any]]) -> str:
+    """'40 reproduced, 6 not reproduced, 2 inconclusive; 34 identities', in a fixed order."""
+    n = {v: sum(c["verdict"] == v for c in claims) for v in _ORDER}
+    empirical = ", ".join(f"{n[v]} {v}" for v in _ORDER[:3] if n[v] or v == "reproduced")
+    return f"{empirical}; {n['identity']} identities (exact checks, not counted as reproductions)"
 
 
 def table(claims: list[dict[str, Any]]) -> list[str]:
@@ -58,13 +113,11 @@ def table(claims: list[dict[str, Any]]) -> list[str]:
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    counts: dict[str, int] = {}
-    for c in claims:
-        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    lines.append(", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+    lines.append(counts(claims))
     return lines
 
 
+# -- provenance --------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -73,15 +126,49 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
     }
     try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else None
+    except OSError:
+        pass
+    try:
         import torch
 
-        info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["cuda_device"] = torch.cuda.get_device_name()
     except ImportError:
         pass
     return info
+
+
+def packages() -> dict[str, str | None]:
+    """Installed versions of the packages a verdict depends on."""
+    return {name: _version(name) for name in _PACKAGES}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git(root: Path) -> dict[str, Any]:
+    """The commit the run ran, and whether the work tree differed from it."""
+
+    def run(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def _strict(x: Any) -> Any:
@@ -95,16 +182,199 @@ def _strict(x: Any) -> Any:
     return x
 
 
-def write_json(path: Path, claims: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    from nnsanity._version import __version__
-
+def write_json(
+    path: Path, claims: list[dict[str, Any]], meta: dict[str, Any], root: Path | None = None
+) -> Path:
+    """The claims with the run's provenance: git commit, package versions, machine, seeds and
+    budget (in ``meta``), wall time per claim (in each claim) and in all."""
     doc = {
-        "nnsanity": __version__,
         "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git(root or Path.cwd()),
+        "packages": packages(),
         "machine": machine(),
         **meta,
+        "counts": counts(claims),
         "claims": sorted(claims, key=lambda c: c["id"]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_strict(doc), indent=2, allow_nan=False) + "\n")
     return path
+
+
+# -- the Markdown report -------------------------------------------------------------------------
+FIGURES = {  # file name -> caption, in the order the report shows them
+    "N1_accuracy_by_depth.png": "N1: validation accuracy per epoch for 1-4 hidden layers "
+    "(line: mean over seeds; band: min-max over seeds; dotted: the book's single runs).",
+    "N2_top_six_neurons.png": "N2: the book's bars, |dC/db| of the top six neurons of each "
+    "hidden layer of [784,30,30,10] at init (first seed), with the other inits as dots.",
+    "N2_initial_gradients.png": "N2: per-layer ||dC/db|| at init over inits (bars: median, "
+    "whiskers: 5-95%), published values as diamonds.",
+    "N3_learning_speed_2_hidden.png": "N3: speed of learning per hidden layer, 2 hidden layers "
+    "(log axis; line: geometric mean over seeds; band: min-max).",
+    "N3_learning_speed_3_hidden.png": "N3: the same with 3 hidden layers.",
+    "N3_learning_speed_4_hidden.png": "N3: the same with 4 hidden layers.",
+    "N6_width_eq123.png": "N6: eq. (123)'s width of the unstable set against |w|.",
+    "G1_sigmoid_saturation.png": "G1: mean ± sd of each sigmoid hidden layer's activation "
+    "during training (Glorot & Bengio Fig. 2 layout).",
+    "G1_backprop_gradient_variance.png": "G1: variance of the back-propagated gradient per "
+    "layer at init, standard vs normalised init (Fig. 7's message).",
+    "S1_autoencoder_training.png": "S1: autoencoder training error per arm (line: mean over "
+    "seeds; band: min-max), and the mean-image plateau.",
+}
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(doc: dict[str, Any], figures: Path | None = None, relative_to: Path | None = None):
+    """The report as Markdown lines, from a JSON claim report."""
+    claims = doc["claims"]
+    git_info = doc.get("git") or {}
+    commit = git_info.get("commit") or "unknown"
+    dirty = " (with uncommitted changes)" if git_info.get("dirty") else ""
+    pk = doc.get("packages", {})
+    m = doc.get("machine", {})
+    total = doc.get("wall_seconds")
+    lines = [
+        "# Reproductions: the report",
+        "",
+        "Generated by `python -m nnsanity.repro.report --markdown` from the JSON claim report of "
+        "one run; do not edit by hand.",
+        "",
+        f"- **Commit:** `{commit}`{dirty}",
+        f"- **Command:** `{doc.get('command', '')}` (budget `{doc.get('budget')}`, "
+        f"`--nnsanity-seed={doc.get('seed')}`, device `{doc.get('device')}`)",
+        f"- **When:** {doc.get('datetime')}; **wall time:** "
+        + (f"{total / 60:.1f} min" if total else "unknown"),
+        f"- **Machine:** {m.get('cpu') or m.get('processor')}, {m.get('cpu_count')} CPU cores, "
+        f"{m.get('platform')}; Python {m.get('python')}"
+        + (f"; GPU {m['cuda_device']}" if m.get("cuda_device") else ""),
+        "- **Packages:** " + ", ".join(f"{k} {v}" for k, v in pk.items() if v),
+        "",
+        f"**Verdicts:** {counts(claims)}.",
+        "",
+        "Verdicts: *reproduced* (the declared criterion holds), *not reproduced* (it fails), "
+        "*inconclusive* (the interval is too wide to decide), *identity* (an exact check of a "
+        "definition, a formula or our own code, reported apart). *Flip* is the estimated "
+        "probability that a fresh set of seeds gives another verdict (a normal fit to the "
+        f"measurements, redrawn 2,000 times); the target is below {FLIP_TARGET:.0%}. "
+        "*Fidelity*: faithful (the source's setting) or scaled (a smaller setting, see the "
+        "claim card). Seconds: the test's wall time; a measurement shared by several claims is "
+        "charged to the first.",
+        "",
+    ]
+    empirical = [c for c in claims if c["verdict"] != "identity"]
+    identities = [c for c in claims if c["verdict"] == "identity"]
+    header = (
+        "| claim | source | statement | published | measured (mean ± sd, n) | verdict used "
+        "| interval | interval kind | verdict | fidelity | flip | seconds |"
+    )
+    rule = "|" + "---|" * 12
+
+    def rows(cs: list[dict[str, Any]]) -> list[str]:
+        out = [header, rule]
+        for c in sorted(cs, key=lambda c: c["id"]):
+            cells = [
+                f"`{c['id']}`",
+                c.get("source", ""),
+                c.get("statement", ""),
+                _published(c),
+                _measured(c),
+                _used(c),
+                _interval(c),
+                c.get("interval_kind", "") or "-",
+                f"**{c['verdict']}**",
+                c.get("fidelity", "faithful"),
+                _flip(c),
+                f"{c.get('seconds', 0):.1f}",
+            ]
+            out.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+        return out
+
+    failing = [c for c in empirical if c["verdict"] in ("not reproduced", "inconclusive")]
+    lines += ["## What does not reproduce, and why", ""]
+    if not failing:
+        lines += ["Every empirical claim reproduced.", ""]
+    for c in sorted(failing, key=lambda c: c["id"]):
+        reason = c.get("details", {}).get("why", "")
+        lines.append(
+            f"- `{c['id']}` ({c['verdict']}): {c.get('statement', '')}. Published "
+            f"{_published(c)}; {_used(c)}, {c.get('interval_kind', '')} {_interval(c)}. {reason}"
+        )
+    lines += ["", "## Criteria changed after seeing data", ""]
+    changed = [c for c in claims if c.get("changed")]
+    lines += [f"- `{c['id']}`: {c['changed']}" for c in sorted(changed, key=lambda c: c["id"])]
+    lines += ["" if changed else "None.", ""]
+    fragile = [c for c in claims if (c.get("flip") or 0) >= FLIP_TARGET]
+    lines += [f"## Verdicts a fresh seed set could flip (flip >= {FLIP_TARGET:.0%})", ""]
+    lines += [
+        f"- `{c['id']}` ({c['verdict']}): flip {c['flip']:.2f}, {_used(c)}, "
+        f"{c.get('interval_kind', '')} {_interval(c)}"
+        for c in sorted(fragile, key=lambda c: -c["flip"])
+    ]
+    lines += ["" if fragile else "None.", ""]
+    lines += ["## Empirical claims", "", *rows(empirical), ""]
+    lines += ["## Identities (exact checks)", "", *rows(identities), ""]
+    by_file: dict[str, float] = {}
+    for c in claims:
+        f = c.get("test", "").split("::")[0]
+        by_file[f] = by_file.get(f, 0.0) + c.get("seconds", 0.0)
+    lines += ["## Wall time per claim file", "", "| file | seconds |", "|---|---|"]
+    lines += [f"| `{f}` | {s:.0f} |" for f, s in sorted(by_file.items(), key=lambda kv: -kv[1])]
+    lines.append("")
+    if figures is not None and figures.is_dir():
+        lines += ["## Figures", ""]
+        present = {p.name for p in figures.glob("*.png")}
+        for name in [*FIGURES, *sorted(present - set(FIGURES))]:
+            if name in present:
+                path = figures / name
+                shown = os.path.relpath(path, relative_to) if relative_to else str(path)
+                lines += [f"![{name}]({shown})", "", FIGURES.get(name, name), ""]
+    return lines
+
+
+def compare(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """One line per claim whose verdict differs between two reports (e.g. two seeds), with the
+    flip probabilities each run estimated for it; claims in only one report are named too."""
+    a = {c["id"]: c for c in first["claims"]}
+    b = {c["id"]: c for c in second["claims"]}
+    lines = []
+    for cid in sorted(a.keys() | b.keys()):
+        if cid not in a or cid not in b:
+            lines.append(f"{cid}: only in the {'first' if cid in a else 'second'} report")
+        elif a[cid]["verdict"] != b[cid]["verdict"]:
+            lines.append(
+                f"{cid}: {a[cid]['verdict']} (flip {_flip(a[cid])}) vs {b[cid]['verdict']} "
+                f"(flip {_flip(b[cid])})"
+            )
+    same = len(a.keys() & b.keys()) - sum(" vs " in line for line in lines)
+    lines.append(f"{same} of {len(a.keys() & b.keys())} shared claims have the same verdict")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render a JSON claim report as Markdown.")
+    parser.add_argument("json", type=Path, help="a report written by --nnsanity-report")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown (the default)")
+    parser.add_argument("--figures", type=Path, default=None, help="folder of the run's PNGs")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="write here (default: -)")
+    parser.add_argument(
+        "--compare", type=Path, default=None, help="print the verdicts that differ from this report"
+    )
+    args = parser.parse_args(argv)
+    doc = json.loads(args.json.read_text())
+    if args.compare is not None:
+        print("\n".join(compare(doc, json.loads(args.compare.read_text()))))
+        return 0
+    where = args.output.parent if args.output else Path.cwd()
+    text = "\n".join(markdown(doc, args.figures, where.resolve())) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""The few statistics the reproductions need, done right for small samples of seeds.
+"""The few intervals the reproductions need, done right for small samples of seeds.
 
 A published number from one run is compared with the distribution of single runs (a prediction
-interval), not with the mean of ours; an ordering is tested for significance before it is
-asserted; a Monte Carlo estimate carries its standard error.
+interval), not with the mean of ours; a mean gets its t interval; a Monte Carlo proportion its
+Wilson interval. The tests behind the verdicts are in ``nnsanity.repro.claims``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ class Summary:
         return f"{self.mean:.4g} ± {self.sd:.2g} (n={self.n})"
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def summarize(values: Sequence[float] | np.ndarray) -> Summary:
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("summarize needs at least one value.")
     return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
 
 
-def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+def prediction_interval(
+    values: Sequence[float] | np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
     """Interval that holds one further single run with probability ``level`` (normal model).
 
     mean ± t_{n-1, (1+level)/2} · s · sqrt(1 + 1/n): wider than a confidence interval for the
@@ -54,32 +56,7 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     return s.mean - half, s.mean + half
 
 
-def welch_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
-    """One-sided Welch t-test p-value for mean(a) > mean(b)."""
-    a_, b_ = np.asarray(a, float), np.asarray(b, float)
-    if a_.std(ddof=1) == 0 and b_.std(ddof=1) == 0:
-        return 0.0 if a_.mean() > b_.mean() else 1.0
-    return float(stats.ttest_ind(a_, b_, equal_var=False, alternative="greater").pvalue)
-
-
-def paired_p_greater(a: Sequence[float], b: Sequence[float]) -> float:
-    """One-sided paired t-test p-value for mean(a - b) > 0 (runs paired by seed)."""
-    a_, b_ = np.asarray(a, float), np.asarray(b, float)
-    if a_.shape != b_.shape:
-        raise ValueError(f"paired runs need equal lengths, got {a_.size} and {b_.size}.")
-    d = a_ - b_
-    if d.std(ddof=1) == 0:
-        return 0.0 if d.mean() > 0 else 1.0
-    return float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
-
-
 def proportion_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (scipy.stats.binomtest), good near 0 and 1 too."""
     ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
-
-
-def binomial_se(successes: int, trials: int) -> float:
-    """Standard error of a Monte Carlo proportion."""
-    p = successes / trials
-    return math.sqrt(p * (1 - p) / trials)

@@ -11,39 +11,44 @@ with four "the first hidden layer is learning roughly 100 times slower than the 
 layer".
 
 Measured: exactly that run (nnsanity.repro.network2.gradient_descent_speeds, float64 as the book)
-for several seeds at once.
+for several seeds at once (seeds from --nnsanity-seed).
 
-Pass criteria, declared before the runs (per seed, then "reproduced" when every seed agrees):
+Criteria (per seed, then across seeds):
 - first-slower: the first hidden layer's speed is below the last hidden layer's at >= 99% of the
-  500 epochs (2 hidden layers), and it is the slowest hidden layer at >= 99% of epochs (3 and 4).
-- drop-and-rebound (2 hidden layers): for each layer, the minimum speed after epoch 0 is at most
-  half the initial speed (a drop), and the speed at epoch 500 is at least twice that minimum (a
-  rebound).
-- roughly 100x (4 hidden layers): the median over epochs of last/first lies in [50, 200], a
-  factor of 2 around 100, as for N2.
+  500 epochs (2 hidden layers), and it is the slowest hidden layer at >= 99% of epochs (3 and 4);
+  reproduced when every seed shows it;
+- drop-and-rebound (2 hidden layers): per seed and layer, the minimum speed after epoch 0 is at
+  most half the initial speed (a drop) and the speed at epoch 500 at least twice that minimum (a
+  rebound); measured per seed: the smaller of log2(start/min) and log2(end/min) over both
+  layers; reproduced when every seed exceeds 1;
+- roughly 100x (4 hidden layers): per seed, the median over epochs of last/first; TOST on its
+  log10 around log10(100) = 2 with margin log10(2): reproduced when the geometric mean's 90% CI
+  lies within [50, 200]. Changed 2026-11-29 from "every seed in [50, 200]" (issue 10: a fresh
+  seed set flipped it with probability about 0.34, and more seeds would only make it fail).
 
-Smoke budget: the faithful 500 epochs with 3 seeds instead of 5 (every-seed criteria are easier to
-meet with fewer seeds; the full run is the one quoted in the README).
+Smoke budget: the faithful 500 epochs with 4 seeds instead of 8.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
+import torch
 
-from nnsanity.repro.claims import every_seed_claim
+from nnsanity.repro.claims import equivalence_claim, every_seed_claim
 from nnsanity.repro.network2 import gradient_descent_speeds
+from nnsanity.repro.parallel import map_processes, processes_for
 from nnsanity.repro.plots import learning_speed
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
-ABOUT_100 = (50.0, 200.0)
 MOST_EPOCHS = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    seeds: int = 5
+    seeds: int = 8
     epochs: int = 500
     images: int = 1000
     eta: float = 0.1
@@ -52,30 +57,47 @@ class Budget:
 
 
 FULL = Budget()
-SMOKE = dataclasses.replace(FULL, seeds=3)
+SMOKE = dataclasses.replace(FULL, seeds=4)
 
 
 @pytest.fixture(scope="module")
 def speeds(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress):
-    """hidden layers -> (seeds, epochs, hidden layers) speeds of learning."""
-    b = budget
+    """hidden layers -> (seeds, epochs, hidden layers) speeds of learning; the three depths run
+    in two processes."""
+    b, run_seeds = budget, seeds(budget.seeds)
     x, y = nnsanity_mnist.train_x[: b.images], nnsanity_mnist.train_y[: b.images]
-    out = {}
-    for depth in (2, 3, 4):
-        out[depth] = gradient_descent_speeds(
+    depths = [2, 3, 4]
+
+    def run(depth: int, tick) -> torch.Tensor:
+        done = [0]
+
+        def per_epoch(epoch: int, _total: int) -> None:
+            tick(epoch - done[0])
+            done[0] = epoch
+
+        return gradient_descent_speeds(
             (784, *[b.hidden] * depth, 10),
             x,
             y,
-            seeds=seeds(b.seeds),
+            seeds=run_seeds,
             epochs=b.epochs,
             eta=b.eta,
             lmbda=b.lmbda,
             device=nnsanity_device,
-            progress=lambda done, total, d=depth: nnsanity_progress(
-                f"N3 {d} hidden layers", done * b.seeds, total * b.seeds
-            ),
+            progress=per_epoch,
         ).cpu()
-    return out
+
+    def progress(done: int) -> None:
+        nnsanity_progress("N3 gradient descent, 3 depths", done, len(depths) * b.epochs, "epochs")
+
+    results = map_processes(
+        run,
+        depths,
+        groups=[[2], [0, 1]],  # about equal work: 4 hidden layers against 2 + 3
+        processes=processes_for(nnsanity_device),
+        progress=progress,
+    )
+    return dict(zip(depths, results))
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
@@ -85,15 +107,13 @@ def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, claim):
     fraction = slowest.double().mean(dim=1)  # per seed: share of epochs it is slowest
     claim(
         every_seed_claim(
-            (fraction >= MOST_EPOCHS).tolist(),
             fraction.tolist(),
+            low=MOST_EPOCHS,
             id=f"N3.{depth}-hidden.first-slowest",
             source=SOURCE,
             statement=f"with {depth} hidden layers the first hidden layer learns slowest "
-            "throughout",
+            f"throughout (at >= {MOST_EPOCHS:.0%} of the {v.shape[1]} epochs)",
             published="always slower",
-            statistic=f"per seed, fraction of the {v.shape[1]} epochs where the first hidden "
-            f"layer is slowest; reproduced if >= {MOST_EPOCHS} for every seed",
         )
     )
 
@@ -101,24 +121,25 @@ def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, claim):
 def test_two_hidden_layers_drop_quickly_then_rebound(speeds, claim):
     v = speeds[2]  # (seeds, epochs, 2)
     start, low, end = v[:, 0], v[:, 1:].min(dim=1).values, v[:, -1]
-    drop = (low <= start / 2).all(dim=1)
-    rebound = (end >= 2 * low).all(dim=1)
+    # per seed: how many halvings the drop and the rebound span, the smaller, both layers
+    margin = torch.minimum((start / low).log2(), (end / low).log2()).min(dim=1).values
     claim(
         every_seed_claim(
-            (drop & rebound).tolist(),
-            (end / low).min(dim=1).values.tolist(),
+            margin.tolist(),
+            low=1.0,
             id="N3.2-hidden.drop-and-rebound",
             source=SOURCE,
-            statement="with 2 hidden layers both speeds drop quickly, then rebound",
+            statement="with 2 hidden layers both speeds drop quickly (to half or less), then "
+            "rebound (to twice the minimum or more); measured in factors of 2",
             published="drop, then rebound",
-            statistic="per seed: min after epoch 0 <= start/2 and end >= 2 x min, both layers; "
-            "measured = the smaller end/min ratio of the two layers",
             details={
                 "start": start.tolist(),
                 "min": low.tolist(),
                 "argmin_epoch": (v[:, 1:].argmin(dim=1) + 1).tolist(),
                 "end": end.tolist(),
             },
+            changed="2026-11-29: the same criterion, now measured as a margin in factors of "
+            "2 (was: a pass/fail per seed)",
         )
     )
 
@@ -127,17 +148,19 @@ def test_with_four_hidden_layers_the_first_learns_roughly_100x_slower(speeds, cl
     v = speeds[4]
     ratio = (v[:, :, -1] / v[:, :, 0]).median(dim=1).values  # per seed, median over epochs
     claim(
-        every_seed_claim(
-            ((ratio >= ABOUT_100[0]) & (ratio <= ABOUT_100[1])).tolist(),
-            ratio.tolist(),
+        equivalence_claim(
+            ratio.log10().tolist(),
+            target=2.0,
+            margin=math.log10(2),
             id="N3.4-hidden.100x-slower",
             source=SOURCE,
             statement="with 4 hidden layers the first hidden layer learns roughly 100x slower "
-            "than the last during training",
-            published=100.0,
-            statistic="per seed, median over epochs of speed(4th)/speed(1st); reproduced if "
-            "every seed lies in [50, 200]",
-            interval=ABOUT_100,
+            "than the last during training (within a factor of 2): log10 of the per-seed "
+            "median ratio",
+            published=2.0,
+            details={"median_ratio_per_seed": ratio.tolist()},
+            changed="2026-11-29: was 'every seed's median ratio in [50, 200]' (flipped with "
+            "probability about 0.34 under a fresh seed set); now TOST on log10 (issue 10)",
         )
     )
 

@@ -130,8 +130,8 @@ def test_sigma_prime_peaks_at_one_quarter_at_zero(claim):
     )
 
 
-def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(claim, nnsanity_seed):
-    g = torch.Generator().manual_seed(nnsanity_seed)
+def test_autograd_bias_gradients_equal_the_product_formula_for_any_cost(claim, seeds):
+    g = torch.Generator().manual_seed(seeds(1)[0])
     lo, hi = (math.log10(s) for s in WEIGHT_SCALES)
     scale = 10 ** (lo + (hi - lo) * torch.rand(FORMULA_CHAINS, 1, generator=g, dtype=torch.float64))
     w = scale * torch.randn(FORMULA_CHAINS, LAYERS, generator=g, dtype=torch.float64)
@@ -190,8 +190,8 @@ def _eq124_error(weights, biases, x, cost) -> float:
     return _worst(worst)
 
 
-def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(claim, nnsanity_seed):
-    g = torch.Generator().manual_seed(nnsanity_seed)
+def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(claim, seeds):
+    g = torch.Generator().manual_seed(seeds(1)[0])
     errors: dict[str, float] = {}
     for init in ("N(0,1/n_in)", "N(0,1)"):  # network2's default and "large" inits
         for _ in range(WIDE_NETS):
@@ -228,9 +228,9 @@ def test_matrix_form_of_eq_124_matches_autograd_in_a_wide_network(claim, nnsanit
     )
 
 
-def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(claim, nnsanity_seed, budget):
+def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(claim, seeds, budget):
     n = budget.mc_chains
-    w, r = _random_chains(n, nnsanity_seed)
+    w, r = _random_chains(n, seeds(1)[0])
     below = (w * sigmoid_prime(r.z)).abs() < 0.25  # (chains, layers)
     # The terms of eq. (122) are j = 2, 3, 4; each is a proportion over independent chains.
     counts = {j + 1: int(below[:, j].sum()) for j in range(1, LAYERS)}
@@ -258,11 +258,9 @@ def test_a_weight_times_sigma_prime_is_usually_below_one_quarter(claim, nnsanity
     )
 
 
-def test_first_bias_gradient_is_usually_16x_or_more_smaller_than_the_third(
-    claim, nnsanity_seed, budget
-):
+def test_first_bias_gradient_is_usually_16x_or_more_smaller_than_the_third(claim, seeds, budget):
     n = budget.mc_chains
-    _, r = _random_chains(n, nnsanity_seed)
+    _, r = _random_chains(n, seeds(1)[0])
     ratio = (r.dC_db[:, 0] / r.dC_db[:, 2]).abs()  # = |sigma'(z1) w2 sigma'(z2) w3|
     claim(
         proportion_claim(

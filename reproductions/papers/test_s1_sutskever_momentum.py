@@ -3,66 +3,38 @@
 Source: I. Sutskever, J. Martens, G. Dahl and G. Hinton, "On the importance of initialization
 and momentum in deep learning", ICML 2013: section 2 (eqs. 1-5, Theorem 2.1), section 3.1 (the
 sparse init, the schedule's final phase), Table 1 (MNIST autoencoder) and Table 3 (init scale).
-Here on MNIST in network2's split (50k training images), float32, through nnsanity.repro.momentum
-(their CM and NAG, in their own variables) and nnsanity.repro.initialisers.sparse_.
+Here on MNIST in network2's split, float32, through nnsanity.repro.momentum (their CM and NAG,
+in their own variables) and nnsanity.repro.initialisers.sparse_.
 
-S1.schedule: eq. (5) mu_t = min(1 - 2^(-1 - log2(floor(t/250) + 1)), mu_max) gives 0.5, 0.75,
-0.833.., 0.875, 0.9 in the first five blocks of 250 updates, is capped at mu_max, and mu drops to
-0.9 for the last 1,000 updates. Exact: the closed form 1 - 1/(2(k+1)) against the formula as
-printed (within 4 ulp, every t below 20,000), the cap and the final phase.
-S1.sparse-init: every unit gets exactly 15 non-zero incoming weights, drawn from N(0, 1), biases
-0. Exact count; the non-zero weights' variance within 4 standard errors of 1.
-S1.theorem-*: Theorem 2.1: on a quadratic, a NAG step is a CM step with momentum mu(1 - eps
-lambda) along an eigendirection of curvature lambda. Measured: 100 steps of NAG against CM with
-that momentum, per eigendirection, on a diagonal quadratic and on a rotated one with a linear
-term; float64. Pass: the largest difference, relative to the largest starting coordinate, is
-below 1e-12 (diagonal) and 1e-10 (rotated, where forming A theta + b and theta* adds rounding):
-the identity is exact, so only rounding may separate them. As a control, CM with the
-uncorrected mu is reported: it must differ at O(1).
+Identities (exact): schedule: eq. (5) gives 0.5, 0.75, 0.833, 0.875, 0.9 in the first blocks of
+250 updates, capped at mu_max, and 0.9 for the last 1,000 updates (closed form against the
+printed formula within 4 ulp for every t < 20,000); sparse-init: every unit has exactly 15
+non-zero N(0, 1) incoming weights (variance within 4 SE of 1), biases 0; theorem-*: a NAG step
+is a CM step with momentum mu(1 - eps lambda) along each eigendirection of a quadratic (100
+steps, float64, below 1e-12 diagonal / 1e-10 rotated; CM with the plain mu must differ at O(1)).
 
-S1.momentum: a deep sigmoid autoencoder trained with NAG and the schedule (mu_max = 0.99) from
-the sparse init reaches a much lower training error than plain SGD in the same number of updates
-(Table 1, MNIST: SGD 2.1, 0.9N 1.0, 0.99N 0.73, after 750,000 updates). At our budgets eq. (5)
-never climbs past 0.875 (smoke) or 0.9375 (full, the last 1,000 updates capped at 0.9), so the
-run is effectively Table 1's 0.9N column and is compared with its ratio, 1.0 / 2.1 = 0.48.
-Measured: the per-example sum of squared errors on the first 10,000 training images after
-UPDATES updates on batches of 200, one value per seed; SGD and NAG share each seed's init and
-data order. Pass (declared before any run): SGD's error significantly higher and the mean
-NAG/SGD ratio <= 0.5 ("much lower": Table 1 gives 0.35 for 0.99N and 0.48 for 0.9N) ->
-reproduced; lower but by a ratio above 0.5 -> not reproduced; neither direction significant ->
-within noise; NAG significantly worse -> not reproduced. (The first version used a Welch test
-and read "not significant" as within noise without checking the reverse direction; the paired
-test with all three outcomes replaced it after review, before the final full run.)
-S1.bad-init: the same NAG run from the sparse init scaled by 0.25 fails (Table 3: error 16 at
-0.25 against 0.074 at 1). Measured: its final training error over that of predicting the
-training set's mean image (the plateau every such autoencoder starts on). Pass: >= 0.9 in every
-seed ("stuck high").
+Autoencoder claims (criteria declared before their first run; Table 3's on 2026-11-29):
+encoder 784-250-100-50-30, decoder mirrored (the paper's 8 weight layers at a quarter of the
+width), logistic units but the linear code layer, squared error, batches of 200, sparse init;
+measured: per-image squared error on the first 10,000 training images after the run, per seed;
+every arm of a seed shares its data order.
+- momentum: NAG with the schedule (mu_max 0.99) against SGD: reproduced when SGD's error is
+  significantly higher (one-sided paired t-test) and the mean ratio NAG/SGD <= 0.5 (Table 1:
+  0.9N/SGD = 0.48; eq. (5) never passes 0.9375 at our budget, so 0.9N is the comparable column);
+- bad-init (Table 3, x0.25 and x0.5 "fail", error 16): the final error is >= 0.9 of the
+  mean-image plateau's in every seed;
+- table3-x2: x2 is as good as x1 (0.083 vs 0.074): TOST on log(error x2 / error x1), margin
+  log(1.5) (Table 3's x4 is 4.7 times x1, its x2 1.12);
+- table3-x4: x4 ends worse than x1 (0.35 vs 0.074): one-sided paired t-test.
 
-Architecture: encoder 784-250-100-50-30, decoder mirrored: the paper's depth (784-1000-500-250-30,
-8 weight layers) at about a quarter of its width; logistic units except the linear 30-unit code
-layer (as in Hinton & Salakhutdinov 2006, whose autoencoders these are); squared error as the
-objective and the reported error; no regularisation. The sparse init fixes each unit's fan-in at
-15, so width changes the signal's propagation little while its cost grows linearly; depth is what
-the init claims turn on, so both budgets keep the paper's depth. (A first try with a 3-layer
-encoder, 784-250-100-30, left the x0.25 init unstuck: 31.4 against the mean image's 52.4 after
-1,000 updates, seed 0. That is why the depth is the paper's; it is a finding, not a failure.)
+Budgets: FULL is scaled: 3,000 updates of the paper's 750,000 (0.4%), 3 seeds per arm, about 6
+minutes on 2 CPU cores. SMOKE = None for the autoencoders (its 1,000 updates ended before the
+x0.25 init leaves the plateau at ~1,850, a different verdict); the identities run at every budget.
 
-Learning rates, picked once at the smoke setting (seed 0, 1,000 updates, lowest final training
-error) from {0.01, 0.05, 0.1, 0.2}, extended by one step when the best was on the edge: SGD
-47.7, 33.6, 31.2, 30.4, and 52.6 at 0.4 (on the plateau until ~1,400 updates): 0.2; NAG 30.4,
-19.7, 52.5 (stuck), 52.5 (stuck): 0.05. The x0.25 arm uses NAG's rate. The paper, too, took
-each method's best rate.
-
-Smoke budget (derived from FULL below): 1,000 updates instead of 3,000 and 2 seeds per arm
-instead of 3. At 1,000 updates the final low-momentum phase covers the whole run, but the schedule
-is still below 0.9 there, so it changes nothing; at 3,000 it caps the last third at 0.9 (the
-paper's last 1,000 of 750,000).
-
-What did not reproduce at our budgets (asserted as such): S1.momentum, at both budgets: NAG is
-significantly lower, at 0.66x SGD's error (smoke) and 0.53x (full), not <= 0.5x. S1.bad-init at
-the full budget: the x0.25 init sits on the mean-image plateau for ~1,800 updates, then learns;
-at the smoke budget (1,000 updates) it is still stuck, so the claim holds there, and only there.
-The exact update at which each seed leaves the plateau is in the report's details.
+Does not reproduce (measured 2026-11-26, full budget): momentum (NAG/SGD 0.53 ± 0.01, significant
+but not <= 0.5; the gap was still widening) and bad-init x0.25 (leaves the plateau after
+1,800-1,900 updates and ends at 0.58 of it): at 0.4% of the paper's updates the bad init delays
+learning rather than preventing it.
 """
 
 from __future__ import annotations
@@ -71,14 +43,25 @@ import dataclasses
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
-from nnsanity.repro.claims import Claim, Verdict, exact_claim, ordering_claim
+from nnsanity.repro.claims import (
+    FLIP_DRAWS,
+    Claim,
+    Verdict,
+    equivalence_claim,
+    every_seed_claim,
+    exact_claim,
+    ordering_claim,
+)
 from nnsanity.repro.initialisers import sparse_
 from nnsanity.repro.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
+from nnsanity.repro.parallel import map_processes, processes_for
 from nnsanity.repro.plots import autoencoder_training
-from nnsanity.repro.stats import summarize
+from nnsanity.repro.plugin import not_reproduced
 from reproductions._nets import stacked_batches, stacked_params
 
 SOURCE = "Sutskever, Martens, Dahl & Hinton, ICML 2013"
@@ -93,24 +76,32 @@ class Budget:
 
 
 FULL = Budget()
-SMOKE = dataclasses.replace(FULL, updates=1_000, seeds=2)
+SMOKE = None
+NOT_AT_SMOKE = "the autoencoders need the full 3,000 updates; see the claim card"
 
 ENCODER = (784, 250, 100, 50, 30)  # paper: 784-1000-500-250-30; the decoder mirrors it
 BATCH = 200
 NONZERO = 15  # incoming weights per unit in the sparse init
+SPARSE_SEEDS = 3  # inits checked by S1.sparse-init
 MU_MAX = 0.99  # Table 1's best MNIST setting (0.99N)
 FINAL_MU, FINAL_UPDATES = 0.9, 1_000
-ARMS = {  # name: (learning rate from the sweep in the docstring, mu_max, init scale)
+NAG_LR = 0.05  # from the sweep in the notes at the end of this file
+ARMS = {  # name: (learning rate, mu_max, init scale)
     "SGD": (0.2, 0.0, 1.0),
-    "NAG": (0.05, MU_MAX, 1.0),
-    "NAG x0.25 init": (0.05, MU_MAX, 0.25),
+    "NAG": (NAG_LR, MU_MAX, 1.0),
+    "NAG x0.25 init": (NAG_LR, MU_MAX, 0.25),
+    "NAG x0.5 init": (NAG_LR, MU_MAX, 0.5),
+    "NAG x2 init": (NAG_LR, MU_MAX, 2.0),
+    "NAG x4 init": (NAG_LR, MU_MAX, 4.0),
 }
 EVAL = 10_000  # training images the final error is measured on
 CURVE = 1_000  # training images for the training curve
 ALPHA = 0.05
 MUCH_LOWER = 0.5  # NAG / SGD ratio for "much lower"
 STUCK = 0.9  # final error / mean-image error for "stuck high"
+AS_GOOD = math.log(1.5)  # margin on log(error ratio) for "as good as"
 PUBLISHED_TABLE1 = {"SGD": 2.1, "0.9N": 1.0, "0.99N": 0.73}  # training squared error, MNIST
+PUBLISHED_TABLE3 = {0.25: 16.0, 0.5: 16.0, 1.0: 0.074, 2.0: 0.083, 4.0: 0.35}
 THEOREM_STEPS = 100
 THEOREM_TOL = {"diagonal": 1e-12, "rotated": 1e-10}
 
@@ -171,8 +162,8 @@ def init_params(gens, scales, device) -> list[torch.Tensor]:
     return stacked_params(autoencoder_widths(), inits, gens, device)
 
 
-def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(budget, seeds, claim):
-    runs = seeds(budget.seeds)
+def test_sparse_init_gives_every_unit_exactly_15_unit_gaussian_inputs(seeds, claim):
+    runs = seeds(SPARSE_SEEDS)
     params = init_params([torch.Generator().manual_seed(s) for s in runs], [1.0] * len(runs), "cpu")
     weights, biases = params[0::2], params[1::2]
     counts = torch.cat([(w != 0).sum(dim=1) for w in weights], dim=1)  # (runs, every unit)
@@ -220,9 +211,9 @@ def trajectory(theta0, v0, grad, *, lr, mu, nesterov) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["diagonal", "rotated"])
 def test_a_nesterov_step_is_a_classical_step_with_momentum_mu_times_one_minus_eps_lambda(
-    kind, nnsanity_seed, claim
+    kind, seeds, claim
 ):
-    g = torch.Generator().manual_seed(nnsanity_seed)
+    g = torch.Generator().manual_seed(seeds(1)[0])
     n, lr, mu = 8, 0.05, 0.9
     lam = torch.logspace(-1, 1, n, dtype=torch.float64)  # eps * lambda from 0.005 to 0.5
     theta0 = torch.randn(n, generator=g, dtype=torch.float64)
@@ -310,12 +301,10 @@ class Runs:
         return [e for n, e in zip(self.names, self.error) if n == name]
 
 
-def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
-    """Every arm x seed stacked along dim 0 and trained together with one bmm per layer."""
-    names = [name for name in ARMS for _ in seeds]
-    run_seeds = [s for _ in ARMS for s in seeds]
+def train_autoencoders(data, budget: Budget, names, seeds, device, tick) -> Runs:
+    """The given (arm, seed) runs stacked along dim 0, trained together with one bmm per layer."""
     lr, mu_max, scales = zip(*(ARMS[name] for name in names))
-    gens = [torch.Generator().manual_seed(s) for s in run_seeds]  # same seed: same init, order
+    gens = [torch.Generator().manual_seed(s) for s in seeds]  # same seed: same init, order
     params = init_params(gens, scales, device)
     velocities = [torch.zeros_like(p) for p in params]
     runs = len(names)
@@ -329,7 +318,7 @@ def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
             with torch.no_grad():
                 curve.append(squared_error(params, curve_x).cpu())
             steps.append(t)
-            progress("S1 autoencoders", t, budget.updates, "updates")
+            tick(budget.record_every if t else 0)
         x = x_all[idx]  # (runs, 200, 784)
         mu = [sutskever_momentum(t, m, total_updates=budget.updates) for m in mu_max]
         mu_t = torch.tensor(mu, device=device).view(runs, 1, 1)
@@ -348,120 +337,223 @@ def train_autoencoders(data, budget: Budget, seeds, device, progress) -> Runs:
         error = squared_error(params, x_all[:EVAL].expand(runs, -1, -1)).tolist()
     x_eval = data.train_x[:EVAL]
     baseline = float(((x_eval - data.train_x.mean(0)) ** 2).sum(-1).mean())
-    return Runs(names, run_seeds, error, steps, torch.stack(curve), baseline)
+    return Runs(list(names), list(seeds), error, steps, torch.stack(curve), baseline)
 
 
 @pytest.fixture(scope="module")
 def autoencoders(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Runs:
-    """The three arms (SGD, NAG, NAG from the x0.25 init) for every seed, trained together."""
-    return train_autoencoders(
-        nnsanity_mnist, budget, seeds(budget.seeds), nnsanity_device, nnsanity_progress
+    """Every arm x seed, in two stacks trained side by side in two processes."""
+    run_seeds = seeds(budget.seeds)
+    names = [name for name in ARMS for _ in run_seeds]
+    all_seeds = [s for _ in ARMS for s in run_seeds]
+    halves = [list(range(0, len(names), 2)), list(range(1, len(names), 2))]
+    total = 2 * budget.updates
+
+    def half(rows: list[int], tick) -> Runs:
+        return train_autoencoders(
+            nnsanity_mnist,
+            budget,
+            [names[i] for i in rows],
+            [all_seeds[i] for i in rows],
+            nnsanity_device,
+            tick,
+        )
+
+    parts = map_processes(
+        half,
+        halves,
+        groups=[[0], [1]],
+        processes=processes_for(nnsanity_device),
+        progress=lambda done: nnsanity_progress("S1 autoencoders", done, total, "updates"),
+    )
+    order = [i for rows in halves for i in rows]
+    back = sorted(range(len(order)), key=order.__getitem__)  # stack position of run i
+
+    def merged(field: str) -> list:
+        values = [v for part in parts for v in getattr(part, field)]
+        return [values[j] for j in back]
+
+    curve = torch.cat([part.curve for part in parts], dim=1)[:, back]
+    return Runs(
+        merged("names"),
+        merged("seeds"),
+        merged("error"),
+        parts[0].steps,
+        curve,
+        parts[0].mean_image_error,
     )
 
 
+def details(runs: Runs) -> dict:
+    return {
+        "error_per_arm": {name: runs.arm(name) for name in ARMS},
+        "mean_image_error": runs.mean_image_error,
+        "arms": {k: dict(zip(("lr", "mu_max", "init_scale"), v)) for k, v in ARMS.items()},
+        "published_table3": PUBLISHED_TABLE3,
+    }
+
+
+def much_lower(sgd: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    """Row-wise S1.momentum verdicts from SGD's errors and the per-seed SGD - NAG differences,
+    (sets, seeds) each: SGD significantly higher and mean NAG / mean SGD <= 0.5."""
+    n = diff.shape[-1]
+    t = diff.mean(-1) / (diff.std(-1, ddof=1) / math.sqrt(n))
+    higher, lower = stats.t.sf(t, n - 1) < ALPHA, stats.t.cdf(t, n - 1) < ALPHA
+    ratio = 1 - diff.mean(-1) / sgd.mean(-1)
+    reproduced = higher & (ratio <= MUCH_LOWER)
+    return np.where(
+        reproduced, "reproduced", np.where(higher | lower, "not reproduced", "inconclusive")
+    )
+
+
+@not_reproduced("NAG/SGD 0.53 after 3,000 updates: significantly lower, not <= 0.5")
 def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
     budget, autoencoders, claim
 ):
     runs = autoencoders
-    sgd, nag = runs.arm("SGD"), runs.arm("NAG")
-    ratio = sum(nag) / sum(sgd)  # ratio of the means
-    # Same seed, same init and data order: a paired test, with all three outcomes.
-    ordering = ordering_claim(
-        sgd,
-        nag,
-        paired=True,
-        alpha=ALPHA,
-        id="S1.momentum",
-        source=f"{SOURCE}, Table 1 (MNIST)",
-        statement="NAG with the momentum schedule and the sparse init reaches a much lower "
-        "training error than plain SGD in the same number of updates",
-        published=PUBLISHED_TABLE1["0.9N"] / PUBLISHED_TABLE1["SGD"],
+    sgd, nag = np.array(runs.arm("SGD")), np.array(runs.arm("NAG"))  # per seed
+    diff = sgd - nag  # same seed, same init and data order: paired
+    verdict = Verdict(much_lower(sgd[None], diff[None])[0])
+    rng = np.random.default_rng(0)
+    fresh = [rng.normal(v.mean(), v.std(ddof=1), (FLIP_DRAWS, v.size)) for v in (sgd, diff)]
+    p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+    claim(
+        Claim(
+            id="S1.momentum",
+            source=f"{SOURCE}, Table 1 (MNIST)",
+            statement="NAG with the momentum schedule and the sparse init reaches a much lower "
+            "training error than plain SGD in the same number of updates (NAG/SGD <= 0.5)",
+            published=PUBLISHED_TABLE1["0.9N"] / PUBLISHED_TABLE1["SGD"],
+            measured=(nag / sgd).tolist(),
+            statistic=f"training error NAG / SGD per seed after {budget.updates} updates of "
+            f"200; reproduced if SGD > NAG is significant (one-sided paired t-test at "
+            f"{ALPHA}, p = {p:.2g}) and the ratio of the means <= {MUCH_LOWER}; not reproduced "
+            "if either direction is significant otherwise; else inconclusive",
+            verdict=verdict,
+            estimate=float(nag.mean() / sgd.mean()),
+            estimator="ratio of means",
+            interval=(0.0, MUCH_LOWER),
+            interval_kind="the range the ratio must reach",
+            fidelity="scaled",
+            flip=float(np.mean(much_lower(*fresh) != verdict)),
+            details={
+                **details(runs),
+                "p_nag_lower": p,
+                "largest_mu_reached": max(
+                    sutskever_momentum(t, MU_MAX, total_updates=budget.updates)
+                    for t in range(budget.updates)
+                ),
+                "published_errors": PUBLISHED_TABLE1,
+                "why": "at 0.4% of the paper's updates NAG's advantage is still growing",
+            },
+        )
     )
-    significant = ordering.verdict is Verdict.REPRODUCED
-    c = dataclasses.replace(
-        ordering,
-        measured=[n / s for n, s in zip(nag, sgd)],
-        statistic=f"training error NAG / SGD per seed after {budget.updates} updates of 200; "
-        f"one-sided paired t-test p = {ordering.details['p_ordering']:.2g}; pass: SGD > NAG "
-        f"significant and mean ratio <= {MUCH_LOWER}",
-        verdict=Verdict.REPRODUCED
-        if significant and ratio <= MUCH_LOWER
-        else (Verdict.NOT_REPRODUCED if significant else ordering.verdict),
-        interval=(0.0, MUCH_LOWER),
-        details={
-            **ordering.details,
-            "SGD_error": sgd,
-            "NAG_error": nag,
-            "SGD": str(summarize(sgd)),
-            "NAG": str(summarize(nag)),
-            "ratio_of_means": ratio,
-            "nag_significantly_lower": significant,
-            "largest_mu_reached": max(
-                sutskever_momentum(t, MU_MAX, total_updates=budget.updates)
-                for t in range(budget.updates)
+
+
+def plateau_left_at(runs: Runs, name: str) -> list[int | None]:
+    """Per seed of an arm: the first recorded update below STUCK x the mean-image error."""
+    return [
+        next(
+            (
+                s
+                for s, e in zip(runs.steps, runs.curve[:, i].tolist())
+                if e < STUCK * runs.mean_image_error
             ),
-            "mean_image_error": runs.mean_image_error,
-            "published_errors": PUBLISHED_TABLE1,
-            "arms": {k: dict(zip(("lr", "mu_max", "init_scale"), v)) for k, v in ARMS.items()},
-        },
-    )
-    # Measured: NAG is significantly lower at both budgets, but not "much lower" by the ratio
-    # declared beforehand: 0.66 +- 0.02 of SGD's error after 1,000 updates (smoke, 2 seeds,
-    # p = 0.012) and 0.53 +- 0.01 after 3,000 (full, 3 seeds, p = 0.0005), against the paper's
-    # 0.35 after 750,000. The gap was still widening when the runs stopped.
-    claim(c, expect=Verdict.NOT_REPRODUCED)
-    assert significant, c
+            None,
+        )
+        for i, n in enumerate(runs.names)
+        if n == name
+    ]
 
 
-def test_a_sparse_init_scaled_by_a_quarter_stays_stuck_on_the_mean_image(
-    budget, autoencoders, claim
+@pytest.mark.parametrize(
+    "scale",
+    [
+        pytest.param(0.25, marks=not_reproduced("leaves the plateau at ~1,850 updates")),
+        0.5,
+    ],
+)
+def test_a_sparse_init_scaled_below_one_half_stays_stuck_on_the_mean_image(
+    scale, budget, autoencoders, claim
 ):
-    runs = autoencoders
-    bad = runs.arm("NAG x0.25 init")
-    relative = [e / runs.mean_image_error for e in bad]  # one per seed
-    c = Claim(
-        id="S1.bad-init",
-        source=f"{SOURCE}, Table 3",
-        statement="NAG from the sparse init scaled by 0.25 fails: its training error stays high",
-        published="16 (x0.25) vs 0.074 (x1)",
-        measured=relative,
-        statistic=f"training error / mean-image error ({runs.mean_image_error:.4g}) per seed "
-        f"after {budget.updates} updates; stuck: >= {STUCK} in every seed",
-        verdict=Verdict.REPRODUCED if min(relative) >= STUCK else Verdict.NOT_REPRODUCED,
-        interval=None,  # half-open, [0.9, inf): stated in the statistic (JSON has no inf)
-        details={
-            "error": bad,
-            "good_init_NAG_error": runs.arm("NAG"),
-            "plateau_left_at_update": [
-                next(
-                    (
-                        s
-                        for s, e in zip(runs.steps, runs.curve[:, i].tolist())
-                        if e < STUCK * runs.mean_image_error
-                    ),
-                    None,
-                )
-                for i, n in enumerate(runs.names)
-                if n == "NAG x0.25 init"
-            ],
-        },
+    runs, name = autoencoders, f"NAG x{scale:g} init"
+    relative = [e / runs.mean_image_error for e in runs.arm(name)]  # one per seed
+    claim(
+        every_seed_claim(
+            relative,
+            low=STUCK,
+            id="S1.bad-init" if scale == 0.25 else f"S1.table3-x{scale:g}",
+            source=f"{SOURCE}, Table 3",
+            statement=f"NAG from the sparse init scaled by {scale:g} fails: its training error "
+            f"stays on the mean-image plateau ({budget.updates} updates)",
+            published=f"{PUBLISHED_TABLE3[scale]:g} (x{scale:g}) vs 0.074 (x1)",
+            fidelity="scaled",
+            details={**details(runs), "plateau_left_at_update": plateau_left_at(runs, name)},
+        )
     )
-    # Measured: stuck on the mean image through 1,000 updates (smoke: 1.00 of its error in both
-    # seeds), but at the full budget every seed left the plateau after 1,800-1,900 updates
-    # and ended at 0.58 +- 0.02 of it after 3,000 (the good init: 0.19). With 8 weight layers and
-    # 3,000 updates the x0.25 init delays learning; it does not prevent it.
-    expected = Verdict.REPRODUCED if budget.updates <= SMOKE.updates else Verdict.NOT_REPRODUCED
-    claim(c, expect=expected)
+
+
+def test_a_sparse_init_scaled_by_two_is_as_good_as_the_unscaled_one(autoencoders, claim):
+    runs = autoencoders
+    log_ratio = [math.log(a / b) for a, b in zip(runs.arm("NAG x2 init"), runs.arm("NAG"))]
+    claim(
+        equivalence_claim(
+            log_ratio,
+            target=0.0,
+            margin=AS_GOOD,
+            id="S1.table3-x2",
+            source=f"{SOURCE}, Table 3",
+            statement="the sparse init scaled by 2 trains as well as the unscaled one: "
+            "log(error x2 / error x1) within log(1.5)",
+            published=math.log(PUBLISHED_TABLE3[2.0] / PUBLISHED_TABLE3[1.0]),
+            fidelity="scaled",
+            details=details(runs),
+        )
+    )
+
+
+def test_a_sparse_init_scaled_by_four_ends_worse_than_the_unscaled_one(autoencoders, claim):
+    runs = autoencoders
+    claim(
+        ordering_claim(
+            runs.arm("NAG x4 init"),
+            runs.arm("NAG"),
+            paired=True,
+            id="S1.table3-x4",
+            source=f"{SOURCE}, Table 3",
+            statement="the sparse init scaled by 4 ends with a higher training error than the "
+            "unscaled one",
+            published="0.35 > 0.074",
+            fidelity="scaled",
+            details=details(runs),
+        )
+    )
 
 
 def test_figure(autoencoders, figures):
-    """Training error against updates, first seed of each arm, and the mean-image plateau."""
+    """Training error against updates per arm (mean and range over seeds), the plateau."""
     runs = autoencoders
+    curves = {
+        name: runs.curve[:, [i for i, n in enumerate(runs.names) if n == name]] for name in ARMS
+    }
     path = autoencoder_training(
         runs.steps,
-        {name: runs.curve[:, runs.names.index(name)] for name in ARMS},
+        curves,
         runs.mean_image_error,
         f"Autoencoder {'-'.join(map(str, autoencoder_widths()))}, sparse init",
         figures / "S1_autoencoder_training.png",
     )
     assert path.stat().st_size > 0
+
+
+# Notes. Architecture: the sparse init fixes each unit's fan-in at 15, so width changes the
+# signal's propagation little while its cost grows linearly; depth is what the init claims turn
+# on, so the paper's depth is kept. A first try with a 3-layer encoder, 784-250-100-30, left the
+# x0.25 init unstuck: 31.4 against the mean image's 52.4 after 1,000 updates, seed 0. Learning
+# rates were picked once at 1,000 updates (seed 0, lowest final training error) from {0.01,
+# 0.05, 0.1, 0.2}, extended by one step when the best was on the edge: SGD 47.7, 33.6, 31.2,
+# 30.4, and 52.6 at 0.4 (on the plateau until ~1,400 updates): 0.2; NAG 30.4, 19.7, 52.5
+# (stuck), 52.5 (stuck): 0.05. Every scaled-init arm uses NAG's rate; the paper, too, took each
+# method's best rate. S1.momentum first used a Welch test and read "not significant" as within
+# noise without checking the reverse; the paired test with three outcomes replaced it after
+# review, before the 2026-11-26 full run.

@@ -20,7 +20,8 @@ from nnsanity.repro.claims import Claim, Verdict
 def test_records_a_claim(nnsanity_claim):
     nnsanity_claim(Claim(id="X1.demo", source="nowhere", statement="one is one",
                          published=1.0, measured=[0.9, 1.1, 1.0], statistic="demo",
-                         verdict=Verdict.REPRODUCED, interval=(0.5, 1.5)))
+                         verdict=Verdict.REPRODUCED, interval=(0.5, 1.5),
+                         interval_kind="demo interval", flip=0.0))
 """
 
 
@@ -55,24 +56,41 @@ def test_the_rerun_hint_carries_a_non_default_device_and_budget(pytester):
     )
 
 
-def test_claims_are_printed_as_a_table_and_written_as_json(pytester):
+def test_claims_are_printed_as_a_table_and_written_as_json_with_provenance(pytester):
     pytester.makepyfile(CLAIM_TEST)
     result = pytester.runpytest("--nnsanity-report=out/claims.json")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
             "*nnsanity claims*",
-            "claim*published*verdict",
-            "X1.demo*1*1 ± 0.1 (n=3)*[0.5, 1.5]*reproduced",
-            "1 reproduced",
+            "claim*fidelity*published*verdict used*n*interval*interval kind*verdict*flip",
+            "X1.demo*faithful*1*mean 1*3*[[]0.5, 1.5[]]*demo interval*reproduced*0.00",
+            "1 reproduced; 0 identities*",
         ]
     )
     doc = json.loads((pytester.path / "out" / "claims.json").read_text())
     assert doc["seed"] == 0 and doc["budget"] == "smoke" and doc["device"] == "cpu"
-    assert "torch" in doc["machine"] and "cpu_count" in doc["machine"]
+    assert "cpu_count" in doc["machine"] and doc["wall_seconds"] > 0
+    assert {"numpy", "scipy", "torch", "nnsanity"} <= set(doc["packages"])
+    assert set(doc["git"]) == {"commit", "dirty"}
     (claim,) = doc["claims"]
     assert claim["measured"] == [0.9, 1.1, 1.0] and claim["verdict"] == "reproduced"
-    assert claim["test"].endswith("::test_records_a_claim")
+    assert claim["test"].endswith("::test_records_a_claim") and claim["seconds"] >= 0
+
+
+def test_the_markdown_report_is_generated_from_the_json(pytester):
+    pytester.makepyfile(CLAIM_TEST)
+    pytester.runpytest("--nnsanity-report=claims.json").assert_outcomes(passed=1)
+    figures = pytester.mkdir("figures")
+    (figures / "N1_accuracy_by_depth.png").write_bytes(b"png")
+    from nnsanity.repro.report import main
+
+    main(["claims.json", "--markdown", "--figures", str(figures), "-o", "REPORT.md"])
+    text = (pytester.path / "REPORT.md").read_text()
+    assert "| `X1.demo` | nowhere | one is one | 1 | 1 ± 0.1 (n=3) | mean 1 |" in text
+    assert "**Verdicts:** 1 reproduced; 0 identities" in text
+    assert "![N1_accuracy_by_depth.png](figures/N1_accuracy_by_depth.png)" in text
+    assert "**Commit:**" in text and "numpy" in text
 
 
 def test_claims_from_xdist_workers_reach_the_table(pytester):
@@ -85,7 +103,7 @@ def test_claims_from_xdist_workers_reach_the_table(pytester):
     )
     result = pytester.runpytest_subprocess("-n", "2", "--nnsanity-seed=5")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*X1.demo*reproduced", "*X2.demo*reproduced"])
+    result.stdout.fnmatch_lines(["*X1.demo*reproduced*", "*X2.demo*reproduced*"])
 
 
 def test_plots_without_matplotlib_is_a_clear_usage_error(pytester):
@@ -122,3 +140,19 @@ def test_progress_is_shown_past_output_capture_and_quiet_under_q(pytester):
     result.stdout.fnmatch_lines(["[[]nnsanity[]] demo claim: 100/100 model-epochs, *s, ETA 0s"])
     quiet = pytester.runpytest("-q")
     assert "demo claim" not in quiet.stdout.str()
+
+
+def test_two_reports_are_compared_claim_by_claim():
+    from nnsanity.repro.report import compare
+
+    def doc(*claims):
+        return {"claims": [{"id": i, "verdict": v, "flip": f} for i, v, f in claims]}
+
+    first = doc(("A", "reproduced", 0.0), ("B", "reproduced", 0.3), ("C", "identity", 0.0))
+    second = doc(("A", "reproduced", 0.0), ("B", "inconclusive", 0.4), ("D", "reproduced", 0.1))
+    assert compare(first, second) == [
+        "B: reproduced (flip 0.30) vs inconclusive (flip 0.40)",
+        "C: only in the first report",
+        "D: only in the second report",
+        "1 of 2 shared claims have the same verdict",
+    ]
