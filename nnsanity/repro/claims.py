@@ -399,7 +399,8 @@ def every_seed_claim(
 
     For properties whose per-seed margin is far from the bound (more seeds make an every-seed
     criterion harder to meet, so the flip estimate matters): the chance that n fresh seeds from
-    a normal fit to ours do not all pass (or, after a failure, all pass). The estimate is the
+    a normal fit to ours do not all pass (or, after a failure, all pass); from the count of
+    passing seeds when the values do not spread (``_every_seed_flip``). The estimate is the
     seed nearest a bound.
     """
     x = np.asarray(measured, dtype=float)
@@ -421,9 +422,27 @@ def every_seed_claim(
         interval_kind="bound every seed must meet",
         estimate=float(worst),
         estimator="seed nearest the bound",
-        flip=flip_probability(judge, x, verdict) if x.size > 1 else None,
+        flip=_every_seed_flip(judge, x, verdict),
         details=details,
     )
+
+
+def _every_seed_flip(judge: Judge, x: np.ndarray, verdict: Verdict) -> float | None:
+    """The flip estimate of an every-seed claim: from a normal fit to the seeds' values, or,
+    when they do not spread at all (a share capped at 1 that every seed reaches), from how many
+    seeds passed: n fresh seeds, each failing with a rate drawn from the Jeffreys posterior
+    Beta(k + 1/2, n - k + 1/2) given k failures in n. A normal fit with no spread would call
+    such a verdict certain; 4 seeds out of 4 cannot show a failure rate below about 1 in 5."""
+    if x.size < 2:
+        return None
+    if np.ptp(x) > 0:
+        return flip_probability(judge, x, verdict)
+    n, k = x.size, 0 if verdict is Verdict.REPRODUCED else x.size
+    a, b = k + 0.5, n - k + 0.5
+    all_pass = math.exp(  # E[(1 - p)^n] = B(a, b + n) / B(a, b)
+        math.lgamma(b + n) + math.lgamma(a + b) - math.lgamma(a + b + n) - math.lgamma(b)
+    )
+    return 1 - all_pass if verdict is Verdict.REPRODUCED else all_pass
 
 
 def exact_claim(holds: bool, measured: Sequence[float], **fields: Any) -> Claim:

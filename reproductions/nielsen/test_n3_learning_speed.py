@@ -26,7 +26,16 @@ Criteria (per seed, then across seeds):
   lies within [50, 200]. Changed 2026-11-29 from "every seed in [50, 200]" (issue 10: a fresh
   seed set flipped it with probability about 0.34, and more seeds would only make it fail).
 
-Smoke budget: the faithful 500 epochs with 4 seeds instead of 8.
+Smoke budget: the faithful 500 epochs with 12 seeds instead of 16. Changed 2026-11-30 from 4
+and 8 seeds (the criteria unchanged): smoke runs with seeds 0-3 and 1000-1003 disagreed on two
+claims. With 2 hidden layers, seeds 1000 and 1002 had the first layer slower at only 89% and 60%
+of epochs (0-3: every epoch), so an every-seed verdict on 4 seeds depends on which seeds are
+drawn. Does not reproduce (measured 2026-11-30, seeds 0-11 and 1000-1011 at smoke):
+N3.2-hidden.first-slowest, the first hidden layer slower than the second at only 70% and 54%
+(seeds 8, 10) and 89%, 60% and 48% (seeds 1000, 1002, 1007) of the epochs; the other 19 seeds at
+every epoch. The book's single run is one of the majority; "always" holds for about 4 inits in 5.
+The 100x TOST was reproduced with 0-3 and inconclusive with 1000-1003 (90% CI of log10
+[1.64, 1.97], the margin's edge at 1.70). More seeds settle both.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from nnsanity.repro.claims import equivalence_claim, every_seed_claim
 from nnsanity.repro.network2 import gradient_descent_speeds
 from nnsanity.repro.parallel import map_processes, processes_for
 from nnsanity.repro.plots import learning_speed
+from nnsanity.repro.plugin import not_reproduced
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
 MOST_EPOCHS = 0.99
@@ -48,7 +58,7 @@ MOST_EPOCHS = 0.99
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    seeds: int = 8
+    seeds: int = 16
     epochs: int = 500
     images: int = 1000
     eta: float = 0.1
@@ -57,7 +67,7 @@ class Budget:
 
 
 FULL = Budget()
-SMOKE = dataclasses.replace(FULL, seeds=4)
+SMOKE = dataclasses.replace(FULL, seeds=12)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +110,20 @@ def speeds(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress):
     return dict(zip(depths, results))
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize(
+    "depth",
+    [
+        pytest.param(
+            2,
+            marks=not_reproduced(
+                "with 2 hidden layers 5 of 24 seeds have the first layer slower at only 48-89% "
+                "of epochs (the book's one run: always)"
+            ),
+        ),
+        3,
+        4,
+    ],
+)
 def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, claim):
     v = speeds[depth]
     slowest = v[:, :, 0] < v[:, :, -1] if depth == 2 else v.argmin(dim=2) == 0

@@ -321,7 +321,7 @@ def at_init(data, init, budget: Budget, seed: int) -> tuple[list[float], list[fl
     # Summed, not averaged, so that dC/ds is each example's own back-propagated gradient.
     loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="sum")
     grads = [float(g.var()) for g in torch.autograd.grad(loss, pre)]
-    acts = [float(h.var()) for h in hidden]
+    acts = [float(h.detach().var()) for h in hidden]
     # dh^{i+1}/dh^i = diag(1 - h^{i+1}^2) W^T for the example's h: (1000, 1000) per layer gap
     singular = []
     with torch.no_grad():
