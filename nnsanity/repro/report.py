@@ -76,7 +76,10 @@ def _used(c: dict[str, Any]) -> str:
 
 def _interval(c: dict[str, Any]) -> str:
     lo_hi = c.get("interval")
-    return f"[{_num(lo_hi[0])}, {_num(lo_hi[1])}]" if lo_hi else "-"
+    if not lo_hi:
+        return "-"
+    lo, hi = lo_hi  # an infinite end was written as null: its side gives its sign
+    return f"[{'-inf' if lo is None else _num(lo)}, {_num(hi)}]"
 
 
 def _flip(c: dict[str, Any]) -> str:

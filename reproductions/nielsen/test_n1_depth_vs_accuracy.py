@@ -41,6 +41,15 @@ orderings' flips below 5% by the 2026-11-26 spreads (paired differences of 0.4 �
 Changed after seeing data (disclosed): N1.four-vs-three was "neither direction significant"
 (an absence of significance, easier to pass with fewer seeds) until 2026-11-29.
 
+Measured at the full budget (2026-11-30, seeds 0-9, commit 8982f0b): N1.accuracy-4-hidden is
+inconclusive (one run's 95% prediction interval [94.70, 97.62] holds 96.53 only by being wider
+than ±1 point); N1.four-vs-three is inconclusive (90% CI of the drop [-0.07, 0.63] points
+against the margin ±0.2: the mean drop, 0.28 points, is larger than the book's 0.04); and
+N1.early-weights-barely-move does not reproduce as measured: by direction, the first hidden
+layer's weights end nearly orthogonal to their init (1 - cos 0.95-0.97), further than the last
+hidden layer's (0.58-0.70), every seed. The notes' "never change much" may mean size, not
+direction; cosines were declared to ignore L2's uniform shrinking.
+
 Budgets: FULL below (10 seeds, about 5 minutes on 2 CPU cores). SMOKE = None: at smoke 4 seeds
 decided none of these claims, and the runs alone cost more than the whole smoke budget here.
 """
@@ -56,6 +65,7 @@ from torch.nn import functional as F
 from nnsanity.repro.claims import equivalence_claim, ordering_claim, single_run_claim
 from nnsanity.repro.network2 import Network2Config, init_parameters
 from nnsanity.repro.plots import accuracy_by_depth
+from nnsanity.repro.plugin import inconclusive, not_reproduced
 from nnsanity.repro.population import train_population
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem'"
@@ -125,7 +135,21 @@ def runs(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> R
     )
 
 
-@pytest.mark.parametrize("depth", list(PUBLISHED))
+@pytest.mark.parametrize(
+    "depth",
+    [
+        1,
+        2,
+        3,
+        pytest.param(
+            4,
+            marks=inconclusive(
+                "the 95% prediction interval of one 4-hidden run, [94.70, 97.62], is wider than "
+                "±1 point: its runs spread by seed (final epochs 96.16 on average)"
+            ),
+        ),
+    ],
+)
 def test_published_accuracy_is_a_plausible_single_run(depth, runs, claim):
     acc = runs.accuracy[depth]  # one row per seed
     claim(
@@ -185,6 +209,10 @@ def test_a_third_hidden_layer_does_not_help(runs, claim):
     )
 
 
+@inconclusive(
+    "the 90% CI of the per-seed drop from three to four hidden layers, [-0.07, 0.63] points, "
+    "is neither inside ±0.2 nor outside it (10 seeds)"
+)
 def test_four_hidden_layers_are_as_accurate_as_three(runs, claim):
     diff = [a - b for a, b in zip(final(runs, 3), final(runs, 4))]  # per seed, 3 minus 4
     claim(
@@ -211,6 +239,10 @@ def rotation(w: torch.Tensor, w0: torch.Tensor) -> float:
     return float(1 - F.cosine_similarity(w.flatten().double(), w0.flatten().double(), dim=0))
 
 
+@not_reproduced(
+    "the first hidden layer rotates more than the last: 1 - cos 0.95-0.97 against 0.58-0.70 "
+    "(10 seeds, 4 hidden layers)"
+)
 def test_the_first_hidden_layers_weights_move_less_than_the_last_hidden_layers(runs, claim):
     deep = len(PUBLISHED)  # the 4-hidden-layer nets
     first, last = [], []  # per seed

@@ -26,6 +26,11 @@ Criteria (declared 2026-11-29 before the runs with these settings):
 Changed after seeing data (disclosed): better-than-98 was "the upper end of a prediction
 interval reaches 98%" until 2026-11-26 (it could pass a mean of 97.5%).
 
+Measured at the full budget (2026-11-30, 8 seeds per init, commit 8982f0b): N9.which-init is
+inconclusive: 98.04 lies in the 95% prediction interval of one run for both inits, [97.53,
+98.10] (large) and [97.69, 98.12] (default), so the published number cannot say which init the
+book ran.
+
 Budgets: FULL below (6 seeds for the 30-epoch run, 8 per init for the 60-epoch runs). SMOKE =
 None: the full budget only (at smoke 3 seeds decided nothing, and the runs cost more than the
 whole 6-minute smoke budget here).
@@ -48,6 +53,7 @@ from nnsanity.repro.claims import (
     single_run_claim,
 )
 from nnsanity.repro.network2 import Network2Config
+from nnsanity.repro.plugin import inconclusive
 from nnsanity.repro.population import train_population
 from nnsanity.repro.stats import prediction_interval
 
@@ -189,6 +195,10 @@ def which_init(large: np.ndarray, default: np.ndarray) -> np.ndarray:
     return np.where(consistent(large) != consistent(default), "reproduced", "inconclusive")
 
 
+@inconclusive(
+    "98.04 lies in both inits' 95% prediction intervals of one 60-epoch run: [97.53, 98.10] "
+    "large, [97.69, 98.12] default"
+)
 def test_the_published_98_04_points_to_one_init(sixty_epochs, claim):
     large, default = (sixty_epochs[i][:, -1].double().numpy() for i in INITS)
     verdict = Verdict(which_init(large[None], default[None])[0])

@@ -31,6 +31,11 @@ Budgets: FULL is scaled: 3,000 updates of the paper's 750,000 (0.4%), 3 seeds pe
 minutes on 2 CPU cores. SMOKE = None for the autoencoders (its 1,000 updates ended before the
 x0.25 init leaves the plateau at ~1,850, a different verdict); the identities run at every budget.
 
+Table 3 at the full budget (measured 2026-11-30, 3 seeds, commit 8982f0b): neither claim
+reproduces at 0.4% of the paper's updates. x0.5 leaves the mean-image plateau at 400-500
+updates and ends at 13.7-13.9 (x1 10.0-10.2, the plateau 52.4), so it does not "fail"; x2 ends
+at 29.5-33.9, 3.0-3.3 times x1 (the paper: 1.12 times, after 750,000 updates). Both are
+limited by the budget: the ordering of the scales (x1 best, x4 worst at 110-125) holds.
 Does not reproduce (measured 2026-11-26, full budget): momentum (NAG/SGD 0.53 ± 0.01, significant
 but not <= 0.5; the gap was still widening) and bad-init x0.25 (leaves the plateau after
 1,800-1,900 updates and ends at 0.58 of it): at 0.4% of the paper's updates the bad init delays
@@ -470,7 +475,13 @@ def plateau_left_at(runs: Runs, name: str) -> list[int | None]:
     "scale",
     [
         pytest.param(0.25, marks=not_reproduced("leaves the plateau at ~1,850 updates")),
-        0.5,
+        pytest.param(
+            0.5,
+            marks=not_reproduced(
+                "leaves the plateau at 400-500 updates and ends at 13.7-13.9 (x1: 10.0-10.2, "
+                "the plateau 52.4)"
+            ),
+        ),
     ],
 )
 def test_a_sparse_init_scaled_below_one_half_stays_stuck_on_the_mean_image(
@@ -493,6 +504,10 @@ def test_a_sparse_init_scaled_below_one_half_stays_stuck_on_the_mean_image(
     )
 
 
+@not_reproduced(
+    "after 3,000 updates x2 ends at 29.5-33.9, 3.0-3.3 times x1's 10.0-10.2 (margin 1.5x); the "
+    "paper's 0.083 vs 0.074 come after 750,000"
+)
 def test_a_sparse_init_scaled_by_two_is_as_good_as_the_unscaled_one(autoencoders, claim):
     runs = autoencoders
     log_ratio = [math.log(a / b) for a, b in zip(runs.arm("NAG x2 init"), runs.arm("NAG"))]
