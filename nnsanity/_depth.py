@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
+T = TypeVar("T")
 _OWNERS = re.compile(r"\d+")
 
 Group = tuple[str, list[tuple[str, float]]]  # the pattern, and (layer name, value) in order
@@ -52,3 +54,25 @@ def trend(values: Sequence[float]) -> tuple[float, float]:
     my = sum(y) / n
     slope = sum(a * (b - my) for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
     return math.exp(abs(slope) * (n - 1)), slope
+
+
+def worst(
+    groups: Sequence[T],
+    *,
+    grows: Callable[[T], bool],
+    max_growth: float,
+    max_decay: float,
+    min_rate: float,
+) -> T | None:
+    """The group whose total change exceeds its bound (``max_growth`` if it ``grows``, else
+    ``max_decay``) by the largest factor, if any does; a group changing by less than
+    ``min_rate`` per layer is a flat, noisy one and never counts. Groups have ``.trend`` (the
+    total change) and ``.rate`` (the change per layer)."""
+
+    def excess(g: Any) -> float:
+        if g.rate < min_rate:
+            return 0.0
+        return float(g.trend / (max_growth if grows(g) else max_decay))
+
+    over = [g for g in groups if excess(g) > 1]
+    return max(over, key=excess) if over else None

@@ -35,6 +35,10 @@ ALL_CHECKS = (
     "eval_mode",
     "params_registered",
 )
+# Checks every zoo model passes with defaults, asserted (with more detail) in their own test
+# files; the README's compatibility table shows them beside ALL_CHECKS.
+EVERY_MODEL = ("update_ratio", "activation_growth", "dying_units", "loss_stability", "input_scale")
+TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +404,7 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
                 return model(inputs)
 
         return nnsanity.measure_reproducibility(forward)
-    measure = {
+    measure: dict[str, Any] = {
         "init_loss": nnsanity.measure_init_loss,
         "finite": nnsanity.measure_finite,
         "loss_decreases": nnsanity.measure_loss_decrease,
@@ -409,5 +413,10 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
         "gradient_ratio": nnsanity.measure_gradient_ratio,
         "uses_inputs": nnsanity.measure_uses_inputs,
         "params_registered": nnsanity.measure_params_registered,
-    }[check]
-    return measure(model, batch, loss_fn)
+        "update_ratio": nnsanity.measure_update_ratio,
+        "dying_units": nnsanity.measure_dying_units,
+        "loss_stability": nnsanity.measure_loss_stability,
+    }
+    if check in ("activation_growth", "input_scale"):  # no loss involved
+        return getattr(nnsanity, f"measure_{check}")(model, batch)
+    return measure[check](model, batch, loss_fn)

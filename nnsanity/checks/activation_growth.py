@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import check_number
-from nnsanity._depth import owns_weight, repeated, trend
+from nnsanity._depth import owns_weight, repeated, trend, worst
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
 from nnsanity._result import CheckResult
@@ -59,13 +59,10 @@ class ActivationGrowthResult(CheckResult):
     @property
     def worst(self) -> ActivationTrend | None:
         """The group whose trend exceeds its bound by the largest factor, if any does."""
-        over = [g for g in self.groups if self._excess(g) > 1]
-        return max(over, key=self._excess) if over else None
-
-    def _excess(self, g: ActivationTrend) -> float:
-        if g.rate < MIN_RATE:
-            return 0.0
-        return g.trend / (self.max_growth if g.direction == "grows" else self.max_decay)
+        return worst(
+            self.groups, grows=lambda g: g.direction == "grows", max_growth=self.max_growth,
+            max_decay=self.max_decay, min_rate=MIN_RATE,
+        )  # fmt: skip
 
     @property
     def passed(self) -> bool:

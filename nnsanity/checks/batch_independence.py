@@ -49,6 +49,7 @@ class BatchIndependenceResult(CheckResult):
     method: Literal["gradient", "perturbation"]
     train_mode: bool
     batchnorm: bool  # the model has BatchNorm layers (they mix the batch in train mode)
+    time_first_rnns: tuple[str, ...] = ()  # RNN/LSTM/GRU layers without batch_first=True
 
     @property
     def passed(self) -> bool:
@@ -179,6 +180,11 @@ def measure_batch_independence(
         batchnorm=any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in h.model.modules()
         ),
+        time_first_rnns=tuple(
+            name or type(m).__name__
+            for name, m in h.model.named_modules()
+            if isinstance(m, torch.nn.RNNBase) and not m.batch_first
+        ),
     )
 
 
@@ -223,6 +229,12 @@ def assert_batch_independence(
     return r
 
 
+def _only_earlier(r: BatchIndependenceResult) -> bool:
+    """Every failing sample depends only on samples before it (a recurrence over the batch)."""
+    failing = [(i, src) for i, src in zip(r.samples, r.sources, strict=True) if src]
+    return bool(failing) and all(max(src) < i for i, src in failing)
+
+
 def _explain(r: BatchIndependenceResult) -> Explanation:
     unit = "of its own input gradient" if r.method == "gradient" else "of its output scale"
     lines = []
@@ -243,6 +255,15 @@ def _explain(r: BatchIndependenceResult) -> Explanation:
         "attention, pooling or an RNN across the batch dim (a layer without batch_first=True "
         "given (B, T, D) inputs)",
     ]
+    if r.time_first_rnns and _only_earlier(r):
+        # An RNN run over dim 0 of (B, T, D) recurs across the samples: each sees those before.
+        causes.insert(
+            0,
+            f"an RNN run across the batch: {', '.join(map(repr, r.time_first_rnns))} expects "
+            "(T, B, D) without batch_first=True, and each sample depends only on the samples "
+            "before it, as a recurrence over dim 0 does; build it with batch_first=True or "
+            "transpose the input to (T, B, D)",
+        )
     if r.train_mode and r.batchnorm:
         causes.insert(
             0,

@@ -38,6 +38,7 @@ class FiniteResult(CheckResult):
     loss: float  # NaN when the loss could not be computed finitely
     nonfinite_grads: tuple[str, ...] = ()  # every parameter with a NaN/Inf gradient
     after: str | None = None  # the last module whose output was finite, for input/output
+    overflow_dtype: str | None = None  # a 16-bit dtype whose non-finite values are all +-inf
 
     @property
     def passed(self) -> bool:
@@ -48,6 +49,16 @@ def _bad(tensors: list[torch.Tensor]) -> tuple[int, int]:
     """(non-finite values, values) over the floating-point tensors."""
     floats = [t.detach() for t in tensors if t.is_floating_point() or t.is_complex()]
     return sum(int((~torch.isfinite(t)).sum()) for t in floats), sum(t.numel() for t in floats)
+
+
+def _overflow(tensors: list[torch.Tensor]) -> str | None:
+    """The dtype, when the non-finite values are all +-inf in a 16-bit float tensor: the sign
+    of an overflow (float16 tops out at 65504), not of a log or 0/0, which give NaN."""
+    for t in tensors:
+        low = t.dtype in (torch.float16, torch.bfloat16)
+        if low and not torch.isfinite(t).all() and not torch.isnan(t).any():
+            return str(t.dtype).removeprefix("torch.")
+    return None
 
 
 def _label(name: str, m: torch.nn.Module) -> str:
@@ -74,6 +85,7 @@ class _Watch:
         self.first_bad: tuple[Stage, str, int, int] | None = None  # in forward's order
         self.last_good: str | None = None  # the latest module whose output was finite
         self.first_grad: tuple[str, int, int] | None = None  # in backward's order
+        self.overflow_dtype: str | None = None  # first_bad's, when it looks like an overflow
 
     def on_input(self, label: str) -> Any:
         def hook(_: torch.nn.Module, args: Any) -> None:
@@ -89,6 +101,7 @@ class _Watch:
             count, numel = _bad(tensors)
             if count and self.first_bad is None:
                 self.first_bad = ("output", label, count, numel)
+                self.overflow_dtype = _overflow(tensors)
             elif self.first_bad is None:
                 self.last_good = label
             for t in tensors:
@@ -194,7 +207,7 @@ def measure_finite(
                 stage, name, count, numel = watch.first_bad
                 return found(
                     stage=stage, name=name, count=count, numel=numel, loss=float("nan"),
-                    after=watch.last_good,
+                    after=watch.last_good, overflow_dtype=watch.overflow_dtype,
                 )  # fmt: skip
             loss = h.loss(outputs)
             value = float(loss.detach())
@@ -321,15 +334,25 @@ def _explain(r: FiniteResult) -> Explanation:
         lines = [f"First non-finite value in forward: the {r.stage} of {r.name}", share]
         if r.after:
             lines.append(f"Last finite module output: {r.after}")
+        causes = [
+            "log, sqrt or pow of a value that can be zero or negative: clamp it "
+            "(x.clamp_min(eps)) or use a stable op (log_softmax, logsumexp)",
+            "a division by a value that can be zero: add an epsilon to the denominator",
+            "activations overflow: check the init scale, use normalisation or float32",
+        ]
+        if r.overflow_dtype is not None:
+            lines.append(f"Every non-finite value is +-inf in {r.overflow_dtype}: an overflow")
+            causes.insert(
+                0,
+                f"activations overflow {r.overflow_dtype}'s range (float16 tops out at 65504): "
+                "keep this layer in float32 (torch.autocast(..., enabled=False) around it), "
+                "scale its input down (init scale, normalisation before it) or use bfloat16",
+            )
+            causes.pop()
         return Explanation(
             header=f"The {r.stage} of {r.name} is the first non-finite value in forward!",
             lines=lines,
-            causes=[
-                "log, sqrt or pow of a value that can be zero or negative: clamp it "
-                "(x.clamp_min(eps)) or use a stable op (log_softmax, logsumexp)",
-                "a division by a value that can be zero: add an epsilon to the denominator",
-                "activations overflow: check the init scale, use normalisation or float32",
-            ],
+            causes=causes,
         )
     if r.stage == "loss":
         return Explanation(

@@ -9,6 +9,7 @@ over from a previous run, makes a "seeded" run quietly irreproducible.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import random
@@ -151,10 +152,58 @@ class ReproducibilityResult(CheckResult):
     n_differences: int
     draws_randomness: bool  # fn advanced a global RNG (torch, CUDA, numpy or random)
     same_under_other_seed: bool | None  # None: not checked (or fn drew no random numbers)
+    carried: tuple[str, ...] = ()  # modules fn reaches from outside and changed in place
 
     @property
     def passed(self) -> bool:
         return not self.differences and not self.same_under_other_seed
+
+
+def _held(fn: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """What fn holds from outside itself, by the name fn knows it: a partial's arguments, a
+    bound method's object, its closure cells and the globals it names (inspect.getclosurevars),
+    its default arguments."""
+    held: list[tuple[str, Any]] = []
+    if isinstance(fn, functools.partial):
+        held += [(f"partial argument {i}", a) for i, a in enumerate(fn.args)]
+        held += list(fn.keywords.items())
+        fn = fn.func
+    if inspect.ismethod(fn):
+        held.append(("self", fn.__self__))
+        fn = fn.__func__
+    if inspect.isfunction(fn):
+        names = inspect.getclosurevars(fn)
+        held += [*names.nonlocals.items(), *names.globals.items()]
+        held += [(f"default argument {i}", d) for i, d in enumerate(fn.__defaults__ or ())]
+    return held
+
+
+def _reachable_modules(fn: Callable[[], Any]) -> dict[str, torch.nn.Module]:
+    """The modules among what fn holds, and in the tuples, lists and dicts it holds."""
+    found: dict[str, torch.nn.Module] = {}
+
+    def add(name: str, obj: Any, depth: int) -> None:
+        if isinstance(obj, torch.nn.Module):
+            found.setdefault(name, obj)
+        elif depth < 2 and isinstance(obj, (tuple, list)):
+            for i, item in enumerate(obj):
+                add(f"{name}[{i}]", item, depth + 1)
+        elif depth < 2 and isinstance(obj, dict):
+            for key, item in obj.items():
+                add(f"{name}[{key!r}]", item, depth + 1)
+
+    for name, obj in _held(fn):
+        add(name, obj, 0)
+    return found
+
+
+def _versions(modules: dict[str, torch.nn.Module]) -> dict[str, int]:
+    """Per module, the sum of its tensors' in-place version counters: an optimizer step (or
+    any in-place write) raises it."""
+    return {
+        name: sum(t._version for t in (*m.parameters(), *m.buffers()))
+        for name, m in modules.items()
+    }
 
 
 def _rng_states() -> list[Any]:
@@ -208,6 +257,8 @@ def measure_reproducibility(
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}.")
 
     drew: list[bool] = []
+    outside = _reachable_modules(fn)
+    versions = _versions(outside)
 
     def run(s: int) -> Any:
         with seeded(s):
@@ -239,6 +290,11 @@ def measure_reproducibility(
         n_differences=len(differences),
         draws_randomness=any(drew),
         same_under_other_seed=same_other,
+        carried=tuple(
+            f"{name} ({type(outside[name]).__name__})"
+            for name, v in _versions(outside).items()
+            if v != versions[name]
+        ),
     )
 
 
@@ -280,22 +336,33 @@ def assert_reproducible(
 def _explain(r: ReproducibilityResult) -> Explanation:
     if r.differences:
         more = r.n_differences - len(r.differences)
+        carried = (
+            "state carried between calls: a model, optimizer or data iterator created outside "
+            "fn keeps training where the last call stopped; build everything inside fn"
+        )
+        causes = [
+            "unseeded randomness: torch.Generator().seed(), np.random.default_rng() without a "
+            "seed, os.urandom, time or uuid in the model, data or loop; draw from the global "
+            "RNGs or seed your generators from them",
+            carried,
+            "nondeterministic kernels (CUDA atomics in scatter/index_add, cuDNN autotuning): "
+            "deterministic=True makes torch raise at the culprit",
+        ]
+        if r.carried:  # seen: fn changed, in place, a module it holds from outside
+            causes.insert(0, causes.pop(1))
         return Explanation(
             header="Not reproducible!",
             lines=[
                 f"Two runs under seed {r.seed} differ at {len(r.differences)}"
                 f"{f' (+{more})' if more else ''} entries (bit-identical required):",
                 *(f"  {d}" for d in r.differences[:5]),
+                *(
+                    [f"Changed in place by fn, held from outside it: {', '.join(r.carried)}"]
+                    if r.carried
+                    else []
+                ),
             ],
-            causes=[
-                "unseeded randomness: torch.Generator().seed(), np.random.default_rng() without a "
-                "seed, os.urandom, time or uuid in the model, data or loop; draw from the global "
-                "RNGs or seed your generators from them",
-                "state carried between calls: a model, optimizer or data iterator created outside "
-                "fn keeps training where the last call stopped; build everything inside fn",
-                "nondeterministic kernels (CUDA atomics in scatter/index_add, cuDNN autotuning): "
-                "deterministic=True makes torch raise at the culprit",
-            ],
+            causes=causes,
         )
     return Explanation(
         header="fn ignores the seed!",
