@@ -30,9 +30,7 @@ def test_every_readme_example_runs_as_written(block, tmp_path):
 def test_the_compatibility_table_covers_the_zoo_and_shows_no_failure():
     from architectures import EVERY_MODEL, TABLE_CHECKS, ZOO
 
-    block = re.search(
-        r"<!-- compatibility:start -->\n(.*?)\n\n", README.read_text(), flags=re.S
-    )
+    block = re.search(r"<!-- compatibility:start -->\n(.*?)\n\n", README.read_text(), flags=re.S)
     assert block, "README.md has no compatibility table: python benchmarks/compatibility.py --write"
     header, _, *rows = block.group(1).splitlines()
     assert [c.strip() for c in header.strip("|").split("|")][1:] == list(TABLE_CHECKS)
