@@ -298,7 +298,10 @@ def _explain(r: InitLossResult) -> Explanation:
             f"(up to {r.upper:.4g} allowed: the mean loss of random outputs of std {NOISE_STD:g} "
             f"on this batch; the no-preference output gives {r.expected:.4g}{ln_c})"
         )
-    lines = [f"Loss at initialisation: {r.loss:.4g} {bound}", kind]
+    lines = [
+        f"Loss at initialisation: {r.loss:.4g} {bound} (train mode: the loss the first step sees)",
+        kind,
+    ]
     if r.loss < r.lower:
         causes = [
             "the loss is lower than expected: expected= does not fit this loss (its reduction, "

@@ -67,6 +67,7 @@ class LearnsSignalResult(CheckResult):
             and self.unpaired is None
             and math.isfinite(self.z)
             and self.z >= self.min_z
+            and self.gain > 0  # better than permuted, yet worse than untrained: no signal
         )
 
 
@@ -283,6 +284,14 @@ def _explain(r: LearnsSignalResult) -> Explanation:
     if r.label_blind:  # the same prediction for every sample: no labels can be told apart
         lines.insert(1, "Holdout loss unchanged by every permutation: the same prediction for all")
         causes = [ignores, *causes[:-1]]
+    if r.gain <= 0 and r.z >= r.min_z:  # beats the permutations only by losing less
+        lines.insert(1, "Holdout loss with its own labels rose: training made it worse")
+        causes.insert(
+            0,
+            "the training batch's labels carry no information about the inputs (one class "
+            "only, or a constant column taken as the label): the model learns a prior the "
+            "holdout does not share",
+        )
     if diverged:
         causes.insert(0, "training diverged (NaN/Inf loss): lower the learning rate")
     return Explanation(
