@@ -71,7 +71,12 @@ def _resolve_seed(config: pytest.Config) -> int:
         return random.Random().getrandbits(32)
     if raw == "last":
         cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
-        return int(cache.get("nnsanity/seed", 0)) if cache is not None else 0
+        if cache is None:
+            raise pytest.UsageError(
+                "--nnsanity-seed=last reads the previous run's seed from pytest's cache, which "
+                "-p no:cacheprovider turns off: pass the seed itself (the header prints it)"
+            )
+        return int(cache.get("nnsanity/seed", 0))
     try:
         seed = int(str(raw))
     except ValueError:

@@ -47,6 +47,13 @@ def test_last_reuses_the_previous_runs_seed(pytester):
     again.stdout.fnmatch_lines([f"nnsanity: {seed} *"])
 
 
+def test_last_without_the_cache_is_a_usage_error_not_seed_0(pytester):
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest("--nnsanity-seed=last", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--nnsanity-seed=last reads the previous run's seed*"])
+
+
 def test_a_bad_seed_is_a_usage_error(pytester):
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest("--nnsanity-seed=abc")
