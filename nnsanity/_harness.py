@@ -30,6 +30,7 @@ from nnsanity._arguments import (
     default_optimizer,
     first_line,
 )
+from nnsanity._forensics import Recorder, StepForensics, loss_gradient
 from nnsanity._state import autograd, isolated, preserved_module
 from nnsanity._structures import (
     LABEL_KEYS,
@@ -136,6 +137,7 @@ class Harness:
         self.seed = check_seed(seed)
         check_training(optimizer, step)
         self.optimizer, self.step = optimizer, step
+        self.recorder: Recorder | None = None
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(
                 f"loss_fn must be callable as loss_fn(outputs, targets), got "
@@ -379,14 +381,26 @@ class Harness:
 
         With the user's ``step``, it is called on the batch in the user's form and must return
         the loss *before* its update (a tensor or a float), so that bugs in the user's loop are
-        what gets tested. Either step runs with autograd on, even inside ``torch.no_grad()``.
+        what gets tested; on the batch itself (``inputs`` None) what it does to the optimizer is
+        recorded (``forensics()``). Either step runs with autograd on, even inside
+        ``torch.no_grad()``.
         """
         if self.step is not None:
             step, batch = self.step, self.user_batch(inputs)
 
-            def run_user() -> float:
+            def call() -> Any:
                 with autograd():
-                    loss = step(batch)
+                    return step(batch)
+
+            runner: Callable[[], Any] = call
+            if inputs is None:
+                runner = self.recorder = Recorder(
+                    self.model, call, step,
+                    lambda: loss_gradient(self.model, lambda: self.loss(self.forward())),
+                )  # fmt: skip
+
+            def run_user() -> float:
+                loss = runner()
                 if isinstance(loss, torch.Tensor):
                     if loss.numel() != 1:
                         raise ValueError(
@@ -420,6 +434,10 @@ class Harness:
             return float(loss.detach())
 
         return run_default
+
+    def forensics(self) -> StepForensics | None:
+        """What the user's step did to the optimizer while the check ran (None without one)."""
+        return self.recorder.result() if self.recorder is not None else None
 
     def evaluate(self, inputs: Any = None) -> tuple[float, float]:
         """Mean and sd of ``N_EVALS`` train-mode losses: dropout masks make them differ, and that

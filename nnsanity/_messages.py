@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from nnsanity._diagnosis import Cause, Place
+from nnsanity._diagnosis import shown as listed_causes
 from nnsanity.errors import SanityError
 
 Msg = str | Callable[[str], str] | None
@@ -24,8 +26,9 @@ class Explanation:
 
     header: str  # what failed, ending in "!": "Loss did not decrease enough!"
     lines: Sequence[str]  # one measured quantity per line, with its bound and where
-    causes: Sequence[str] = ()  # most likely first, each with its remedy
+    causes: Sequence[Cause | str] = ()  # best supported first; default: the result's causes
     relax: str | None = None  # the argument(s) that relax the check
+    where: Place | str | None = None  # where in the model (or the step) it broke
 
 
 def at_least(value: str, bound: str) -> str:
@@ -48,11 +51,20 @@ def indices(items: Sequence[int], limit: int = 8) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def render(explanation: Explanation, seed: int | None) -> str:
-    parts = [explanation.header, "", *explanation.lines]
-    if explanation.causes:
+def render(
+    explanation: Explanation, seed: int | None, causes: Sequence[Cause | str] = ()
+) -> str:
+    """The message: ``explanation``'s causes, or ``causes`` (the result's) when it has none."""
+    parts = [explanation.header, ""]
+    if explanation.where is not None:
+        parts.append(f"Where: {explanation.where}")
+    parts += explanation.lines
+    listed = explanation.causes or listed_causes(tuple(causes))
+    if listed:
         parts += ["", "Likely causes:"]
-        parts += [f"  {i}. {cause}" for i, cause in enumerate(explanation.causes, 1)]
+        parts += [
+            f"  {i}. {c.render() if isinstance(c, Cause) else c}" for i, c in enumerate(listed, 1)
+        ]
     if explanation.relax:
         parts.append(f"To relax: {explanation.relax}")
     if seed is not None:
@@ -60,14 +72,15 @@ def render(explanation: Explanation, seed: int | None) -> str:
     return "\n".join(parts)
 
 
-def fail(explanation: Explanation, result: object, *, seed: int | None, msg: Msg) -> NoReturn:
-    """Raise the :class:`SanityError` of a failed check.
+def fail(explanation: Explanation, result: Any, msg: Msg = None) -> NoReturn:
+    """Raise the :class:`SanityError` of a failed check; the message shows ``result.causes``
+    (unless the explanation lists its own) and ``result.seed``.
 
     ``msg`` works as in ``torch.testing.assert_close``: a string replaces the generated message,
     a callable receives it and returns the message to show.
     """
     __tracebackhide__ = True
-    text = render(explanation, seed)
+    text = render(explanation, getattr(result, "seed", None), getattr(result, "causes", ()))
     if isinstance(msg, str):
         text = msg
     elif msg is not None:
@@ -76,17 +89,12 @@ def fail(explanation: Explanation, result: object, *, seed: int | None, msg: Msg
 
 
 def unpaired_explanation(how: str | None) -> Explanation:
-    """What every loss-based check says when the loss does not pair outputs with targets."""
+    """What every loss-based check says when the loss does not pair outputs with targets (its
+    causes: ``_outputs.unpaired_causes``)."""
     return Explanation(
         header="The loss does not pair each output with its own target!",
         lines=[
             f"Shapes: {how}",
             "Loss with the targets shuffled across the batch: unchanged (it must change)",
-        ],
-        causes=[
-            "a shape broadcast in the loss: predictions (N, 1) against targets (N,) in MSELoss "
-            "compare every output with every target; squeeze the outputs (out.squeeze(-1)) or "
-            "reshape the targets to (N, 1)",
-            "the loss reduces the targets before comparing (a mean or sum over the batch)",
         ],
     )

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import torch
 
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._harness import Harness
+from nnsanity._structures import tensors_in
 
 Kind = Literal["logits", "log-probabilities", "probabilities"]
 
@@ -231,3 +233,44 @@ class Outputs:
         if joint is not None and joint != tuple(self.logits.shape):
             return f"{shapes} broadcast to {joint} in the loss"
         return f"{shapes}: the loss is the same whichever target each output gets"
+
+
+def unpaired_causes(how: str | None) -> list[Cause]:
+    """What every loss-based check says when the loss does not pair outputs with targets."""
+    return [
+        Cause(
+            id="shape_broadcast",
+            summary="a shape broadcast in the loss: predictions (N, 1) against targets (N,) in "
+            "MSELoss compare every output with every target",
+            remedy="squeeze the outputs (out.squeeze(-1)) or reshape the targets to (N, 1)",
+            evidence=(how,) if how and "broadcast" in how else (),
+            support=MEASURED if how and "broadcast" in how else CONSISTENT,
+        ),
+        Cause(
+            id="loss_reduces_targets",
+            summary="the loss reduces the targets before comparing (a mean or sum over the batch)",
+            remedy="compare each output with its own target",
+        ),
+    ]
+
+
+def conflicting_labels(h: Harness) -> int | None:
+    """How many samples of the batch have exactly the inputs of another sample and a different
+    target (label noise that no model can fit); None where the targets have no batch dim."""
+    b = h.batch_size
+    targets = [t for t in tensors_in(h.targets) if t.dim() and t.shape[0] == b]
+    data = [t for _, t in h.data_leaves() if t.dim() and t.shape[0] == b]
+    if not targets or not data:
+        return None
+    groups: dict[bytes, list[int]] = {}
+    for i in range(b):
+        key = b"".join(t[i].detach().cpu().contiguous().numpy().tobytes() for t in data)
+        groups.setdefault(key, []).append(i)
+    conflicting = 0
+    for members in groups.values():
+        if len(members) > 1:
+            first = members[0]
+            same = [all(torch.equal(t[first], t[j]) for t in targets) for j in members[1:]]
+            if not all(same):
+                conflicting += len(members)
+    return conflicting

@@ -186,7 +186,7 @@ def assert_activation_growth(
         model, batch, max_growth=max_growth, max_decay=max_decay, unpack=unpack, seed=seed
     )
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

@@ -17,7 +17,9 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import check_bool, check_number
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
+from nnsanity._localisation import Property, along, locate
 from nnsanity._messages import Explanation, Msg, fail, indices
 from nnsanity._perturbation import (
     MAX_DEPENDENCE,
@@ -26,9 +28,10 @@ from nnsanity._perturbation import (
     perturbed,
     relative_change,
 )
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
 from nnsanity._structures import select_output, tensors_in
+from nnsanity.seeding import seed_torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +53,10 @@ class BatchIndependenceResult(CheckResult):
     train_mode: bool
     batchnorm: bool  # the model has BatchNorm layers (they mix the batch in train mode)
     time_first_rnns: tuple[str, ...] = ()  # RNN/LSTM/GRU layers without batch_first=True
+    # the first module (and op) whose output mixes the batch while its inputs do not
+    where: Place | None = None
+    # the module at ``where``, as data the diagnosis reads: its settings that mix the batch
+    where_settings: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -162,13 +169,15 @@ def measure_batch_independence(
         )
         if chart is None:
             chart = _perturbation_chart(h, b, checked, bound, g)
-    dependence, sources = [], []
-    for row, i in zip(chart, checked, strict=True):
-        row = row.clone()
-        row[i] = 0.0
-        dependence.append(float(row.max()))
-        sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
-    return BatchIndependenceResult(
+        dependence, sources = [], []
+        for row, i in zip(chart, checked, strict=True):
+            row = row.clone()
+            row[i] = 0.0
+            dependence.append(float(row.max()))
+            sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
+        failing = [i for i, d in zip(checked, dependence, strict=True) if d > bound]
+        where = _localise(h, b, failing[0], bound) if failing else None
+    r = BatchIndependenceResult(
         seed=h.seed,
         max_dependence=bound,
         samples=checked,
@@ -185,7 +194,46 @@ def measure_batch_independence(
             for name, m in h.model.named_modules()
             if isinstance(m, torch.nn.RNNBase) and not m.batch_first
         ),
+        where=where,
+        where_settings=_settings(h.model, where),
     )
+    return diagnosed(r, _diagnose)
+
+
+def _localise(h: Harness, b: int, i: int, bound: float) -> Place | None:
+    """The first module whose output rows of sample ``i`` change when the other samples'
+    inputs change, while its input rows of sample ``i`` do not."""
+    g = torch.Generator().manual_seed(h.seed + 1)
+    others = torch.arange(b) != i
+    changed = perturbed(h, 0, others, g)
+
+    def run(x: Any) -> Any:
+        seed_torch(h.seed)
+        return h.forward(x)
+
+    axis, region = along(b, torch.tensor([i]))
+    return locate(h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound))
+
+
+def _module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    return dict(model.named_modules()).get(name)
+
+
+def _settings(model: torch.nn.Module, where: Place | None) -> tuple[str, ...]:
+    """What the module at ``where`` is set to do that mixes the batch, read from the model."""
+    m = _module(model, where.module) if where is not None else None
+    found = []
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if not m.track_running_stats or m.running_mean is None:
+            found.append("track_running_stats=False")
+        if m.training:
+            found.append("train mode")
+    if isinstance(m, (torch.nn.RNNBase, torch.nn.MultiheadAttention)) and not m.batch_first:
+        found.append("batch_first=False")
+    layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    if isinstance(m, layers) and not getattr(m.self_attn, "batch_first", True):
+        found.append("batch_first=False")
+    return tuple(found)
 
 
 def assert_batch_independence(
@@ -225,7 +273,7 @@ def assert_batch_independence(
         output=output, unpack=unpack, perturb=perturb, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
@@ -233,6 +281,139 @@ def _only_earlier(r: BatchIndependenceResult) -> bool:
     """Every failing sample depends only on samples before it (a recurrence over the batch)."""
     failing = [(i, src) for i, src in zip(r.samples, r.sources, strict=True) if src]
     return bool(failing) and all(max(src) < i for i, src in failing)
+
+
+_RESHAPE = Cause(
+    id="reshape_across_batch",
+    summary="a view/reshape/permute across the batch dim (x.view(-1, B), "
+    "x.permute(1, 0, 2, 3).reshape(B, -1))",
+    remedy="flatten with x.flatten(1) and keep the batch dim first",
+)
+_STATISTICS = Cause(
+    id="batch_statistics",
+    summary="batch statistics in forward (x.mean(0), x.std(0), or BatchNorm in train mode)",
+    remedy="reduce over the features of each sample, not over the batch",
+)
+_ACROSS = Cause(
+    id="sequence_layer_across_batch",
+    summary="attention, pooling or an RNN across the batch dim (a layer without "
+    "batch_first=True given (B, T, D) inputs)",
+    remedy="build it with batch_first=True or transpose the input to (T, B, D)",
+)
+
+
+def _diagnose(r: BatchIndependenceResult) -> list[Cause]:
+    w = r.where
+    at = w.short if w is not None else None
+    causes = [_RESHAPE, _STATISTICS, _ACROSS]
+    if r.time_first_rnns and _only_earlier(r):
+        # An RNN run over dim 0 of (B, T, D) recurs across the samples: each sees those before.
+        causes.append(
+            Cause(
+                id="rnn_across_batch",
+                summary=f"an RNN run across the batch: {', '.join(map(repr, r.time_first_rnns))} "
+                "expects (T, B, D) without batch_first=True",
+                remedy="build it with batch_first=True or transpose the input to (T, B, D)",
+                evidence=("each sample depends only on the samples before it, as a recurrence "
+                          "over dim 0 does",),
+                where=at,
+                support=MEASURED if w is not None and "batch_first=False" in r.where_settings
+                else CONSISTENT,
+            )
+        )  # fmt: skip
+    if w is None:
+        if r.train_mode and r.batchnorm:
+            causes.insert(0, _train_mode_batchnorm(None, CONSISTENT))
+        return causes
+    settings = r.where_settings
+    if "track_running_stats=False" in settings:
+        causes.append(
+            Cause(
+                id="batchnorm_batch_statistics",
+                summary=f"{w.label} normalises with the batch's own statistics in eval mode "
+                "(track_running_stats=False)",
+                remedy="build it with track_running_stats=True (the default), or use "
+                "GroupNorm/LayerNorm, which normalise each sample alone",
+                evidence=("its output mixes the batch while its input does not",),
+                where=at,
+                support=MEASURED,
+            )
+        )
+    elif "train mode" in settings:
+        causes.append(_train_mode_batchnorm(at, MEASURED))
+    elif "batch_first=False" in settings:
+        causes.append(
+            Cause(
+                id="rnn_across_batch" if w.module_type.endswith(("LSTM", "GRU", "RNN"))
+                else "sequence_layer_across_batch",
+                summary=f"{w.label} has batch_first=False: it reads (B, T, D) inputs as "
+                "(T, B, D) and runs across the batch",
+                remedy="build it with batch_first=True or transpose the input to (T, B, D)",
+                evidence=("its output mixes the batch while its input does not",),
+                where=at,
+                support=MEASURED,
+            )
+        )  # fmt: skip
+    elif w.op is not None:
+        causes.append(_op_cause(w))
+    else:
+        causes.append(
+            Cause(
+                id="module_mixes_batch",
+                summary=f"{w.label} mixes the batch: its output for one sample depends on the "
+                "others' while its input does not",
+                remedy="find the op in its forward that reduces, normalises or reshapes over "
+                "dim 0",
+                where=at,
+                support=CONSISTENT,
+            )
+        )
+    return causes
+
+
+def _train_mode_batchnorm(at: str | None, support: float) -> Cause:
+    return Cause(
+        id="batchnorm_train_mode",
+        summary="BatchNorm in train mode mixes the batch by design",
+        remedy="check with train_mode=False (the default) unless the model must not mix it",
+        where=at,
+        support=support,
+    )
+
+
+def _op_cause(w: Place) -> Cause:
+    assert w.operation is not None
+    o, at = w.operation, w.short
+    op, k = o.text, o.kind
+    evidence = ("the first op whose output mixes the batch while its inputs do not",)
+    if k == "softmax" and o.on_axis:
+        return Cause(
+            id="softmax_over_batch",
+            summary=f"{op} normalises over the batch dim, not the classes",
+            remedy="normalise over the last dim (dim=-1): each sample's scores on their own",
+            evidence=evidence, where=at, support=MEASURED,
+        )  # fmt: skip
+    if k == "reduction" and o.on_axis:
+        return Cause(
+            id="batch_statistics",
+            summary=f"{op} reduces over the batch dim",
+            remedy="reduce over each sample's own features (dim=-1 or dims 1..), not dim 0",
+            evidence=evidence, where=at, support=MEASURED,
+        )  # fmt: skip
+    if k == "reshape":
+        return Cause(
+            id="reshape_across_batch",
+            summary=f"{op} moves data across the batch dim",
+            remedy="keep the batch dim first: x.flatten(1), x.reshape(x.shape[0], -1), or "
+            "permute before reshaping",
+            evidence=evidence, where=at, support=MEASURED,
+        )  # fmt: skip
+    return Cause(
+        id="op_mixes_batch",
+        summary=f"{op} combines samples of the batch",
+        remedy="apply it to each sample on its own (over dims 1.. only)",
+        evidence=evidence, where=at, support=CONSISTENT,
+    )  # fmt: skip
 
 
 def _explain(r: BatchIndependenceResult) -> Explanation:
@@ -247,32 +428,9 @@ def _explain(r: BatchIndependenceResult) -> Explanation:
             )
             lines.append(f"Sample {i} depends on {on}: {size} (up to {r.max_dependence:g} allowed)")
     lines.append(f"Method: {r.method}, {'train' if r.train_mode else 'eval'} mode")
-    causes = [
-        "a view/reshape/permute across the batch dim (x.view(-1, B), x.permute(1, 0, 2, 3)"
-        ".reshape(B, -1)): flatten with x.flatten(1) and keep the batch dim first",
-        "batch statistics in forward (x.mean(0), x.std(0)"
-        + (")" if r.train_mode and r.batchnorm else ", or BatchNorm in train mode)"),
-        "attention, pooling or an RNN across the batch dim (a layer without batch_first=True "
-        "given (B, T, D) inputs)",
-    ]
-    if r.time_first_rnns and _only_earlier(r):
-        # An RNN run over dim 0 of (B, T, D) recurs across the samples: each sees those before.
-        causes.insert(
-            0,
-            f"an RNN run across the batch: {', '.join(map(repr, r.time_first_rnns))} expects "
-            "(T, B, D) without batch_first=True, and each sample depends only on the samples "
-            "before it, as a recurrence over dim 0 does; build it with batch_first=True or "
-            "transpose the input to (T, B, D)",
-        )
-    if r.train_mode and r.batchnorm:
-        causes.insert(
-            0,
-            "BatchNorm in train mode mixes the batch by design; check with train_mode=False (the "
-            "default) unless the model must not mix it",
-        )
     return Explanation(
         header="Outputs depend on other samples' inputs!",
         lines=lines,
-        causes=causes,
+        where=r.where,
         relax="max_dependence= (larger); samples= chooses which samples are checked.",
     )

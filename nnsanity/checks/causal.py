@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import check_bool, check_int, check_number, first_line
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
+from nnsanity._localisation import Property, along, locate
 from nnsanity._messages import Explanation, Msg, fail, indices, up_to
 from nnsanity._perturbation import (
     MAX_DEPENDENCE,
@@ -25,7 +27,8 @@ from nnsanity._perturbation import (
     perturbed,
     relative_change,
 )
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
+from nnsanity.seeding import seed_torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,10 @@ class CausalResult(CheckResult):
     leak_after: int | None
     leak_change: float | None
     dim: int
+    # the first module (and op) whose outputs at <= leak_after see the inputs after it, while
+    # its inputs there do not
+    where: Place | None = None
+    where_settings: tuple[str, ...] = ()  # the module's settings that look ahead
 
     @property
     def passed(self) -> bool:
@@ -139,7 +146,8 @@ def measure_causal(
 
         changes = [moved(t) for t in checked]
         leak = _first_leak(moved, checked, changes, bound)
-    return CausalResult(
+        where = _localise(h, dim, n, leak[1], bound, g) if leak is not None else None
+    r = CausalResult(
         seed=h.seed,
         max_dependence=bound,
         positions=checked,
@@ -148,7 +156,44 @@ def measure_causal(
         leak_after=None if leak is None else leak[1],
         leak_change=None if leak is None else leak[2],
         dim=dim,
+        where=where,
+        where_settings=_settings(h.model, where),
     )
+    return diagnosed(r, _diagnose)
+
+
+def _localise(
+    h: Harness, dim: int, n: int, t: int, bound: float, g: torch.Generator
+) -> Place | None:
+    """The first module whose outputs at positions <= t change with the inputs after t while its
+    inputs at <= t do not."""
+    changed = perturbed(h, dim, torch.arange(n) > t, g)
+
+    def run(x: Any) -> Any:
+        seed_torch(h.seed)
+        return h.forward(x)
+
+    axis, region = along(n, torch.arange(n) <= t, dim=dim)
+    return locate(h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound))
+
+
+_ATTENTION = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer,
+              torch.nn.TransformerDecoderLayer)  # fmt: skip
+
+
+def _settings(model: torch.nn.Module, where: Place | None) -> tuple[str, ...]:
+    """What the module at ``where`` is, or is set to do, that looks ahead."""
+    m = dict(model.named_modules()).get(where.module) if where is not None else None
+    found = []
+    if isinstance(m, torch.nn.RNNBase) and m.bidirectional:
+        found.append("bidirectional=True")
+    if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) and m.padding not in (0, (0,), (0, 0)):
+        found.append(f"padding={m.padding}")
+    if isinstance(m, _ATTENTION) or (
+        m is not None and any(w in type(m).__name__.lower() for w in ("attn", "attention"))
+    ):
+        found.append("attention")
+    return tuple(found)
 
 
 def assert_causal(
@@ -186,8 +231,100 @@ def assert_causal(
         max_dependence=max_dependence, output=output, unpack=unpack, perturb=perturb, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
+
+
+_NO_MASK = Cause(
+    id="no_causal_mask",
+    summary="no causal mask in self-attention",
+    remedy="pass attn_mask=nn.Transformer.generate_square_subsequent_mask(T) (is_causal=True "
+    "alone is only a hint to nn.MultiheadAttention / nn.TransformerEncoderLayer)",
+)
+_WRONG_MASK = Cause(
+    id="mask_orientation",
+    summary="a mask of the wrong orientation (triu vs tril, or a bool mask with True meaning "
+    "'attend' where torch means 'masked out')",
+    remedy="mask the keys after each query: True (or -inf) above the diagonal",
+)
+_LOOKS_AHEAD = Cause(
+    id="layer_looks_ahead",
+    summary="a layer that looks ahead: a bidirectional RNN, a convolution padded on both sides, "
+    "or normalisation/pooling over the time dim",
+    remedy="use unidirectional layers, pad convolutions on the left only",
+)
+
+
+def _diagnose(r: CausalResult) -> list[Cause]:
+    causes = [_NO_MASK, _WRONG_MASK, _LOOKS_AHEAD]
+    w = r.where
+    if w is None:
+        return causes
+    at, s = w.short, r.where_settings
+    first = "the first module whose early outputs see the later inputs while its own inputs do not"
+    o = w.operation
+    if o is not None:
+        evidence = (f"{o.text} at {o.line} is the first op on the path to the output that sees "
+                    "the future",)  # fmt: skip
+        if o.kind == "mask" and o.fill is not None:
+            causes.append(Cause(
+                id="mask_fill_not_inf",
+                summary=f"{o.text} masks with a finite value, so the masked scores still count",
+                remedy="fill with float('-inf') (or torch.finfo(scores.dtype).min)",
+                evidence=evidence, where=at, support=MEASURED,
+            ))  # fmt: skip
+        elif o.kind == "softmax" and o.shape is not None and o.dim != len(o.shape) - 1:
+            causes.append(Cause(
+                id="softmax_wrong_dim",
+                summary=f"{o.text} of a {o.shape} tensor normalises over dim {o.dim}, not the "
+                "last (the keys): each query's weights then depend on the other queries",
+                remedy="softmax(dim=-1) over the keys",
+                evidence=evidence, where=at, support=MEASURED,
+            ))  # fmt: skip
+        elif o.kind == "reshape":
+            causes.append(Cause(
+                id="reshape_mixes_positions",
+                summary=f"{o.text} moves data across positions: (B, heads, T, d) reshaped to "
+                "(B, T, heads*d) without moving the heads next to d first",
+                remedy="transpose(1, 2) before the reshape: x.transpose(1, 2).reshape(B, T, -1)",
+                evidence=evidence, where=at, support=MEASURED,
+            ))  # fmt: skip
+        elif o.kind in ("reduction", "softmax") and o.on_axis:
+            causes.append(Cause(
+                id="reduction_over_time",
+                summary=f"{o.text} reduces over the time dim, future positions included",
+                remedy="use a causal (cumulative) reduction or reduce over each position alone",
+                evidence=evidence, where=at, support=MEASURED,
+            ))  # fmt: skip
+        else:
+            causes.append(Cause(
+                id="no_causal_mask",
+                summary=f"{o.text} combines every position with every other, and no mask "
+                "after it removes the future",
+                remedy="mask the scores above the diagonal with -inf before the softmax",
+                evidence=evidence, where=at, support=MEASURED if "attention" in s else CONSISTENT,
+            ))  # fmt: skip
+    elif "attention" in s:
+        causes.append(Cause(
+            id="no_causal_mask",
+            summary=f"{w.label} attends to later positions: no causal mask reaches it",
+            remedy=_NO_MASK.remedy, evidence=(first,), where=at, support=MEASURED,
+        ))  # fmt: skip
+    elif "bidirectional=True" in s or any(x.startswith("padding=") for x in s):
+        causes.append(Cause(
+            id="layer_looks_ahead",
+            summary=f"{w.label} looks ahead ({', '.join(s)})",
+            remedy="use a unidirectional RNN, or pad the convolution on the left only "
+            "(F.pad(x, (k - 1, 0)) and padding=0)",
+            evidence=(first,), where=at, support=MEASURED,
+        ))  # fmt: skip
+    else:
+        causes.append(Cause(
+            id="module_looks_ahead", summary=f"{w.label} sees the future",
+            remedy="find what in it combines positions", evidence=(first,), where=at,
+            support=CONSISTENT,
+        ))  # fmt: skip
+    return causes
 
 
 def _explain(r: CausalResult) -> Explanation:
@@ -200,14 +337,6 @@ def _explain(r: CausalResult) -> Explanation:
             + up_to(f"{r.leak_change:.3g} of the output scale", f"{r.max_dependence:g}"),
             f"Checked t = {indices(r.positions)} along dim {r.dim}",
         ],
-        causes=[
-            "no causal mask in self-attention: pass attn_mask=nn.Transformer."
-            "generate_square_subsequent_mask(T) (is_causal=True alone is only a hint to "
-            "nn.MultiheadAttention / nn.TransformerEncoderLayer)",
-            "a mask of the wrong orientation (triu vs tril, or a bool mask with True meaning "
-            "'attend' where torch means 'masked out')",
-            "a layer that looks ahead: a bidirectional RNN, a convolution padded on both sides "
-            "instead of on the left only, or normalisation/pooling over the time dim",
-        ],
+        where=r.where,
         relax="max_dependence= (larger); dim= names the sequence dimension if it is not 1.",
     )

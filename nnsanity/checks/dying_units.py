@@ -168,7 +168,7 @@ def assert_no_dying_units(
         max_dying_fraction=max_dying_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -21,10 +21,12 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nnsanity._arguments import check_number
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
+from nnsanity._localisation import Property, locate, whole
 from nnsanity._messages import Explanation, Msg, fail, names, up_to
 from nnsanity._perturbation import MAX_DEPENDENCE
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._structures import select_output, tensors_in
 from nnsanity.seeding import seed_torch
 
@@ -40,7 +42,7 @@ class EvalModeResult(CheckResult):
 
     max_difference: float  # the bound on ``difference``
     difference: float
-    culprit: str | None  # the innermost module whose output differs though its input does not
+    where: Place | None  # the first module (and op) whose output differs though its inputs do not
     train_in_eval: tuple[str, ...]  # modules in train mode during the eval-mode forward
     batchnorms: int  # BatchNorm layers checked (exempt ones left out)
     stats_updated_in_eval: tuple[str, ...]  # running statistics changed by an eval forward
@@ -80,10 +82,6 @@ def _patterns(exempt: Any, norms: dict[str, _BatchNorm]) -> tuple[str, ...]:
     return patterns
 
 
-def _label(name: str, m: torch.nn.Module) -> str:
-    return f"'{name}' ({type(m).__name__})" if name else f"{type(m).__name__} (the model)"
-
-
 def _floats(outputs: Any, output: Any) -> list[torch.Tensor]:
     found = [select_output(outputs, output)[0]] if output is not None else tensors_in(outputs)
     return [o.detach().double() for o in found if o.is_floating_point()]
@@ -108,53 +106,12 @@ def _difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return biggest / scale
 
 
-class _Calls:
-    """Every module call of one forward, in completion order: (label, inputs, outputs)."""
-
-    def __init__(self) -> None:
-        self.done: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
-        self._open: list[list[torch.Tensor]] = []
-
-    @contextmanager
-    def attached(self, model: torch.nn.Module) -> Iterator[None]:
-        handles = []
-        for name, m in model.named_modules():
-            label = _label(name, m)
-
-            def pre(_: torch.nn.Module, args: Any, kwargs: Any) -> None:
-                self._open.append([t.detach().clone() for t in tensors_in((args, kwargs))])
-
-            def post(_: torch.nn.Module, args: Any, out: Any, label: str = label) -> None:
-                ins = self._open.pop() if self._open else []
-                self.done.append((label, ins, [t.detach().clone() for t in tensors_in(out)]))
-
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def _culprit(h: Harness) -> str | None:
-    """The innermost module whose output differs between two eval forwards while its inputs do
-    not: the randomness enters there (in it, or in a functional op of its own forward)."""
-    passes = []
-    for _ in range(2):
-        calls = _Calls()
-        with calls.attached(h.model), torch.no_grad():
-            h.forward()
-        passes.append(calls.done)
-    first, second = passes
-    if [c[0] for c in first] != [c[0] for c in second]:
-        return None  # different modules ran: control flow itself is random
-    for (label, ins_a, outs_a), (_, ins_b, outs_b) in zip(first, second, strict=True):
-        same_in = len(ins_a) == len(ins_b) and all(map(_same, ins_a, ins_b))
-        same_out = len(outs_a) == len(outs_b) and all(map(_same, outs_a, outs_b))
-        if same_in and not same_out:
-            return label
-    return None
+def _localise(h: Harness, bound: float) -> Place | None:
+    """The first module whose output differs between two eval forwards while its inputs do
+    not: the randomness enters there (in it, or in an op of its own forward)."""
+    axis, region = whole()
+    prop = Property(region, axis, bound)
+    return locate(h.model, h.forward, h.forward, prop)
 
 
 def _stats(m: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -241,7 +198,7 @@ def measure_eval_mode(
             first = _floats(h.forward(), h.output)
             second = _floats(h.forward(), h.output)
         difference = _difference(first, second)
-        culprit = _culprit(h) if difference > bound else None
+        where = _localise(h, bound) if difference > bound else None
 
         def noter(name: str) -> Any:
             def note(module: torch.nn.Module, args: Any) -> None:
@@ -273,11 +230,11 @@ def measure_eval_mode(
             n for n, m in norms.items()
             if n in train_seen and start[n] is not None and not _moved(m, start[n])
         )  # fmt: skip
-    return EvalModeResult(
+    r = EvalModeResult(
         seed=h.seed,
         max_difference=bound,
         difference=difference,
-        culprit=culprit,
+        where=where,
         train_in_eval=tuple(modes),
         batchnorms=len(norms),
         stats_updated_in_eval=updated,
@@ -287,6 +244,7 @@ def measure_eval_mode(
         eval_in_train=tuple(n for n in frozen if not train_seen[n]),
         zero_momentum=tuple(n for n in frozen if norms[n].momentum == 0),
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_eval_mode(
@@ -337,72 +295,168 @@ def assert_eval_mode(
         seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
-_TRAIN_IN_EVAL = (
-    "modules ran in train mode during the eval forward ({modules}): a train()/eval() override "
-    "that does not pass the mode on to its children, or self.train() called in forward"
+def _train_in_eval(r: EvalModeResult) -> Cause:
+    return Cause(
+        id="train_mode_in_eval",
+        summary=f"modules ran in train mode during the eval forward ({names(r.train_in_eval)})",
+        remedy="a train()/eval() override must pass the mode on to its children; do not call "
+        "self.train() in forward",
+        evidence=("their .training was True inside model.eval()",),
+        where=r.train_in_eval[0],
+        support=MEASURED,
+    )
+
+
+_DROPOUT = Cause(
+    id="functional_dropout",
+    summary="F.dropout(x, p) in a forward: its training argument defaults to True, so it drops "
+    "in eval mode too",
+    remedy="pass training=self.training, or use an nn.Dropout module",
 )
+_ATTN_DROPOUT = Cause(
+    id="attention_dropout",
+    summary="attention dropout that ignores self.training",
+    remedy="pass F.scaled_dot_product_attention dropout_p=self.p if self.training else 0.0 "
+    "(and F.dropout(attn, p, self.training))",
+)
+_SAMPLING = Cause(
+    id="sampling_in_forward",
+    summary="sampling in forward (noise injection, a VAE's reparameterisation, random masking)",
+    remedy="draw only when self.training and use the mean in eval mode",
+)
+_RANDOM_OPS = ("rand", "randn", "randint", "rand_like", "randn_like", "bernoulli", "normal",
+               "normal_", "uniform_", "multinomial", "randperm", "exponential_")  # fmt: skip
+_DROPOUT_OPS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                "feature_alpha_dropout")  # fmt: skip
+
 # Each BatchNorm problem, in the order it is reported: (header, causes).
-_PROBLEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+_PROBLEMS: dict[str, tuple[str, tuple[Cause, ...]]] = {
     "stats_updated_in_eval": (
         "{n} BatchNorm layer{s} changed {their} running statistics in eval mode!",
         (
-            "the layer runs in train mode inside an eval forward (model.eval() does not reach it)",
-            "F.batch_norm(..., training=True) called directly in forward: pass "
-            "training=self.training",
+            Cause(
+                id="batchnorm_train_mode_in_eval",
+                summary="the layer runs in train mode inside an eval forward",
+                remedy="make sure model.eval() reaches it (no train() override that stops it)",
+            ),
+            Cause(
+                id="functional_batch_norm",
+                summary="F.batch_norm(..., training=True) called directly in forward",
+                remedy="pass training=self.training",
+            ),
         ),
     ),
     "stats_unused_in_eval": (
         "{n} BatchNorm layer{s} {ignore} {their} running statistics in eval mode!",
         (
-            "a BatchNorm subclass whose forward always normalises with the batch's statistics: "
-            "use the running statistics when not self.training",
+            Cause(
+                id="batchnorm_ignores_running_stats",
+                summary="a BatchNorm subclass whose forward always normalises with the batch's "
+                "statistics",
+                remedy="use the running statistics when not self.training",
+            ),
         ),
     ),
     "no_running_stats": (
         "{n} BatchNorm layer{s} {have} no running statistics (track_running_stats=False)!",
         (
-            "track_running_stats=False makes eval mode normalise with the batch's own "
-            "statistics, so a sample's output depends on the batch it is evaluated with (and "
-            "a batch of one fails): use the default track_running_stats=True",
-            "batch statistics at test time on purpose (test-time adaptation): list the layer "
-            "in exempt=",
+            Cause(
+                id="batchnorm_batch_statistics",
+                summary="track_running_stats=False makes eval mode normalise with the batch's own "
+                "statistics, so a sample's output depends on the batch it is evaluated with (and "
+                "a batch of one fails)",
+                remedy="use the default track_running_stats=True",
+                support=MEASURED,
+            ),
+            Cause(
+                id="test_time_batch_statistics",
+                summary="batch statistics at test time on purpose (test-time adaptation)",
+                remedy="list the layer in exempt=",
+            ),
         ),
     ),
     "stats_frozen": (
         "{n} BatchNorm layer{s} did not update {their} running statistics in train mode!",
         (
-            "momentum=0: the running statistics keep their initial values (mean 0, variance "
-            "1) and eval mode normalises with them; use the default momentum=0.1",
-            "the layer stays in eval mode while the model trains: a train() override that "
-            "calls .eval() on it, or .eval() called in forward",
-            "frozen on purpose for fine-tuning: list the layer in exempt=",
+            Cause(
+                id="batchnorm_zero_momentum",
+                summary="momentum=0: the running statistics keep their initial values (mean 0, "
+                "variance 1) and eval mode normalises with them",
+                remedy="use the default momentum=0.1",
+            ),
+            Cause(
+                id="batchnorm_eval_in_train",
+                summary="the layer stays in eval mode while the model trains: a train() override "
+                "that calls .eval() on it, or .eval() called in forward",
+                remedy="let model.train() reach it",
+            ),
+            Cause(
+                id="frozen_on_purpose",
+                summary="frozen on purpose for fine-tuning",
+                remedy="list the layer in exempt=",
+            ),
         ),
     ),
 }
 
 
-def _nondeterministic(r: EvalModeResult) -> Explanation:
-    where = r.culprit or "not found (the modules called differ between forwards)"
-    attention = r.culprit is not None and any(w in r.culprit.lower() for w in ("attn", "atten"))
-    dropout = (
-        "F.dropout(x, p) in a forward: its training argument defaults to True, so it drops in "
-        "eval mode too; pass training=self.training, or use an nn.Dropout module"
-    )
-    attn = (
-        "attention dropout that ignores self.training: pass F.scaled_dot_product_attention "
-        "dropout_p=self.p if self.training else 0.0 (and F.dropout(attn, p, self.training))"
-    )
-    causes = [attn, dropout] if attention else [dropout, attn]
+def _nondeterministic_causes(r: EvalModeResult) -> list[Cause]:
+    w = r.where
+    attention = w is not None and any(x in w.module.lower() for x in ("attn", "atten"))
+    causes = [_ATTN_DROPOUT, _DROPOUT] if attention else [_DROPOUT, _ATTN_DROPOUT]
+    causes.append(_SAMPLING)
     if r.train_in_eval:
-        causes.insert(0, _TRAIN_IN_EVAL.format(modules=names(r.train_in_eval)))
-    causes.append(
-        "sampling in forward (noise injection, a VAE's reparameterisation, random masking): "
-        "draw only when self.training and use the mean in eval mode"
-    )
+        causes.insert(0, _train_in_eval(r))
+    if w is None:
+        return causes
+    at, o = w.short, w.operation
+    first = "the first module whose output differs between two eval forwards while its inputs do not"
+    if o is not None and o.name in _DROPOUT_OPS:
+        causes.insert(0, replace(_DROPOUT, evidence=(first,), where=at, support=MEASURED))
+    elif o is not None and o.name == "scaled_dot_product_attention":
+        causes.insert(0, replace(_ATTN_DROPOUT, evidence=(first,), where=at, support=MEASURED))
+    elif o is not None and o.name in _RANDOM_OPS:
+        causes.insert(0, replace(_SAMPLING, evidence=(first,), where=at, support=MEASURED))
+    elif attention:
+        causes.insert(0, replace(_ATTN_DROPOUT, evidence=(first,), where=at, support=CONSISTENT))
+    else:
+        causes.insert(0, Cause(
+            id="random_in_eval", summary=f"{w.label} draws random numbers in eval mode",
+            remedy="draw only when self.training", evidence=(first,), where=at,
+            support=CONSISTENT,
+        ))  # fmt: skip
+    return causes
+
+
+def _diagnose(r: EvalModeResult) -> list[Cause]:
+    problem = r.problems[0]
+    if problem == "not_deterministic":
+        return _nondeterministic_causes(r)
+    found: tuple[str, ...] = getattr(r, problem)
+    causes = [replace(c, where=found[0]) for c in _PROBLEMS[problem][1]]
+    if problem == "stats_frozen":
+        by_id = {c.id: c for c in causes}
+        if r.zero_momentum:
+            by_id["batchnorm_zero_momentum"] = replace(
+                by_id["batchnorm_zero_momentum"], support=MEASURED, where=r.zero_momentum[0],
+                evidence=(f"momentum=0 on {names(r.zero_momentum)}",),
+            )  # fmt: skip
+        if r.eval_in_train:
+            by_id["batchnorm_eval_in_train"] = replace(
+                by_id["batchnorm_eval_in_train"], support=MEASURED, where=r.eval_in_train[0],
+                evidence=(f"in eval mode during the train forward: {names(r.eval_in_train)}",),
+            )  # fmt: skip
+        causes = list(by_id.values())
+    if problem in ("stats_updated_in_eval", "stats_unused_in_eval") and r.train_in_eval:
+        causes.insert(0, _train_in_eval(r))
+    return causes
+
+
+def _nondeterministic(r: EvalModeResult) -> Explanation:
     size = "inf (the outputs' shapes differ)" if r.difference == float("inf") else r.difference
     return Explanation(
         header="Two eval-mode forwards of the same batch differ!",
@@ -410,9 +464,8 @@ def _nondeterministic(r: EvalModeResult) -> Explanation:
             "Largest difference between two eval forwards: "
             + up_to(f"{size:.3g}" if isinstance(size, float) else size, f"{r.max_difference:g}")
             + " of the output scale",
-            f"Randomness enters at: {where}",
         ],
-        causes=causes,
+        where=r.where or "not found (the modules called differ between forwards)",
         relax="max_difference= (larger); output= judges one output only.",
     )
 
@@ -421,17 +474,12 @@ def _explain(r: EvalModeResult) -> Explanation:
     problem = r.problems[0]
     if problem == "not_deterministic":
         return _nondeterministic(r)
-    header, causes = _PROBLEMS[problem]
+    header = _PROBLEMS[problem][0]
     found: tuple[str, ...] = getattr(r, problem)
     lines = [f"BatchNorm layers: {names(found)} (of {r.batchnorms} checked)"]
-    ranked = list(causes)
     if problem == "stats_frozen":
         lines.append(f"With momentum=0: {names(r.zero_momentum) or 'none'}")
         lines.append(f"In eval mode during the train forward: {names(r.eval_in_train) or 'none'}")
-        if r.eval_in_train and not r.zero_momentum:
-            ranked = [causes[1], causes[0], causes[2]]
-    if problem in ("stats_updated_in_eval", "stats_unused_in_eval") and r.train_in_eval:
-        ranked.insert(0, _TRAIN_IN_EVAL.format(modules=names(r.train_in_eval)))
     return Explanation(
         header=header.format(
             n=len(found),
@@ -441,6 +489,5 @@ def _explain(r: EvalModeResult) -> Explanation:
             have="has" if len(found) == 1 else "have",
         ),
         lines=lines,
-        causes=ranked,
         relax="exempt= [glob, ...] naming the BatchNorm layers that behave so on purpose.",
     )

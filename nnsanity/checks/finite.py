@@ -9,17 +9,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
 from nnsanity._arguments import LossFn
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
+from nnsanity._localisation import Property, locate, whole
 from nnsanity._messages import Explanation, Msg, fail, names
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
 from nnsanity._structures import tensors_in
+from nnsanity.seeding import seed_torch
 
 Stage = Literal[
     "parameter", "buffer", "input", "output", "loss", "gradient", "eval input", "eval output",
@@ -39,6 +42,8 @@ class FiniteResult(CheckResult):
     nonfinite_grads: tuple[str, ...] = ()  # every parameter with a NaN/Inf gradient
     after: str | None = None  # the last module whose output was finite, for input/output
     overflow_dtype: str | None = None  # a 16-bit dtype whose non-finite values are all +-inf
+    # the first module (and op) whose output is not finite while its inputs are
+    where: Place | None = None
 
     @property
     def passed(self) -> bool:
@@ -185,7 +190,7 @@ def measure_finite(
     h = Harness(model, batch, loss_fn, seed=seed, unpack=unpack)
 
     def found(**fields: Any) -> FiniteResult:
-        return FiniteResult(seed=h.seed, **fields)
+        return diagnosed(FiniteResult(seed=h.seed, **fields), _diagnose)
 
     with h.isolated():
         for stage, named in (
@@ -203,13 +208,15 @@ def measure_finite(
             for p in h.model.parameters():
                 p.grad = None
             outputs = h.forward()
-            if watch.first_bad is not None:
-                stage, name, count, numel = watch.first_bad
-                return found(
-                    stage=stage, name=name, count=count, numel=numel, loss=float("nan"),
-                    after=watch.last_good, overflow_dtype=watch.overflow_dtype,
-                )  # fmt: skip
-            loss = h.loss(outputs)
+            if watch.first_bad is None:
+                loss = h.loss(outputs)
+        if watch.first_bad is not None:
+            stage, name, count, numel = watch.first_bad
+            return found(
+                stage=stage, name=name, count=count, numel=numel, loss=float("nan"),
+                after=watch.last_good, overflow_dtype=watch.overflow_dtype, where=_localise(h),
+            )  # fmt: skip
+        with autograd():
             value = float(loss.detach())
             if not torch.isfinite(loss):
                 return found(stage="loss", name="loss", count=1, numel=1, loss=value)
@@ -232,8 +239,23 @@ def measure_finite(
             )  # fmt: skip
     with h.isolated(train=False), torch.no_grad():
         first = _first_in_eval(h)
+        where = _localise(h) if first is not None and first[0] != "eval loss" else None
     stage_, name_, count, numel, after = first or (None, None, 0, 0, None)
-    return found(stage=stage_, name=name_, count=count, numel=numel, loss=value, after=after)
+    return found(
+        stage=stage_, name=name_, count=count, numel=numel, loss=value, after=after, where=where
+    )
+
+
+def _localise(h: Harness) -> Place | None:
+    """The first module whose output is not finite while its inputs are, in a rerun of the
+    forward pass (same seed, same mode), and the op inside it that made the NaN/Inf."""
+    axis, region = whole()
+
+    def run() -> Any:
+        seed_torch(h.seed)
+        return h.forward()
+
+    return locate(h.model, run, run, Property(region, axis, 0.0, single=True))
 
 
 def assert_finite(
@@ -268,24 +290,148 @@ def assert_finite(
     __tracebackhide__ = True
     r = measure_finite(model, batch, loss_fn, unpack=unpack, seed=seed)
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
-_MASKED_ROWS = (
-    "a query whose every key is masked: PyTorch's fast path (nn.TransformerEncoderLayer, "
+_MASKED_ROWS = Cause(
+    id="fully_masked_rows",
+    summary="a query whose every key is masked: PyTorch's fast path (nn.TransformerEncoderLayer, "
     "nn.MultiheadAttention in eval mode under no_grad) gives NaN for it where train mode gives "
-    "0. An inverted key_padding_mask (it takes True at the padding to ignore: "
-    "attention_mask == 0, tokens == PAD), or a sequence that is all padding"
+    "0; an inverted key_padding_mask (it takes True at the padding to ignore), or a sequence "
+    "that is all padding",
+    remedy="pass key_padding_mask=(attention_mask == 0), and no all-padding sequence",
 )
-_EVAL_BRANCH = (
-    "a branch taken only in eval mode (if not self.training) with a log, sqrt or division by "
-    "a value that can be zero: clamp it or add an epsilon"
+_EVAL_BRANCH = Cause(
+    id="eval_only_branch",
+    summary="a branch taken only in eval mode (if not self.training) with a log, sqrt or "
+    "division by a value that can be zero",
+    remedy="clamp it or add an epsilon",
 )
-_RUNNING_STATS = (
-    "BatchNorm running statistics that do not fit the data (a running_var near 0): run "
-    "nnsanity.assert_eval_mode"
+_RUNNING_STATS = Cause(
+    id="bad_running_stats",
+    summary="BatchNorm running statistics that do not fit the data (a running_var near 0)",
+    remedy="run nnsanity.assert_eval_mode",
 )
+_LOG = Cause(
+    id="log_of_zero",
+    summary="log, sqrt or pow of a value that can be zero or negative",
+    remedy="clamp it (x.clamp_min(eps)) or use a stable op (log_softmax, logsumexp)",
+)
+_DIVISION = Cause(
+    id="division_by_zero",
+    summary="a division by a value that can be zero",
+    remedy="add an epsilon to the denominator",
+)
+_OVERFLOW = Cause(
+    id="activation_overflow",
+    summary="activations overflow",
+    remedy="check the init scale, use normalisation or float32",
+)
+_OPS = {
+    "log": _LOG, "log2": _LOG, "log10": _LOG, "log1p": _LOG, "sqrt": _LOG, "rsqrt": _LOG,
+    "pow": _LOG, "__pow__": _LOG, "div": _DIVISION, "__truediv__": _DIVISION,
+    "true_divide": _DIVISION, "reciprocal": _DIVISION, "__rtruediv__": _DIVISION,
+    "exp": _OVERFLOW, "__mul__": _OVERFLOW, "mul": _OVERFLOW, "matmul": _OVERFLOW,
+}  # fmt: skip
+
+
+def _at(r: FiniteResult) -> list[Cause]:
+    """Causes read from where the first NaN/Inf was made: the op, or the module."""
+    w = r.where
+    if w is None:
+        return []
+    o = w.operation
+    made = "made there from finite inputs"
+    if o is not None and o.name in _OPS:
+        c = _OPS[o.name]
+        return [replace(c, evidence=(f"{o.text}: {made}",), where=w.short, support=MEASURED)]
+    if o is not None:
+        return [Cause(
+            id="nonfinite_op", summary=f"{o.text} makes NaN/Inf from finite inputs",
+            remedy="guard its input (clamp, epsilon)", evidence=(made,), where=w.short,
+            support=MEASURED,
+        )]  # fmt: skip
+    if w.after or w.before:
+        return [Cause(
+            id="nonfinite_in_forward",
+            summary=f"an op in {w.label}'s own forward makes NaN/Inf"
+            + (f" between '{w.after}' and '{w.before}'" if w.after and w.before else ""),
+            remedy="guard that op's input (clamp, epsilon)", evidence=(made,),
+            where=w.label, support=CONSISTENT,
+        )]  # fmt: skip
+    return []
+
+
+def _diagnose(r: FiniteResult) -> list[Cause]:
+    if r.stage is not None and r.stage.startswith("eval"):
+        attention = any(w in (r.name or "").lower() for w in ("attn", "attention", "transformer"))
+        generic = (
+            [_MASKED_ROWS, _EVAL_BRANCH, _RUNNING_STATS]
+            if attention
+            else [_EVAL_BRANCH, _RUNNING_STATS, _MASKED_ROWS]
+        )
+        if attention and r.where is not None:
+            generic[0] = replace(_MASKED_ROWS, where=r.where.short, support=CONSISTENT)
+        return (_at(r) if not attention else []) + generic
+    if r.stage in ("parameter", "buffer"):
+        return [
+            Cause(
+                id="diverged_before",
+                summary="a previous training step diverged",
+                remedy="lower the learning rate or clip gradients, and restart from a finite "
+                "checkpoint",
+                where=r.name,
+            ),
+            Cause(
+                id="corrupt_weights",
+                summary="loaded from a corrupt checkpoint or a bad custom init",
+                remedy="check the checkpoint and the init",
+                where=r.name,
+            ),
+        ]
+    if r.stage in ("input", "output"):
+        causes = [*_at(r), _LOG, _DIVISION, _OVERFLOW]
+        if r.overflow_dtype is not None:
+            causes.insert(0, Cause(
+                id="float16_overflow",
+                summary=f"activations overflow {r.overflow_dtype}'s range (float16 tops out at "
+                "65504)",
+                remedy="keep this layer in float32 (torch.autocast(..., enabled=False) around "
+                "it), scale its input down (init scale, normalisation before it) or use bfloat16",
+                evidence=(f"every non-finite value is +-inf in {r.overflow_dtype}",),
+                where=r.where.short if r.where else r.name,
+                support=MEASURED,
+            ))  # fmt: skip
+        return causes
+    if r.stage == "loss":
+        return [
+            Cause(
+                id="log_of_probability",
+                summary="log of a probability that underflows to zero",
+                remedy="pass logits to F.cross_entropy or use log_softmax instead of "
+                "log(softmax)",
+            ),
+            Cause(
+                id="empty_mean_in_loss",
+                summary="a division by zero in the loss (a mean over an empty mask)",
+                remedy="guard the count of the mask",
+            ),
+        ]
+    return [
+        Cause(
+            id="infinite_derivative",
+            summary="the op right after it has an infinite derivative where it is evaluated: "
+            "sqrt or norm of zero, pow(x, p<1) at zero, log near zero, acos/asin at ±1",
+            remedy="add an epsilon",
+            where=r.name,
+        ),
+        Cause(
+            id="where_after_nan",
+            summary="torch.where/masking after a NaN-producing op",
+            remedy="mask the input, not the output",
+        ),
+    ]
 
 
 def _explain_eval(r: FiniteResult) -> Explanation:
@@ -293,7 +439,6 @@ def _explain_eval(r: FiniteResult) -> Explanation:
         return Explanation(
             header="The loss is not finite in eval mode, though it is in train mode!",
             lines=["Loss of an eval-mode forward under no_grad(): not finite"],
-            causes=[_EVAL_BRANCH, _RUNNING_STATS],
         )
     where = "input" if r.stage == "eval input" else "output"
     lines = [
@@ -303,16 +448,10 @@ def _explain_eval(r: FiniteResult) -> Explanation:
     ]
     if r.after:
         lines.append(f"Last finite module output: {r.after}")
-    attention = any(w in (r.name or "").lower() for w in ("attn", "attention", "transformer"))
-    causes = (
-        [_MASKED_ROWS, _EVAL_BRANCH, _RUNNING_STATS]
-        if attention
-        else [_EVAL_BRANCH, _RUNNING_STATS, _MASKED_ROWS]
-    )
     return Explanation(
         header=f"The {where} of {r.name} is the first non-finite value in eval mode!",
         lines=lines,
-        causes=causes,
+        where=r.where,
     )
 
 
@@ -321,48 +460,21 @@ def _explain(r: FiniteResult) -> Explanation:
         return _explain_eval(r)
     share = f"Non-finite values: {r.count} of {r.numel} are NaN/Inf"
     if r.stage in ("parameter", "buffer"):
-        return Explanation(
-            header=f"{r.stage.capitalize()} '{r.name}' is not finite!",
-            lines=[share],
-            causes=[
-                "a previous training step diverged: lower the learning rate or clip gradients, "
-                "and restart from a finite checkpoint",
-                "loaded from a corrupt checkpoint or a bad custom init",
-            ],
-        )
+        return Explanation(header=f"{r.stage.capitalize()} '{r.name}' is not finite!", lines=[share])
     if r.stage in ("input", "output"):
         lines = [f"First non-finite value in forward: the {r.stage} of {r.name}", share]
         if r.after:
             lines.append(f"Last finite module output: {r.after}")
-        causes = [
-            "log, sqrt or pow of a value that can be zero or negative: clamp it "
-            "(x.clamp_min(eps)) or use a stable op (log_softmax, logsumexp)",
-            "a division by a value that can be zero: add an epsilon to the denominator",
-            "activations overflow: check the init scale, use normalisation or float32",
-        ]
         if r.overflow_dtype is not None:
             lines.append(f"Every non-finite value is +-inf in {r.overflow_dtype}: an overflow")
-            causes.insert(
-                0,
-                f"activations overflow {r.overflow_dtype}'s range (float16 tops out at 65504): "
-                "keep this layer in float32 (torch.autocast(..., enabled=False) around it), "
-                "scale its input down (init scale, normalisation before it) or use bfloat16",
-            )
-            causes.pop()
         return Explanation(
             header=f"The {r.stage} of {r.name} is the first non-finite value in forward!",
             lines=lines,
-            causes=causes,
+            where=r.where,
         )
     if r.stage == "loss":
         return Explanation(
-            header="The loss is not finite though every output is!",
-            lines=[f"Loss: {r.loss}"],
-            causes=[
-                "log of a probability that underflows to zero: pass logits to F.cross_entropy "
-                "or use log_softmax instead of log(softmax)",
-                "a division by zero in the loss (a mean over an empty mask)",
-            ],
+            header="The loss is not finite though every output is!", lines=[f"Loss: {r.loss}"]
         )
     where = (
         f"Parameter '{r.name}' has"
@@ -372,9 +484,4 @@ def _explain(r: FiniteResult) -> Explanation:
     return Explanation(
         header=f"{where} the first non-finite gradient in backward!",
         lines=[share, f"Parameters with NaN/Inf gradients: {names(r.nonfinite_grads) or 'none'}"],
-        causes=[
-            "the op right after it has an infinite derivative where it is evaluated: sqrt or "
-            "norm of zero, pow(x, p<1) at zero, log near zero, acos/asin at ±1: add an epsilon",
-            "torch.where/masking after a NaN-producing op: mask the input, not the output",
-        ],
     )

@@ -232,7 +232,7 @@ def assert_init_loss(
         seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

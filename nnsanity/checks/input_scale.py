@@ -111,7 +111,7 @@ def assert_input_scale(
         model, batch, min_rms=min_rms, max_rms=max_rms, unpack=unpack, perturb=perturb, seed=seed
     )
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

@@ -246,7 +246,7 @@ def assert_learns_signal(
         min_z=min_z, permutations=permutations, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

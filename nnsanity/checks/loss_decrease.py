@@ -18,8 +18,10 @@ import torch
 from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import N_EVALS, Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail
-from nnsanity._result import CheckResult
-from nnsanity._state import autograd, preserved_module
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause
+from nnsanity._forensics import OFF_BY, StepForensics
+from nnsanity._result import CheckResult, diagnosed
+from nnsanity._state import preserved_module
 from nnsanity._training import NOISE_FACTOR, divergence, excerpt, required_change
 from nnsanity.seeding import preserved_rng
 
@@ -41,56 +43,29 @@ class LossDecreaseResult(CheckResult):
     accumulates_gradients: bool | None  # user step only: never zeroes .grad (None: no verdict)
     # when nothing changed: the value every output element had, if all had the same one
     constant_output: float | None = None
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
+
+    @property
+    def step_problem(self) -> str | None:
+        """What the user's step applies that is not the loss's gradient, if anything: it never
+        zeroes ``.grad``, clips gradients still scaled by a GradScaler, or scales them."""
+        f = self.forensics
+        if self.accumulates_gradients:
+            return "accumulates_gradients"
+        if f is not None and f.clipped_scaled:
+            return "clip_before_unscale"
+        if f is not None and f.gradient_scaled:
+            return "gradient_scaled"
+        return None
 
     @property
     def passed(self) -> bool:
         return (
             self.parameters_changed
-            and self.accumulates_gradients is not True
+            and self.step_problem is None
             and math.isfinite(self.final_loss)
             and self.decrease >= self.required
         )
-
-
-def _flat_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    return torch.cat(
-        [
-            (torch.zeros_like(p) if p.grad is None else p.grad.detach()).flatten().double()
-            for p in params
-        ]
-    )
-
-
-# A step's .grad is compared with a gradient computed independently: a match within 1% of its
-# norm says the step zeroed the gradient first, a match to "previous plus new" says it did not.
-# Below 10% of the new gradient's norm the previous gradient is too small to tell them apart.
-_MATCH, _DISTINCT = 0.01, 0.1
-
-
-def _step_accumulates(harness: Harness, run: Any) -> tuple[float, bool | None]:
-    """Call the user's step once; tell whether it added its gradient to the one left in ``.grad``.
-
-    Before the call the gradient of the loss at the current parameters is computed here (same RNG
-    state, model restored). A step that zeroes the gradients leaves ``.grad`` equal to it; one
-    that never calls ``zero_grad`` leaves the previous ``.grad`` plus it. Anything else (another
-    loss, gradient clipping, zero_grad after the update) gives no verdict: None.
-    """
-    params = [p for p in harness.model.parameters() if p.requires_grad]
-    before = _flat_grads(params)
-    with preserved_rng(), preserved_module(harness.model), autograd():
-        for p in params:
-            p.grad = None
-        harness.loss(harness.forward()).backward()
-        fresh = _flat_grads(params)
-    loss = run()
-    after, scale = _flat_grads(params), float(fresh.norm())
-    if not (scale > 0 and math.isfinite(scale)) or float(before.norm()) < _DISTINCT * scale:
-        return loss, None
-    if float((after - fresh).norm()) <= _MATCH * scale:
-        return loss, False
-    if float((after - before - fresh).norm()) <= _MATCH * scale:
-        return loss, True
-    return loss, None
 
 
 def measure_loss_decrease(
@@ -120,14 +95,11 @@ def measure_loss_decrease(
         start = [p.detach().clone() for p in h.model.parameters()]
         run = h.stepper()
         trace: list[float] = []
-        accumulates, final, confirmed = None, math.nan, False
+        final, confirmed = math.nan, False
         limit = _EXPLODED * abs(initial) + required
-        confirm_after = _MIN_PROBE  # the user step's accumulation probe needs two calls
-        for k in range(steps if math.isfinite(initial) else 0):
-            if k == 1 and step is not None:  # the first call left gradients for this one to find
-                loss, accumulates = _step_accumulates(h, run)
-            else:
-                loss = run()
+        confirm_after = _MIN_PROBE  # the user step's zero_grad probe needs two calls
+        for _ in range(steps if math.isfinite(initial) else 0):
+            loss = run()
             trace.append(loss)
             if not math.isfinite(loss) or loss > limit:
                 break
@@ -148,7 +120,8 @@ def measure_loss_decrease(
             not torch.equal(a, p) for a, p in zip(start, h.model.parameters(), strict=True)
         )
         constant = None if changed else _constant_output(h)
-    return LossDecreaseResult(
+        forensics = h.forensics()
+    r = LossDecreaseResult(
         seed=h.seed,
         steps=steps,
         min_decrease=min_decrease,
@@ -160,9 +133,11 @@ def measure_loss_decrease(
         trace=tuple(trace),
         diverged_at=_diverged(trace, initial, required, final),
         parameters_changed=changed,
-        accumulates_gradients=accumulates,
+        accumulates_gradients=None if forensics is None else forensics.zero_grad is False,
         constant_output=constant,
+        forensics=forensics,
     )
+    return diagnosed(r, _diagnose)
 
 
 def _constant_output(h: Harness) -> float | None:
@@ -242,8 +217,67 @@ def assert_loss_decreases(
         min_decrease=min_decrease, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
+
+
+def _cause(id: str, summary: str, remedy: str = "", support: float = GENERIC, **kw: Any) -> Cause:
+    return Cause(id=id, summary=summary, remedy=remedy, support=support, **kw)
+
+
+def _diagnose(r: LossDecreaseResult) -> list[Cause]:  # noqa: PLR0911 - one list per failure
+    if not math.isfinite(r.initial_loss):
+        return [
+            _cause("nonfinite_at_init", "log/exp/division without an epsilon in the model or loss",
+                   "run nnsanity.assert_finite to find the first non-finite value"),
+            _cause("broken_init", "a broken init (NaN/Inf weights)", "check the init"),
+        ]  # fmt: skip
+    if not r.parameters_changed:
+        causes = [
+            _cause("no_optimizer_step", "the step never calls optimizer.step()",
+                   "call optimizer.step() after loss.backward()"),
+            _cause("optimizer_holds_other_params", "the optimizer holds other parameters (built "
+                   "before the model was replaced, copied or moved), or lr=0",
+                   "build it from model.parameters() after moving the model"),
+            _cause("graph_cut", "every gradient is zero or None: a detach() or no_grad() cuts "
+                   "the graph", "keep the graph from the parameters to the loss"),
+        ]  # fmt: skip
+        if r.constant_output is not None:  # the gradients were zero: the output is why
+            causes.insert(0, _cause(
+                "constant_output",
+                f"the output is {r.constant_output:g} for every sample whatever the parameters: "
+                "softmax or log_softmax over a dimension of size 1 (a single output unit)",
+                "use a sigmoid with BCEWithLogitsLoss, or 2 units",
+                evidence=(f"every output element is {r.constant_output:g}",), support=MEASURED,
+            ))  # fmt: skip
+        return causes
+    if r.step_problem == "accumulates_gradients":
+        return [
+            _cause("gradient_accumulation_never_zeroed", "gradient accumulation that never "
+                   "zeroes .grad after optimizer.step()", "zero the gradients after each step"),
+        ]  # fmt: skip
+    if r.step_problem is not None:
+        return []  # the forensics' own causes say it
+    if r.diverged_at is not None:
+        n = len(r.trace)
+        loss = r.trace[r.diverged_at] if r.diverged_at < n else r.final_loss
+        exploded = not math.isfinite(loss) or max(r.trace) > _EXPLODED * abs(r.initial_loss)
+        lr = _cause("lr_too_high", "the learning rate is too high",
+                    "lower it 10x (Adam 3e-4 is a safe start)",
+                    support=CONSISTENT if exploded else GENERIC)  # fmt: skip
+        sign = _cause("flipped_sign", "the update climbs the loss: a flipped sign "
+                      "((-loss).backward(), maximize=True, or a negated loss_fn)",
+                      "minimise the loss itself",
+                      evidence=() if exploded else ("the loss rose smoothly, without exploding",),
+                      support=GENERIC if exploded else CONSISTENT)  # fmt: skip
+        return [lr, sign]
+    return [
+        _cause("lr_too_low", "the learning rate is too low for this optimizer",
+               "raise it (Adam 3e-4 is a safe start)"),
+        _cause("frozen_or_no_gradient", "most parameters are frozen or receive no gradient",
+               "run nnsanity.assert_params_update"),
+        _cause("noisy_loss", "the loss is very noisy (heavy dropout)", "raise steps="),
+    ]  # fmt: skip
 
 
 def _explain(r: LossDecreaseResult) -> Explanation:
@@ -252,52 +286,34 @@ def _explain(r: LossDecreaseResult) -> Explanation:
         return Explanation(
             header="Loss is not finite at initialisation!",
             lines=[f"Initial loss: {r.initial_loss} (before any step)"],
-            causes=[
-                "log/exp/division without an epsilon in the model or loss: run "
-                "nnsanity.assert_finite to find the first non-finite value",
-                "a broken init (NaN/Inf weights)",
-            ],
         )
     if not r.parameters_changed:
-        causes = [
-            "the step never calls optimizer.step()",
-            "the optimizer holds other parameters (built before the model was replaced, "
-            "copied or moved), or lr=0",
-            "every gradient is zero or None: a detach() or no_grad() cuts the graph",
-        ]
-        if r.constant_output is not None:  # the gradients were zero: the output is why
-            causes.insert(
-                0,
-                f"the output is {r.constant_output:g} for every sample whatever the parameters: "
-                "softmax or log_softmax over a dimension of size 1 (a single output unit); use "
-                "a sigmoid with BCEWithLogitsLoss, or 2 units",
-            )
         return Explanation(
             header="No parameter changed during training!",
             lines=[f"Parameters changed after {len(r.trace)} steps: none", losses],
-            causes=causes,
         )
-    if r.accumulates_gradients:
+    f = r.forensics
+    if r.step_problem == "accumulates_gradients":
         return Explanation(
             header="Training step accumulates gradients across calls!",
+            lines=["After its 1st call .grad held the previous gradient when the next backward "
+                   "began (zero_grad never ran)"],
+        )  # fmt: skip
+    if r.step_problem is not None:
+        assert f is not None
+        return Explanation(
+            header="The training step does not apply the loss's gradient!",
             lines=[
-                "After its 2nd call .grad held the previous gradient plus the new one "
-                "(compared with a gradient computed independently)",
+                f"Gradient at optimizer.step() / gradient of the loss: "
+                f"{f.grad_ratio:.3g} (within [{1 / OFF_BY:.2g}, {OFF_BY:g}] required), "
+                f"cosine {f.grad_cosine:.3f}, at step {f.grad_step}",
+                losses,
             ],
-            causes=[
-                "optimizer.zero_grad() is never called: call it before loss.backward()",
-                "gradient accumulation that never zeroes .grad after optimizer.step()",
-            ],
+            where=f"the user's step, call {f.grad_step}",
         )
     if r.diverged_at is not None:
         n = len(r.trace)
         loss = r.trace[r.diverged_at] if r.diverged_at < n else r.final_loss
-        exploded = not math.isfinite(loss) or max(r.trace) > 10 * abs(r.initial_loss)
-        lr = "the learning rate is too high: lower it 10x (Adam 3e-4 is a safe start)"
-        sign = (
-            "the update climbs the loss: a flipped sign ((-loss).backward(), maximize=True, "
-            "or a negated loss_fn)"
-        )
         return Explanation(
             header="Loss diverged!",
             lines=[
@@ -305,7 +321,6 @@ def _explain(r: LossDecreaseResult) -> Explanation:
                 f" allowed: the initial {r.initial_loss:.4g} plus the required change)",
                 f"Trace: {excerpt(r.trace)}",
             ],
-            causes=[lr, sign] if exploded else [sign, lr],
         )
     return Explanation(
         header="Loss did not decrease enough!",
@@ -316,11 +331,6 @@ def _explain(r: LossDecreaseResult) -> Explanation:
             f"{r.noise_sd:.2g}) = max({r.min_decrease * abs(r.initial_loss):.3g}, "
             f"{NOISE_FACTOR * r.noise_sd:.3g})",
             losses,
-        ],
-        causes=[
-            "the learning rate is too low for this optimizer",
-            "most parameters are frozen or receive no gradient: run nnsanity.assert_params_update",
-            "the loss is very noisy (heavy dropout): raise steps=",
         ],
         relax="steps= (more) or min_decrease= (smaller).",
     )

@@ -178,7 +178,7 @@ def assert_loss_masks_padding(
         unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

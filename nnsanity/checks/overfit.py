@@ -11,7 +11,7 @@ afterwards; the user's own optimizer inside ``step`` is not (nnsanity never sees
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -19,8 +19,10 @@ import torch
 from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation, up_to
-from nnsanity._outputs import Outputs
-from nnsanity._result import CheckResult
+from nnsanity._outputs import Outputs, conflicting_labels, unpaired_causes
+from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, GENERIC, MEASURED, Cause
+from nnsanity._forensics import StepForensics
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity.seeding import preserved_rng
 
@@ -34,6 +36,9 @@ TARGET_FRACTION = 0.05
 CHECK_EVERY, MIN_STEPS, REACH = 50, 200, 10.0
 # The parameters stopped moving when the last window moved them less than STALL of the first.
 STALL = 0.01
+# A run that stopped at its budget while the last fifth of its steps still lowered the best loss
+# by STILL_FALLING (1%) was cut short, not stuck.
+STILL_FALLING = 0.01
 
 Stop = Literal["target", "budget", "out of reach", "diverged", "misuse"]
 
@@ -58,6 +63,9 @@ class OverfitResult(CheckResult):
     movement: float | None = None  # parameter change in the last window over the first one
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
     output_kind: str = "logits"  # logits, log-probabilities or probabilities (see init_loss)
+    # samples whose inputs equal another sample's while their targets differ (None: unknown)
+    conflicting: int | None = None
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def passed(self) -> bool:
@@ -165,8 +173,9 @@ def measure_overfit(
                     stopped = "out of reach"
         with preserved_module(h.model), torch.no_grad():
             accuracy = _accuracy(h.logits(h.forward()), h.targets)
+        forensics = h.forensics()
     finite = [v for v in trace if math.isfinite(v)]
-    return OverfitResult(
+    r = OverfitResult(
         seed=h.seed,
         max_steps=max_steps,
         initial_loss=first,
@@ -184,7 +193,10 @@ def measure_overfit(
         movement=movement,
         unpaired=unpaired,
         output_kind=kind,
+        conflicting=None if stopped == "target" else conflicting_labels(h),
+        forensics=forensics,
     )
+    return diagnosed(r, _diagnose)
 
 
 def _first_stop(
@@ -261,11 +273,91 @@ def assert_can_overfit(
         target=target, output=output, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
-def _explain(r: OverfitResult) -> Explanation:  # noqa: PLR0912 - one message per stop
+_FLOOR = Cause(
+    id="output_activation_twice",
+    summary="softmax/log_softmax (or sigmoid) applied before a loss that applies it itself "
+    "(CrossEntropyLoss, F.cross_entropy, BCEWithLogitsLoss)",
+    remedy="return raw logits",
+)
+_OTHER_FLOOR = Cause(
+    id="loss_floor",
+    summary="a loss floor (label smoothing, a regulariser in the loss)",
+    remedy="pass target=",
+)
+_SMALL = Cause(
+    id="model_too_small",
+    summary="the model is too small or has a bottleneck (too narrow, frozen or dead layers)",
+    remedy="widen it, or run nnsanity.assert_params_update",
+)
+
+
+def _diagnose(r: OverfitResult) -> list[Cause]:
+    if r.unpaired is not None:
+        return unpaired_causes(r.unpaired)
+    if r.stopped == "misuse":
+        return [
+            Cause(id="nll_without_log_softmax", summary="NLLLoss (F.nll_loss) receives "
+                  "probabilities or raw logits: it expects log-probabilities",
+                  remedy="end the model with log_softmax, or use F.cross_entropy"),
+            Cause(id="flipped_sign", summary="a sign error: the loss is maximised instead of "
+                  "minimised", remedy="minimise the loss itself"),
+            Cause(id="density_loss", summary="a loss whose minimum is not 0 (a negative "
+                  "log-likelihood of a density)", remedy="pass target= (the loss value that "
+                  "counts as fitted)"),
+        ]  # fmt: skip
+    if r.stopped == "diverged":
+        return [
+            Cause(id="lr_too_high", summary="the learning rate is too high", remedy="lower it "
+                  "10x", evidence=(f"NaN/Inf loss at step {r.diverged_at}",), support=CONSISTENT),
+            Cause(id="missing_epsilon", summary="log/exp/division without an epsilon in the "
+                  "model or loss", remedy="run nnsanity.assert_finite"),
+        ]  # fmt: skip
+    noise = Cause(
+        id="label_noise",
+        summary="label noise: identical inputs with different targets cannot all be fitted",
+        remedy="deduplicate or relabel them",
+        evidence=(f"{r.conflicting} samples share their inputs with a sample of another target",)
+        if r.conflicting
+        else ("no two samples of the batch share their inputs",)
+        if r.conflicting == 0
+        else (),
+        support=MEASURED if r.conflicting else CONTRADICTED if r.conflicting == 0 else GENERIC,
+    )
+    slow = Cause(
+        id="lr_too_low",
+        summary=f"the learning rate is too low or max_steps={r.max_steps} too small",
+        remedy="raise the learning rate or max_steps=",
+        evidence=(f"the last fifth of the steps still lowered the loss by "
+                  f"{r.recent_improvement:.1%}",) if r.recent_improvement >= STILL_FALLING else (),
+        support=CONSISTENT if r.stopped == "budget" and r.recent_improvement >= STILL_FALLING
+        else GENERIC,
+    )  # fmt: skip
+    causes = [noise, _SMALL, _FLOOR, _OTHER_FLOOR, slow]
+    if r.movement is not None and r.movement < STALL:
+        causes.insert(0, Cause(
+            id="lr_collapsed",
+            summary="the parameters stopped moving: the learning rate collapsed (a scheduler "
+            "meant per epoch stepped every batch, or a decay far too fast)",
+            remedy="step epoch schedulers once per epoch, or lengthen the decay",
+            evidence=(f"the parameters moved {r.movement:.2g}x as far in the last {CHECK_EVERY} "
+                      "steps as in the first",),
+            support=CONSISTENT,
+        ))  # fmt: skip
+    if r.accuracy == 1.0:  # right answers, but the loss cannot become confident
+        evidence = ("100% training accuracy with the loss above its target",)
+        causes.insert(0, replace(_FLOOR, evidence=evidence, support=CONSISTENT))
+        causes.insert(1, replace(_OTHER_FLOOR, support=CONSISTENT))
+    elif r.output_kind == "probabilities":  # flat, from outputs squashed into [0, 1]
+        causes.insert(0, replace(_FLOOR, evidence=("the outputs are probabilities",),
+                                 support=MEASURED))  # fmt: skip
+    return causes
+
+
+def _explain(r: OverfitResult) -> Explanation:
     if r.unpaired is not None:
         return unpaired_explanation(r.unpaired)
     if r.stopped == "misuse":
@@ -274,13 +366,6 @@ def _explain(r: OverfitResult) -> Explanation:  # noqa: PLR0912 - one message pe
             lines=[
                 f"Initial loss: {r.initial_loss:.4g} (a loss minimised toward 0 starts above it)"
             ],
-            causes=[
-                "NLLLoss (F.nll_loss) receives probabilities or raw logits: it expects "
-                "log-probabilities; end the model with log_softmax, or use F.cross_entropy",
-                "a sign error: the loss is maximised instead of minimised",
-                "a loss whose minimum is not 0 (a negative log-likelihood of a density): pass "
-                "target= (the loss value that counts as fitted)",
-            ],
             relax="target= (a loss value).",
         )
     relax = "target= (a loss value) or max_steps= (more)."
@@ -288,10 +373,6 @@ def _explain(r: OverfitResult) -> Explanation:  # noqa: PLR0912 - one message pe
         return Explanation(
             header="Could not overfit one batch: the loss diverged!",
             lines=[f"Loss at step {r.diverged_at}: {r.trace[r.diverged_at or 0]}"],
-            causes=[
-                "the learning rate is too high: lower it 10x",
-                "log/exp/division without an epsilon in the model or loss",
-            ],
             relax=relax,
         )
     if r.target_given:
@@ -319,28 +400,4 @@ def _explain(r: OverfitResult) -> Explanation:  # noqa: PLR0912 - one message pe
         )
     if r.accuracy is not None:
         lines.append(f"Training accuracy: {r.accuracy:.0%}")
-    floor = (
-        "softmax/log_softmax (or sigmoid) applied before a loss that applies it itself "
-        "(CrossEntropyLoss, F.cross_entropy, BCEWithLogitsLoss): return raw logits"
-    )
-    other_floor = "a loss floor (label smoothing, a regulariser in the loss): pass target="
-    noise = "label noise: identical inputs with different targets cannot all be fitted"
-    small = "the model is too small or has a bottleneck (too narrow, frozen or dead layers)"
-    slow = f"the learning rate is too low or max_steps={r.max_steps} too small"
-    collapsed = (
-        "the learning rate collapsed: a scheduler meant per epoch stepped every batch (StepLR, "
-        "ExponentialLR), or a decay far too fast; the parameters stopped moving"
-    )
-    if r.movement is not None and r.movement < STALL:
-        causes = [collapsed, slow, small]
-    elif r.accuracy == 1.0:  # right answers, but the loss cannot become confident
-        causes = [floor, other_floor, noise]
-    elif r.stopped == "budget" and r.recent_improvement >= 0.01:  # still falling: the budget
-        causes = [slow, small, floor]
-    elif r.output_kind == "probabilities":  # flat, from outputs squashed into [0, 1]
-        causes = [floor, other_floor, noise, small, slow]
-    else:  # flat
-        causes = [noise, small, floor, other_floor, slow]
-    return Explanation(
-        header="Could not overfit one batch!", lines=lines, causes=causes, relax=relax
-    )
+    return Explanation(header="Could not overfit one batch!", lines=lines, relax=relax)

@@ -9,13 +9,15 @@ layer, pooling over the padding and an RNN run over it all break that, and train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from nnsanity._arguments import check_number
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause, Place
 from nnsanity._harness import Harness
+from nnsanity._localisation import Property, locate, real_positions
 from nnsanity._messages import Explanation, Msg, fail, indices, up_to
 from nnsanity._padding import (
     at_positions,
@@ -27,7 +29,8 @@ from nnsanity._padding import (
     position_dim,
 )
 from nnsanity._perturbation import MAX_DEPENDENCE
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
+from nnsanity.seeding import seed_torch
 
 _ATTENTION_WORDS = ("attention", "attn")
 
@@ -53,6 +56,10 @@ class PaddingInvarianceResult(CheckResult):
     changed: str  # what was changed at the padded positions: "inputs" or "embeddings"
     attention: bool  # the model has attention layers
     recurrent: bool  # the model has RNN layers
+    # the first module (and op) whose real-position outputs read the padding while its inputs
+    # there do not
+    where: Place | None = None
+    where_kind: str | None = None  # "attention", "recurrent" or None: what that module is
 
     @property
     def passed(self) -> bool:
@@ -116,11 +123,15 @@ def measure_padding_invariance(
         if pad.embeddings:
             moved = batch_outputs(h, h.inputs, around=lambda: changed_embeddings(pad, g))
         else:
-            moved = batch_outputs(h, changed_inputs(h, pad, g))
-    real = ~pad.mask.cpu()
-    change, _, nonfinite = _compare(base, moved, real)
+            changed = changed_inputs(h, pad, g)
+            moved = batch_outputs(h, changed)
+        real = ~pad.mask.cpu()
+        change, _, nonfinite = _compare(base, moved, real)
+        where = None
+        if float(change.max()) > bound:
+            where = _localise(h, pad, bound, None if pad.embeddings else changed, seed=h.seed)
     modules = [(n.lower(), m) for n, m in h.model.named_modules()]
-    return PaddingInvarianceResult(
+    r = PaddingInvarianceResult(
         seed=h.seed,
         max_dependence=bound,
         dependence=float(change.max()),
@@ -132,13 +143,50 @@ def measure_padding_invariance(
         positions=pad.mask.numel(),
         source=pad.source,
         changed="embeddings" if pad.embeddings else "inputs",
-        attention=any(
-            isinstance(m, torch.nn.MultiheadAttention)
-            or any(w in type(m).__name__.lower() for w in _ATTENTION_WORDS)
-            for _, m in modules
-        ),
+        attention=any(_is_attention(m) for _, m in modules),
         recurrent=any(isinstance(m, torch.nn.RNNBase) for _, m in modules),
+        where=where,
+        where_kind=_kind(dict(h.model.named_modules()).get(where.module) if where else None),
     )
+    return diagnosed(r, _diagnose)
+
+
+def _localise(h: Harness, pad: Any, bound: float, changed: Any, *, seed: int) -> Place | None:
+    """The first module whose outputs at real positions change with the padding while its
+    inputs there do not (the changed embeddings count as inputs of the modules they feed)."""
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def base() -> Any:
+        seed_torch(h.seed)
+        return h.forward()
+
+    def moved() -> Any:
+        seed_torch(h.seed)
+        if changed is not None:
+            return h.forward(changed)
+        with changed_embeddings(pad, g):
+            return h.forward()
+
+    axis, region = real_positions(pad.mask)
+    return locate(h.model, base, moved, Property(region, axis, bound))
+
+
+def _is_attention(m: torch.nn.Module) -> bool:
+    return isinstance(m, torch.nn.MultiheadAttention) or any(
+        w in type(m).__name__.lower() for w in _ATTENTION_WORDS
+    )
+
+
+def _kind(m: torch.nn.Module | None) -> str | None:
+    if m is None:
+        return None
+    if isinstance(m, torch.nn.RNNBase):
+        return "recurrent"
+    if _is_attention(m) or isinstance(
+        m, (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    ):
+        return "attention"
+    return None
 
 
 def assert_ignores_padding(
@@ -193,28 +241,80 @@ def assert_ignores_padding(
         unpack=unpack, perturb=perturb, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
-_POLARITY = (
-    "the padding mask has the wrong polarity: key_padding_mask (nn.MultiheadAttention, "
-    "nn.Transformer*) takes True at the padding to ignore (attention_mask == 0, tokens == PAD); "
-    "a Hugging Face attention_mask takes 1 at the real tokens. Inverted, every real token "
-    "attends only to padding, and a sequence without padding to nothing (NaN in eval mode)"
+_POLARITY = Cause(
+    id="mask_polarity",
+    summary="the padding mask has the wrong polarity: key_padding_mask (nn.MultiheadAttention, "
+    "nn.Transformer*) takes True at the padding to ignore; a Hugging Face attention_mask takes 1 "
+    "at the real tokens. Inverted, every real token attends only to padding, and a sequence "
+    "without padding to nothing (NaN in eval mode)",
+    remedy="pass key_padding_mask=(attention_mask == 0) (or tokens == PAD)",
 )
-_NOT_PASSED = (
-    "the mask is not passed to every attention: each layer needs it (src_key_padding_mask), "
-    "and a decoder's cross-attention needs memory_key_padding_mask"
+_NOT_PASSED = Cause(
+    id="mask_not_passed",
+    summary="the mask is not passed to every attention",
+    remedy="give each layer src_key_padding_mask, and a decoder's cross-attention "
+    "memory_key_padding_mask",
 )
-_POOLING = (
-    "pooling over the positions without the mask (x.mean(1), x.max(1)): pool the real positions "
-    "only, (x * m).sum(1) / m.sum(1) with m = 1 at real tokens"
+_POOLING = Cause(
+    id="pooling_over_padding",
+    summary="pooling over the positions without the mask (x.mean(1), x.max(1))",
+    remedy="pool the real positions only: (x * m).sum(1) / m.sum(1) with m = 1 at real tokens",
 )
-_RNN = (
-    "an RNN run over the padding (bidirectional, or left-padded): pack the batch with "
-    "pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)"
+_RNN = Cause(
+    id="rnn_over_padding",
+    summary="an RNN run over the padding (bidirectional, or left-padded)",
+    remedy="pack the batch with pack_padded_sequence(x, lengths, batch_first=True, "
+    "enforce_sorted=False)",
 )
+
+
+def _inverted(r: PaddingInvarianceResult) -> bool:
+    return bool(r.nonfinite_samples) and set(r.nonfinite_samples) <= set(r.unpadded_samples)
+
+
+def _diagnose(r: PaddingInvarianceResult) -> list[Cause]:
+    inverted = _inverted(r)
+    generic = [_POLARITY, _NOT_PASSED, _POOLING, _RNN]
+    if r.recurrent and not r.attention and not inverted:
+        generic = [_RNN, _POOLING, _POLARITY, _NOT_PASSED]
+    elif not r.attention and not inverted:
+        generic = [_POOLING, _POLARITY, _NOT_PASSED, _RNN]
+    causes = list(generic)
+    if inverted:
+        causes.insert(0, replace(_POLARITY, support=MEASURED, evidence=(
+            "the NaN/Inf outputs are exactly in the samples without padding",)))  # fmt: skip
+    w = r.where
+    if w is None:
+        return causes
+    at, first = w.short, "the first module whose real outputs read the padding"
+    o = w.operation
+    if o is not None and o.kind == "mask" and o.fill is not None:
+        causes.insert(0, Cause(
+            id="mask_fill_not_inf",
+            summary=f"{o.text} masks the padding with a finite value, so the padded keys keep "
+            "a weight in the softmax",
+            remedy="fill with float('-inf') (or torch.finfo(scores.dtype).min)",
+            evidence=(first,), where=at, support=MEASURED,
+        ))  # fmt: skip
+    elif o is not None and o.kind in ("reduction", "softmax") and o.on_axis:
+        causes.insert(0, replace(_POOLING, evidence=(f"{first}: {o.text}",), where=at,
+                                 support=MEASURED))  # fmt: skip
+    elif r.where_kind == "recurrent":
+        causes.insert(0, replace(_RNN, evidence=(first,), where=at, support=MEASURED))
+    elif r.where_kind == "attention" and not inverted:
+        mask = _NOT_PASSED if w.module else _POLARITY
+        causes.insert(0, replace(mask, evidence=(first,), where=at, support=CONSISTENT))
+    elif not inverted:
+        causes.insert(0, Cause(
+            id="module_reads_padding", summary=f"{w.label} reads what the padding holds",
+            remedy="mask or pack the padded positions before it", evidence=(first,), where=at,
+            support=CONSISTENT if o is None else MEASURED,
+        ))  # fmt: skip
+    return [c for c in causes if c.support >= GENERIC]
 
 
 def _explain(r: PaddingInvarianceResult) -> Explanation:
@@ -229,19 +329,13 @@ def _explain(r: PaddingInvarianceResult) -> Explanation:
             + up_to(f"{size} of the output scale", f"{r.max_dependence:g}")
         )
         lines.append(f"Samples whose real outputs moved: {indices(r.moved)}")
-    inverted = bool(r.nonfinite_samples) and set(r.nonfinite_samples) <= set(r.unpadded_samples)
     if r.nonfinite:
-        which = " (exactly samples without padding)" if inverted else ""
+        which = " (exactly samples without padding)" if _inverted(r) else ""
         lines.append(
             up_to(f"NaN/Inf outputs at real positions in eval mode: {r.nonfinite}", "0")
             + f", in samples {indices(r.nonfinite_samples)}{which}"
         )
     lines.append(found)
-    causes = [_POLARITY, _NOT_PASSED, _POOLING, _RNN]
-    if r.recurrent and not r.attention and not inverted:
-        causes = [_RNN, _POOLING, _POLARITY, _NOT_PASSED]
-    elif not r.attention and not inverted:
-        causes = [_POOLING, _POLARITY, _NOT_PASSED, _RNN]
     header = (
         "Outputs at real positions depend on the padding!"
         if r.dependence > r.max_dependence
@@ -250,7 +344,7 @@ def _explain(r: PaddingInvarianceResult) -> Explanation:
     return Explanation(
         header=header,
         lines=lines,
-        causes=causes,
+        where=r.where,
         relax="max_dependence= (larger); padding= says where the padding is, if it was found "
         "wrongly.",
     )

@@ -287,7 +287,7 @@ def assert_params_registered(
         model, batch, loss_fn, optimizer=optimizer, step=step, unpack=unpack, seed=seed
     )
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

@@ -216,7 +216,7 @@ def assert_params_update(
         max_dead_fraction=max_dead_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

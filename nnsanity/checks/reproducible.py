@@ -329,7 +329,7 @@ def assert_reproducible(
         check_different=check_different,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

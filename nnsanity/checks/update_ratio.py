@@ -171,7 +171,7 @@ def assert_update_ratio(
         unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 

@@ -177,7 +177,7 @@ def assert_uses_inputs(
         output=output, unpack=unpack, perturb=perturb, seed=seed,
     )  # fmt: skip
     if not r.passed:
-        fail(_explain(r), r, seed=r.seed, msg=msg)
+        fail(_explain(r), r, msg)
     return r
 
 
