@@ -76,6 +76,10 @@ _LAZY = {
     "assert_update_ratio": "nnsanity.checks.update_ratio",
     "measure_update_ratio": "nnsanity.checks.update_ratio",
     "UpdateRatioResult": "nnsanity.checks.update_ratio",
+    "Cause": "nnsanity._diagnosis",
+    "Operation": "nnsanity._diagnosis",
+    "Place": "nnsanity._diagnosis",
+    "StepForensics": "nnsanity._forensics",
     "GradientMonitor": "nnsanity.gradient_norms",
     "LayerGradient": "nnsanity.gradient_norms",
     "layer_gradient_norms": "nnsanity.gradient_norms",
@@ -178,6 +182,10 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.uses_inputs import UsesInputsResult as UsesInputsResult
     from nnsanity.checks.uses_inputs import assert_uses_inputs as assert_uses_inputs
     from nnsanity.checks.uses_inputs import measure_uses_inputs as measure_uses_inputs
+    from nnsanity._diagnosis import Cause as Cause
+    from nnsanity._diagnosis import Operation as Operation
+    from nnsanity._diagnosis import Place as Place
+    from nnsanity._forensics import StepForensics as StepForensics
     from nnsanity.gradient_norms import GradientMonitor as GradientMonitor
     from nnsanity.gradient_norms import LayerGradient as LayerGradient
     from nnsanity.gradient_norms import layer_gradient_norms as layer_gradient_norms

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Cause", "Operation", "Place", "rank"]
 
@@ -39,7 +40,7 @@ class Cause:
     support: float = GENERIC
 
     def render(self) -> str:
-        at = f" [{self.where}]" if self.where else ""
+        at = f" [{self.where}]" if self.where and self.where not in self.summary else ""
         text = f"{self.summary}{at}" + (f": {self.remedy}" if self.remedy else "")
         if self.evidence:
             text += "\n     evidence: " + "; ".join(self.evidence)
@@ -117,6 +118,12 @@ class Place:
         elif self.before:
             text += f", before '{self.before}'"
         return text
+
+
+def cause(id: str, text: str, support: float = GENERIC, **fields: Any) -> Cause:
+    """A cause from one sentence "what is wrong: how to fix it" (split at the first ": ")."""
+    summary, _, remedy = text.partition(": ")
+    return Cause(id=id, summary=summary, remedy=remedy, support=support, **fields)
 
 
 def shown(causes: tuple[Cause, ...], generic: int = 2) -> tuple[Cause, ...]:

@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,7 +258,7 @@ def _scaler_on_stack() -> Any:
     return None
 
 
-def _flat(grads: list[torch.Tensor | None], params: list[torch.Tensor]) -> torch.Tensor:
+def _flat(grads: list[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(
         [
             (torch.zeros_like(p) if g is None else g.detach()).flatten().double()
@@ -372,7 +372,7 @@ class Recorder:
             module._clip_grads_with_norm_ = original
 
     def result(self) -> StepForensics:
-        initial = ()
+        initial: tuple[float, ...] = ()
         if self.optimizers:
             opt = next(iter(self.optimizers.values()))
             if all("initial_lr" in g for g in opt.param_groups):

@@ -138,6 +138,7 @@ class Harness:
         check_training(optimizer, step)
         self.optimizer, self.step = optimizer, step
         self.recorder: Recorder | None = None
+        self.last_optimizer: torch.optim.Optimizer | None = None  # the default step's
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(
                 f"loss_fn must be callable as loss_fn(outputs, targets), got "
@@ -418,6 +419,7 @@ class Harness:
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = (self.optimizer or default_optimizer(self.default_lr))(params)
+        self.last_optimizer = opt
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(
                 "optimizer must be a factory params -> torch.optim.Optimizer, e.g. "

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from nnsanity._depth import owns_weight
+from nnsanity._diagnosis import CONSISTENT, Cause
 from nnsanity._harness import Harness
 from nnsanity._state import autograd, preserved_module
 from nnsanity._structures import describe, tensors_in
@@ -172,18 +173,20 @@ def measure(h: Harness) -> InputScale:
     )
 
 
-def cause(scale: InputScale, low: float = MIN_RMS, high: float = MAX_RMS) -> str | None:
-    """A likely-cause line naming the inputs' scale, for a check whose failure it may explain."""
+def cause(scale: InputScale, low: float = MIN_RMS, high: float = MAX_RMS) -> Cause | None:
+    """The inputs' scale as a likely cause, for a check whose failure it may explain."""
     if not scale.outside(low, high):
         return None
     assert scale.rms is not None
     where = f"'{scale.first_layer}'" if scale.first_layer else "the model"
-    if scale.rms > high:
-        return (
-            f"the inputs reach {where} at RMS {scale.rms:.3g}, far above unit scale (raw 0-255 "
-            "pixels or unstandardised features?): normalise them; see nnsanity.assert_input_scale"
-        )
-    return (
-        f"the inputs reach {where} at RMS {scale.rms:.3g}, far below unit scale (scaled twice, "
-        "e.g. divided by 255 after ToTensor?): see nnsanity.assert_input_scale"
-    )
+    above = scale.rms > high
+    return Cause(
+        id="input_scale_high" if above else "input_scale_low",
+        summary=f"the inputs reach {where} far {'above' if above else 'below'} unit scale"
+        + (" (raw 0-255 pixels or unstandardised features?)" if above else
+           " (scaled twice, e.g. divided by 255 after ToTensor?)"),
+        remedy="normalise them; see nnsanity.assert_input_scale",
+        evidence=(f"RMS {scale.rms:.3g} (unit scale: [{low:g}, {high:g}])",),
+        where=scale.first_layer or None,
+        support=CONSISTENT,
+    )  # fmt: skip

@@ -489,14 +489,14 @@ def _traced_pass(
         if m is target and not seen["active"]:
             if seen["calls"] == occurrence:
                 seen["active"] = True
-                trace.__enter__()
+                trace.__enter__()  # type: ignore[no-untyped-call]
                 return 1
             seen["calls"] += 1
             return 0
         if seen["active"]:
             seen["depth"] += 1
             if seen["depth"] == 1:
-                trace.__exit__(None, None, None)
+                trace.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 ins = tensors_in((args, kwargs))
                 op = Op(
                     name=f"'{name}'", detail="", line=None, dim=None, on_axis=False, fill=None,
@@ -510,7 +510,7 @@ def _traced_pass(
 
     def end(k: int, out: Any) -> None:
         if k == 1:
-            trace.__exit__(None, None, None)
+            trace.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             seen["active"] = False
             seen["calls"] += 1
             result.extend(id(t) for t in tensors_in(out))
@@ -522,7 +522,7 @@ def _traced_pass(
                 child.out_ids = [id(t) for t in outs]
                 child.outputs = [t.detach().clone() for t in outs]
                 trace.keep += outs
-                trace.__enter__()
+                trace.__enter__()  # type: ignore[no-untyped-call]
             seen["depth"] -= 1
 
     with _wrapped(model, start, end), torch.no_grad():
@@ -571,10 +571,7 @@ def _first_op(
     path = _reach([k for k in last if ops[k].out_broken], feeds)
     # A mask that writes a small finite value leaves the masked entries in play (a softmax
     # gives them weight e^value): named first wherever it feeds the output.
-    weak = [
-        ops[k] for k in sorted(_reach(last, uses))
-        if ops[k].masks and ops[k].fill is not None and ops[k].fill > _WEAK_FILL
-    ]  # fmt: skip
+    weak = [ops[k] for k in sorted(_reach(last, uses)) if _weak(ops[k])]
     if weak:
         return weak[0]
     sources = [ops[k] for k in sorted(path) if ops[k].out_broken and not any(ops[k].in_broken)]
@@ -584,6 +581,10 @@ def _first_op(
 # A fill above this leaves a masked score in the softmax at e^fill of the others' weight or more
 # (e^-30 = 1e-13, below float32's resolution of 1); -1e4, -1e9 and -inf do mask.
 _WEAK_FILL = -30.0
+
+
+def _weak(op: Op) -> bool:
+    return op.masks and op.fill is not None and op.fill > _WEAK_FILL
 
 
 def _reach(start: list[int], edges: dict[int, set[int]]) -> set[int]:

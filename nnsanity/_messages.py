@@ -51,15 +51,13 @@ def indices(items: Sequence[int], limit: int = 8) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def render(
-    explanation: Explanation, seed: int | None, causes: Sequence[Cause | str] = ()
-) -> str:
+def render(explanation: Explanation, seed: int | None, causes: Sequence[Cause | str] = ()) -> str:
     """The message: ``explanation``'s causes, or ``causes`` (the result's) when it has none."""
     parts = [explanation.header, ""]
     if explanation.where is not None:
         parts.append(f"Where: {explanation.where}")
     parts += explanation.lines
-    listed = explanation.causes or listed_causes(tuple(causes))
+    listed = explanation.causes or listed_causes(tuple(c for c in causes if isinstance(c, Cause)))
     if listed:
         parts += ["", "Likely causes:"]
         parts += [

@@ -27,7 +27,7 @@ _BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
 
 
 @contextlib.contextmanager
-def _deterministic_mode(model: torch.nn.Module) -> Iterator[None]:
+def deterministic_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (dropout, stochastic depth off) with BatchNorm left in train mode, so a unit's
     activity on the batch is read without random masks; modes come back on exit."""
     modes = {m: m.training for m in model.modules()}
@@ -61,7 +61,7 @@ def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
 
     handles = [m.register_forward_hook(ran) for m in names]
     try:
-        with _deterministic_mode(h.model), autograd():
+        with deterministic_mode(h.model), autograd():
             seed_torch(h.seed)
             loss = h.loss(h.forward())
             grads = torch.autograd.grad(loss, [o for _, _, o in calls], allow_unused=True)

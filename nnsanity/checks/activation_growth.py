@@ -22,9 +22,10 @@ import torch
 
 from nnsanity._arguments import check_number
 from nnsanity._depth import owns_weight, repeated, trend, worst
+from nnsanity._diagnosis import CONSISTENT, Cause, cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 
 # A trend counts only when it compounds by at least this factor per layer: on the healthy zoo
 # the repeated layers' outputs change by 1.00-1.4x per layer (MobileNetV3's two-layer groups
@@ -135,7 +136,7 @@ def measure_activation_growth(
     if overflow is not None:
         i = [n for n, _, _ in values].index(overflow)
         last = tuple((n, v) for n, _, v in values[max(0, i - 3) : i])
-    return ActivationGrowthResult(
+    r = ActivationGrowthResult(
         seed=h.seed,
         max_growth=max_growth,
         max_decay=max_decay,
@@ -143,6 +144,7 @@ def measure_activation_growth(
         overflow=overflow,
         last_finite=last,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_activation_growth(
@@ -200,6 +202,35 @@ _EXP = (
 )
 
 
+def _diagnose(r: ActivationGrowthResult) -> list[Cause]:
+    if r.overflow is not None:
+        return [
+            cause("unbounded_activation", _EXP, where=r.overflow),
+            cause("init_too_large", _TOO_LARGE, where=r.overflow),
+            cause("input_scale", "inputs far from unit scale: run nnsanity.assert_input_scale"),
+            cause("nonfinite_parameter", "a NaN/Inf parameter: run nnsanity.assert_finite"),
+        ]
+    g = r.worst
+    assert g is not None
+    evidence = (f"{g.rate:.3g}x per layer along '{g.pattern}'",)
+    if g.direction == "grows":
+        return [
+            cause("init_too_large", _TOO_LARGE, CONSISTENT, evidence=evidence, where=g.layers[0]),
+            cause("unbounded_activation", _EXP),
+            cause("deep_plain_stack", "a deep plain stack: add normalisation (LayerNorm, "
+                  "BatchNorm) or residual connections with a scaled-down branch"),
+        ]  # fmt: skip
+    return [
+        cause("init_too_small", "weights initialised too small: use He init (kaiming_normal_) "
+              "for ReLU layers and Glorot (xavier_normal_) for tanh, not a small constant std",
+              CONSISTENT, evidence=evidence, where=g.layers[0]),
+        cause("saturating_activations", "saturating or contracting activations stacked deep: "
+              "use ReLU-family activations"),
+        cause("deep_plain_stack", "a deep plain stack: add normalisation or residual "
+              "connections"),
+    ]  # fmt: skip
+
+
 def _explain(r: ActivationGrowthResult) -> Explanation:
     if r.overflow is not None:
         ran = ", ".join(f"'{n}' {v:.3g}" for n, v in r.last_finite) or "none"
@@ -208,12 +239,6 @@ def _explain(r: ActivationGrowthResult) -> Explanation:
             lines=[
                 f"First layer whose output holds NaN/Inf: '{r.overflow}'",
                 f"RMS of the layers before it: {ran}",
-            ],
-            causes=[
-                _EXP,
-                _TOO_LARGE,
-                "inputs far from unit scale: run nnsanity.assert_input_scale",
-                "a NaN/Inf parameter: run nnsanity.assert_finite",
             ],
         )
     g = r.worst
@@ -230,22 +255,10 @@ def _explain(r: ActivationGrowthResult) -> Explanation:
         return Explanation(
             header="Activations explode with depth!",
             lines=lines,
-            causes=[
-                _TOO_LARGE,
-                _EXP,
-                "a deep plain stack: add normalisation (LayerNorm, BatchNorm) or residual "
-                "connections with a scaled-down branch",
-            ],
             relax="max_growth= (larger).",
         )
     return Explanation(
         header="Activations vanish with depth!",
         lines=lines,
-        causes=[
-            "weights initialised too small: use He init (kaiming_normal_) for ReLU layers and "
-            "Glorot (xavier_normal_) for tanh, not a small constant std",
-            "saturating or contracting activations stacked deep: use ReLU-family activations",
-            "a deep plain stack: add normalisation or residual connections",
-        ],
         relax="max_decay= (larger).",
     )

@@ -212,7 +212,9 @@ def _localise(h: Harness, b: int, i: int, bound: float) -> Place | None:
         return h.forward(x)
 
     axis, region = along(b, torch.tensor([i]))
-    return locate(h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound))
+    return locate(
+        h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound)
+    )
 
 
 def _module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
@@ -362,8 +364,7 @@ def _diagnose(r: BatchIndependenceResult) -> list[Cause]:
                 id="module_mixes_batch",
                 summary=f"{w.label} mixes the batch: its output for one sample depends on the "
                 "others' while its input does not",
-                remedy="find the op in its forward that reduces, normalises or reshapes over "
-                "dim 0",
+                remedy="find the op in its forward that reduces, normalises or reshapes over dim 0",
                 where=at,
                 support=CONSISTENT,
             )

@@ -174,7 +174,9 @@ def _localise(
         return h.forward(x)
 
     axis, region = along(n, torch.arange(n) <= t, dim=dim)
-    return locate(h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound))
+    return locate(
+        h.model, lambda: run(h.inputs), lambda: run(changed), Property(region, axis, bound)
+    )
 
 
 _ATTENTION = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer,

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONSISTENT, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._training import excerpt
 from nnsanity._units import probe
 
@@ -59,6 +61,7 @@ class DyingUnitsResult(CheckResult):
     output_layer: str | None  # the last Linear/Conv to run: not judged
     trace: tuple[float, ...]  # the loss each step saw
     diverged_at: int | None  # first step with a NaN/Inf loss (steps: NaN/Inf weights after)
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def dying(self) -> tuple[LayerDeaths, ...]:
@@ -105,6 +108,7 @@ def measure_dying_units(
         if diverged is None and not finite:
             diverged = len(trace)
         after = probe(h)[0] if diverged is None else {}
+        forensics = h.forensics()
     layers = []
     for name, dead in before.items():
         alive = ~dead
@@ -114,7 +118,7 @@ def measure_dying_units(
         layers.append(
             LayerDeaths(name=name, units=dead.numel(), alive_before=int(alive.sum()), died=died)
         )
-    return DyingUnitsResult(
+    r = DyingUnitsResult(
         seed=h.seed,
         steps=len(trace),
         max_dying_fraction=max_dying_fraction,
@@ -122,7 +126,9 @@ def measure_dying_units(
         output_layer=output,
         trace=tuple(trace),
         diverged_at=diverged,
+        forensics=forensics,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_no_dying_units(
@@ -172,6 +178,30 @@ def assert_no_dying_units(
     return r
 
 
+def _diagnose(r: DyingUnitsResult) -> list[Cause]:
+    if r.diverged_at is not None:
+        return [
+            Cause(id="lr_far_too_high", summary="the learning rate is far too high",
+                  remedy="lower it 10x or more", support=CONSISTENT,
+                  evidence=(f"NaN/Inf after step {r.diverged_at}",)),
+            Cause(id="missing_epsilon", summary="log/exp/division without an epsilon",
+                  remedy="run nnsanity.assert_finite"),
+        ]  # fmt: skip
+    worst = r.dying[0]
+    return [
+        Cause(id="lr_too_high", summary="the learning rate is too high: one large update "
+              "pushed the units' pre-activations below zero for every example (dying ReLU)",
+              remedy="lower it 3-10x or warm it up", where=worst.name, support=CONSISTENT,
+              evidence=(f"{worst.died} of {worst.alive_before} units alive at init died in "
+                        f"{r.steps} steps",)),
+        Cause(id="relu_without_margin", summary="ReLUs without a safety margin",
+              remedy="use LeakyReLU/GELU, or BatchNorm/LayerNorm before the activation",
+              where=worst.name),
+        Cause(id="gradient_spike", summary="gradients spiking in one step",
+              remedy="clip them (torch.nn.utils.clip_grad_norm_)"),
+    ]  # fmt: skip
+
+
 def _explain(r: DyingUnitsResult) -> Explanation:
     if r.diverged_at is not None:
         where = (
@@ -182,10 +212,6 @@ def _explain(r: DyingUnitsResult) -> Explanation:
         return Explanation(
             header="Training diverged before the units could be counted!",
             lines=[f"NaN/Inf in {where}", f"Trace: {excerpt(r.trace)}"],
-            causes=[
-                "the learning rate is far too high: lower it 10x or more",
-                "log/exp/division without an epsilon: run nnsanity.assert_finite",
-            ],
         )
     worst = r.dying[0]
     shown = "; ".join(
@@ -199,13 +225,6 @@ def _explain(r: DyingUnitsResult) -> Explanation:
             + f" ({worst.died} of {worst.alive_before} alive at init)",
             f"Layers over the bound: {shown}",
             f"Trace: {excerpt(r.trace)}",
-        ],
-        causes=[
-            "the learning rate is too high: one large update pushed the units' pre-activations "
-            "below zero for every example (dying ReLU); lower it 3-10x or warm it up",
-            "ReLUs without a safety margin: use LeakyReLU/GELU, or BatchNorm/LayerNorm before "
-            "the activation",
-            "gradients spiking in one step: clip them (torch.nn.utils.clip_grad_norm_)",
         ],
         relax="max_dying_fraction= (larger).",
     )

@@ -414,7 +414,9 @@ def _nondeterministic_causes(r: EvalModeResult) -> list[Cause]:
     if w is None:
         return causes
     at, o = w.short, w.operation
-    first = "the first module whose output differs between two eval forwards while its inputs do not"
+    first = (
+        "the first module whose output differs between two eval forwards while its inputs do not"
+    )
     if o is not None and o.name in _DROPOUT_OPS:
         causes.insert(0, replace(_DROPOUT, evidence=(first,), where=at, support=MEASURED))
     elif o is not None and o.name == "scaled_dot_product_attention":

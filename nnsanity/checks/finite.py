@@ -409,8 +409,7 @@ def _diagnose(r: FiniteResult) -> list[Cause]:
             Cause(
                 id="log_of_probability",
                 summary="log of a probability that underflows to zero",
-                remedy="pass logits to F.cross_entropy or use log_softmax instead of "
-                "log(softmax)",
+                remedy="pass logits to F.cross_entropy or use log_softmax instead of log(softmax)",
             ),
             Cause(
                 id="empty_mean_in_loss",
@@ -460,7 +459,9 @@ def _explain(r: FiniteResult) -> Explanation:
         return _explain_eval(r)
     share = f"Non-finite values: {r.count} of {r.numel} are NaN/Inf"
     if r.stage in ("parameter", "buffer"):
-        return Explanation(header=f"{r.stage.capitalize()} '{r.name}' is not finite!", lines=[share])
+        return Explanation(
+            header=f"{r.stage.capitalize()} '{r.name}' is not finite!", lines=[share]
+        )
     if r.stage in ("input", "output"):
         lines = [f"First non-finite value in forward: the {r.stage} of {r.name}", share]
         if r.after:

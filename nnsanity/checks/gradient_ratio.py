@@ -22,9 +22,10 @@ import torch
 
 from nnsanity._arguments import LossFn, check_number
 from nnsanity._depth import owns_weight, repeated, trend, worst
+from nnsanity._diagnosis import CONSISTENT, Cause, cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 
 # A depth trend counts only when it compounds by at least this factor per layer: the healthy
 # zoo's repeated transformer blocks compound by 1.02-1.18 per block toward the input (GPT-2,
@@ -142,7 +143,7 @@ def measure_gradient_ratio(
             )
         )
     trends.sort(key=lambda g: g.trend, reverse=True)
-    return GradientRatioResult(
+    r = GradientRatioResult(
         seed=h.seed,
         max_growth=max_growth,
         max_decay=max_decay,
@@ -150,6 +151,7 @@ def measure_gradient_ratio(
         silent=tuple(silent),
         loss=loss,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_gradient_ratio(
@@ -198,6 +200,30 @@ def assert_gradient_ratio(
     return r
 
 
+def _diagnose(r: GradientRatioResult) -> list[Cause]:
+    g = r.worst
+    assert g is not None
+    evidence = (f"{g.rate:.3g}x per layer along '{g.pattern}'",)
+    if g.toward_input == "shrinks":
+        return [
+            cause("saturating_activations", "saturating activations (sigmoid, tanh) stacked "
+                  "deep: use ReLU-family activations with He (kaiming) init", CONSISTENT,
+                  evidence=evidence, where=g.layers[0]),
+            cause("init_too_small", "weights initialised too small: use 1/sqrt(fan_in) scaling "
+                  "(He or Glorot)"),
+            cause("deep_plain_stack", "a deep plain stack: add normalisation (BatchNorm, "
+                  "LayerNorm) or residual connections"),
+        ]  # fmt: skip
+    return [
+        cause("init_too_large", "weights initialised too large: check the init scale "
+              "(1/sqrt(fan_in), He or Glorot); the activations grow layer by layer too",
+              CONSISTENT, evidence=evidence, where=g.layers[0]),
+        cause("deep_plain_stack", "a deep plain stack: add normalisation or residual connections"),
+        cause("lr_too_high", "once training, a learning rate too high: lower it or clip "
+              "gradients (torch.nn.utils.clip_grad_norm_)"),
+    ]  # fmt: skip
+
+
 def _explain(r: GradientRatioResult) -> Explanation:
     g = r.worst
     assert g is not None
@@ -214,24 +240,10 @@ def _explain(r: GradientRatioResult) -> Explanation:
         return Explanation(
             header="Gradients vanish toward the input!",
             lines=lines,
-            causes=[
-                "saturating activations (sigmoid, tanh) stacked deep: use ReLU-family "
-                "activations with He (kaiming) init",
-                "weights initialised too small: use 1/sqrt(fan_in) scaling (He or Glorot)",
-                "a deep plain stack: add normalisation (BatchNorm, LayerNorm) or residual "
-                "connections",
-            ],
             relax="max_decay= (larger).",
         )
     return Explanation(
         header="Gradients explode toward the input!",
         lines=lines,
-        causes=[
-            "weights initialised too large: check the init scale (1/sqrt(fan_in), He or Glorot); "
-            "the activations grow layer by layer too",
-            "a deep plain stack: add normalisation or residual connections",
-            "once training, a learning rate too high: lower it or clip gradients "
-            "(torch.nn.utils.clip_grad_norm_)",
-        ],
         relax="max_growth= (larger).",
     )

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import LossFn, check_number
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause, cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation
-from nnsanity._outputs import Kind, Outputs
-from nnsanity._result import CheckResult
+from nnsanity._outputs import Kind, Outputs, unpaired_causes
+from nnsanity._result import CheckResult, diagnosed
 
 # The bound "no more confident than random outputs of standard deviation NOISE_STD" is the mean
 # loss of NOISE_DRAWS fixed-seed draws on this batch: 8 x batch-size samples keep its Monte Carlo
@@ -165,7 +166,7 @@ def measure_init_loss(
         lower = perfect if perfect is not None and perfect <= refs["zero"] else -math.inf
         upper = ref + (refs["noise"] - refs["zero"])
     n, summed = _classes(zero, logits, h.targets) if zero is not None else (None, None)
-    return InitLossResult(
+    r = InitLossResult(
         seed=h.seed,
         loss=loss,
         expected=ref,
@@ -182,6 +183,7 @@ def measure_init_loss(
         rtol=rtol,
         unpaired=refs["unpaired"] if refs else None,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_init_loss(
@@ -236,6 +238,64 @@ def assert_init_loss(
     return r
 
 
+def _diagnose(r: InitLossResult) -> list[Cause]:
+    misuse = r.misuse
+    kind = f"the output holds {r.output_kind}"
+    if misuse == "unpaired":
+        return unpaired_causes(r.unpaired)
+    if misuse == "negative":
+        return [
+            cause("nll_without_log_softmax", "NLLLoss (F.nll_loss) receives probabilities or raw "
+                  "logits: it expects log-probabilities; end the model with log_softmax, or use "
+                  "F.cross_entropy on the logits", MEASURED if r.output_kind != "log-probabilities"
+                  else CONSISTENT, evidence=(f"a right prediction's loss is {r.perfect_loss:.4g}",
+                                             kind)),
+            cause("unbounded_reward", "a loss that rewards large outputs without bound: fix the "
+                  "sign of the custom loss"),
+        ]  # fmt: skip
+    if misuse == "floor":
+        twice = cause(
+            "softmax_twice",
+            "softmax applied twice: the model returns probabilities "
+            "(softmax at its end) and CrossEntropyLoss applies log_softmax itself; "
+            "return the logits",
+            MEASURED if r.n_classes else CONSISTENT,
+            evidence=(kind, f"a right prediction's loss is {r.perfect_loss:.4g}"),
+        )
+        sigmoid = cause(
+            "sigmoid_before_bce_with_logits",
+            "sigmoid before BCEWithLogitsLoss, which applies it itself: return the logits",
+            CONSISTENT if r.n_classes else MEASURED,
+            evidence=(kind, f"a right prediction's loss is {r.perfect_loss:.4g}"),
+        )
+        return [twice, sigmoid]  # fmt: skip
+    if misuse == "summed":
+        return [
+            cause("loss_summed", "reduction='sum': the loss and its gradient grow with the batch "
+                  "size, so the learning rate must change with it; use reduction='mean'",
+                  MEASURED, evidence=(f"the no-preference loss is {r.summed_over} x ln "
+                                      f"{r.n_classes}",)),
+        ]  # fmt: skip
+    if r.loss < r.lower:
+        return [
+            cause("loss_below_reference", "the loss is lower than expected: expected= does not "
+                  "fit this loss (its reduction, its number of classes), or the loss is computed "
+                  "on something other than the outputs and targets it was given (a stale tensor)"),
+        ]  # fmt: skip
+    large = r.output_std is not None and r.output_std > NOISE_STD
+    return [
+        cause("final_layer_too_large", "the final layer is too large: scale its weights down "
+              "(e.g. x0.01) or zero them", CONSISTENT if large else GENERIC,
+              evidence=(f"output std {r.output_std:.3g} (unit scale: up to {NOISE_STD:g})",)
+              if large and r.output_std is not None else ()),
+        cause("final_bias_not_prior", "the final bias is not the log class prior: set it to "
+              "log(class frequencies), zero for balanced classes (the target mean for "
+              "regression)"),
+        cause("targets_misscaled", "the targets are mis-scaled (regression targets not "
+              "standardised)"),
+    ]  # fmt: skip
+
+
 def _explain(r: InitLossResult) -> Explanation:
     kind = f"Output: {r.output_kind}" + (
         f" (std {r.output_std:.3g})" if r.output_std is not None else ""
@@ -252,12 +312,6 @@ def _explain(r: InitLossResult) -> Explanation:
                 f"Loss at initialisation: {r.loss:.4g}",
                 kind,
             ],
-            causes=[
-                "NLLLoss (F.nll_loss) receives probabilities or raw logits: it expects "
-                "log-probabilities; end the model with log_softmax, or use F.cross_entropy on "
-                "the logits",
-                "a loss that rewards large outputs without bound (a sign error in a custom loss)",
-            ],
         )
     if misuse == "floor":
         return Explanation(
@@ -266,11 +320,6 @@ def _explain(r: InitLossResult) -> Explanation:
                 f"Loss of a confident right prediction: {r.perfect_loss:.4g} (near 0 required)",
                 kind + ", but the loss treats them as logits",
             ],
-            causes=[
-                "softmax applied twice: the model returns probabilities (softmax at its end) and "
-                "CrossEntropyLoss applies log_softmax itself; return the logits",
-                "sigmoid before BCEWithLogitsLoss, which applies it itself; return the logits",
-            ][:: 1 if r.n_classes else -1],  # no class dimension: per-element sigmoid outputs
         )
     if misuse == "summed":
         return Explanation(
@@ -278,10 +327,6 @@ def _explain(r: InitLossResult) -> Explanation:
             lines=[
                 f"Loss of the no-preference output: {r.zero_output_loss:.4g} = {r.summed_over} x "
                 f"ln {r.n_classes} (ln {r.n_classes} per target expected)",
-            ],
-            causes=[
-                "reduction='sum': the loss and its gradient grow with the batch size, so the "
-                "learning rate must change with it; use reduction='mean'",
             ],
             relax="expected= and rtol= to accept a summed loss.",
         )
@@ -302,24 +347,10 @@ def _explain(r: InitLossResult) -> Explanation:
         f"Loss at initialisation: {r.loss:.4g} {bound} (train mode: the loss the first step sees)",
         kind,
     ]
-    if r.loss < r.lower:
-        causes = [
-            "the loss is lower than expected: expected= does not fit this loss (its reduction, "
-            "its number of classes), or the loss is computed on something other than the "
-            "outputs and targets it was given (a stale tensor)",
-        ]
-    else:
-        causes = [
-            "the final layer is too large: scale its weights down (e.g. x0.01) or zero them",
-            "the final bias is not the log class prior: set it to log(class frequencies), "
-            "zero for balanced classes (the target mean for regression)",
-            "the targets are mis-scaled (regression targets not standardised)",
-        ]
     return Explanation(
         header="Loss at initialisation is too high!"
         if r.loss > r.upper
         else "Loss at initialisation is out of range!",
         lines=lines,
-        causes=causes,
         relax="expected= and rtol= to compare with your own reference instead.",
     )

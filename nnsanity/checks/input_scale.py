@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import check_number
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._input_scale import MAX_RMS, MIN_RMS, Feature, measure
 from nnsanity._messages import Explanation, Msg, at_least, fail, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +57,7 @@ def measure_input_scale(
     h = Harness(model, batch, seed=seed, unpack=unpack, perturb=perturb, needs_loss=False)
     with h.isolated(train=False):
         scale = measure(h)
-    return InputScaleResult(
+    r = InputScaleResult(
         seed=h.seed,
         min_rms=min_rms,
         max_rms=max_rms,
@@ -66,6 +67,7 @@ def measure_input_scale(
         normalises=scale.normalises,
         rms=scale.rms,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_input_scale(
@@ -115,6 +117,41 @@ def assert_input_scale(
     return r
 
 
+def _diagnose(r: InputScaleResult) -> list[Cause]:
+    assert r.rms is not None
+    f = r.features[0] if r.features else None
+    at = r.first_layer or None
+    if r.rms > r.max_rms:
+        pixels = f is not None and f.min >= 0 and 100 <= f.max <= 255
+        spread = f"{f.where}: range [{f.min:.3g}, {f.max:.3g}]" if f else ""
+        return [
+            Cause(id="raw_pixels", summary="raw 0-255 pixels",
+                  remedy="scale to [0, 1] (ToTensor does) and normalise with the dataset's mean "
+                  "and std", evidence=(spread,) if pixels else (), where=at,
+                  support=MEASURED if pixels else GENERIC),
+            Cause(id="raw_units", summary="features in their raw units",
+                  remedy="standardise each one ((x - mean) / std, with the training set's "
+                  "statistics)", where=at,
+                  support=CONSISTENT if f is not None and not pixels and f.std > r.max_rms
+                  else GENERIC),
+            Cause(id="normalised_twice", summary="inputs normalised twice with mean/std (in the "
+                  "dataset and again in the model or a transform)", remedy="normalise once",
+                  where=at),
+        ]  # fmt: skip
+    twice = f is not None and f.min >= 0 and 0 < f.max <= 1.01 / 255
+    return [
+        Cause(id="divided_by_255_twice", summary="inputs scaled twice: divided by 255 after "
+              "ToTensor already scaled to [0, 1]", remedy="divide once",
+              evidence=(f"{f.where}: range [{f.min:.3g}, {f.max:.3g}], at most 1/255",)
+              if twice and f is not None else (), where=at,
+              support=MEASURED if twice else GENERIC),
+        Cause(id="wrong_statistic", summary="divided by a wrong statistic (a std or max far "
+              "larger than the data's)", remedy="use the training set's own std", where=at),
+        Cause(id="mostly_zeros", summary="inputs mostly zeros (a mask or padding applied to the "
+              "features)", remedy="check the pipeline", where=at),
+    ]  # fmt: skip
+
+
 def _explain(r: InputScaleResult) -> Explanation:
     assert r.rms is not None
     high = r.rms > r.max_rms
@@ -136,23 +173,10 @@ def _explain(r: InputScaleResult) -> Explanation:
         return Explanation(
             header="Inputs are far above the scale the first layer expects!",
             lines=lines,
-            causes=[
-                "raw 0-255 pixels: scale to [0, 1] (ToTensor does) and normalise with the "
-                "dataset's mean and std",
-                "features in their raw units: standardise each one ((x - mean) / std, with the "
-                "training set's statistics)",
-                "inputs normalised twice with mean/std (in the dataset and again in the model or "
-                "a transform): normalise once",
-            ],
             relax="max_rms= (larger).",
         )
     return Explanation(
         header="Inputs are far below the scale the first layer expects!",
         lines=lines,
-        causes=[
-            "inputs scaled twice: divided by 255 after ToTensor already scaled to [0, 1]",
-            "divided by a wrong statistic (a std or max far larger than the data's)",
-            "inputs mostly zeros (a mask or padding applied to the features)",
-        ],
         relax="min_rms= (smaller).",
     )

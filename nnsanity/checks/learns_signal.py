@@ -16,16 +16,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
-from nnsanity._outputs import Outputs
-from nnsanity._result import CheckResult
+from nnsanity._outputs import Outputs, unpaired_causes
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity._structures import LABEL_KEYS, leaves, map_tensors
 from nnsanity._training import excerpt
@@ -59,6 +61,7 @@ class LearnsSignalResult(CheckResult):
     constant_labels: bool  # every permutation left the holdout's labels unchanged
     label_blind: bool = False  # every permutation gave the same loss: identical predictions
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def passed(self) -> bool:
@@ -172,7 +175,8 @@ def measure_learns_signal(
             blind = all(abs(v - now[0]) <= floor for v in now[1:])
             if not math.isfinite(trace[-1]) or not math.isfinite(z) or z >= min_z:
                 break
-    return LearnsSignalResult(
+        forensics = h.forensics()
+    r = LearnsSignalResult(
         seed=h.seed,
         steps=steps,
         min_z=min_z,
@@ -187,7 +191,9 @@ def measure_learns_signal(
         constant_labels=constant,
         label_blind=blind,
         unpaired=unpaired,
+        forensics=forensics,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_learns_signal(
@@ -250,6 +256,64 @@ def assert_learns_signal(
     return r
 
 
+def _diagnose(r: LearnsSignalResult) -> list[Cause]:
+    if r.unpaired is not None:
+        return unpaired_causes(r.unpaired)
+    if r.constant_labels:
+        return [
+            Cause(id="constant_label_column", summary="the wrong column or key as the label (a "
+                  "constant field)", remedy="take the label column", support=CONSISTENT,
+                  evidence=(f"labels unchanged by all {r.permutations} permutations",)),
+            Cause(id="single_class_batch", summary="a batch drawn from one class only (data "
+                  "sorted by label, no shuffling)", remedy="shuffle the loader",
+                  support=CONSISTENT),
+        ]  # fmt: skip
+    ignores = Cause(id="ignores_inputs", summary="the model ignores its inputs",
+                    remedy="run nnsanity.assert_uses_inputs")  # fmt: skip
+    causes = [
+        Cause(id="labels_misaligned", summary="labels not aligned with the inputs: shuffled "
+              "separately from them, off by one, or the wrong column taken as the label",
+              remedy="shuffle indices, not the two arrays"),
+        Cause(id="label_encoding_differs", summary="the two batches disagree on what a label "
+              "means (classes encoded separately per split)", remedy="encode labels once"),
+        Cause(id="signal_needs_more", summary=f"the relation needs more than {r.steps} steps, or "
+              "larger batches, to show", remedy="raise steps= or pass a holdout of a few dozen "
+              "samples"),
+        ignores,
+    ]  # fmt: skip
+    if r.label_blind:  # the same prediction for every sample: no labels can be told apart
+        causes.insert(
+            0,
+            replace(
+                ignores,
+                support=MEASURED,
+                evidence=(
+                    "the holdout loss is unchanged by every permutation: the same prediction "
+                    "for all",
+                ),
+            ),
+        )
+    if r.gain <= 0 and r.z >= r.min_z:  # beats the permutations only by losing less
+        causes.insert(0, Cause(
+            id="training_labels_uninformative",
+            summary="the training batch's labels carry no information about the inputs (one "
+            "class only, or a constant column taken as the label): the model learns a prior the "
+            "holdout does not share", remedy="check the training labels",
+            evidence=("the holdout loss with its own labels rose",), support=MEASURED,
+        ))  # fmt: skip
+    if r.trace and not math.isfinite(r.trace[-1]):
+        causes.insert(
+            0,
+            Cause(
+                id="diverged",
+                summary="training diverged (NaN/Inf loss)",
+                remedy="lower the learning rate",
+                support=MEASURED,
+            ),
+        )
+    return causes
+
+
 def _explain(r: LearnsSignalResult) -> Explanation:
     if r.unpaired is not None:
         return unpaired_explanation(r.unpaired)
@@ -257,13 +321,7 @@ def _explain(r: LearnsSignalResult) -> Explanation:
         return Explanation(
             header="Every sample of the holdout has the same label!",
             lines=[f"Labels unchanged by all {r.permutations} permutations of the holdout"],
-            causes=[
-                "the wrong column or key as the label (a constant field)",
-                "a batch drawn from one class only (data sorted by label, no shuffling): "
-                "shuffle the loader",
-            ],
         )
-    diverged = bool(r.trace) and not math.isfinite(r.trace[-1])
     lines = [
         f"Gain over the permuted labels after {len(r.trace)} steps: z = "
         + at_least(f"{r.z:.3g}", f"{r.min_z:g}"),
@@ -272,31 +330,12 @@ def _explain(r: LearnsSignalResult) -> Explanation:
         f"{r.initial_loss:.4g} before training",
         f"Training loss: {excerpt(r.trace)}",
     ]
-    ignores = "the model ignores its inputs: run nnsanity.assert_uses_inputs"
-    causes = [
-        "labels not aligned with the inputs: shuffled separately from them (shuffle indices, "
-        "not the two arrays), off by one, or the wrong column taken as the label",
-        "the two batches disagree on what a label means (classes encoded separately per split)",
-        f"the relation needs more than {r.steps} steps, or larger batches, to show: raise "
-        "steps= or pass a holdout of a few dozen samples",
-        ignores,
-    ]
-    if r.label_blind:  # the same prediction for every sample: no labels can be told apart
+    if r.label_blind:
         lines.insert(1, "Holdout loss unchanged by every permutation: the same prediction for all")
-        causes = [ignores, *causes[:-1]]
-    if r.gain <= 0 and r.z >= r.min_z:  # beats the permutations only by losing less
+    if r.gain <= 0 and r.z >= r.min_z:
         lines.insert(1, "Holdout loss with its own labels rose: training made it worse")
-        causes.insert(
-            0,
-            "the training batch's labels carry no information about the inputs (one class "
-            "only, or a constant column taken as the label): the model learns a prior the "
-            "holdout does not share",
-        )
-    if diverged:
-        causes.insert(0, "training diverged (NaN/Inf loss): lower the learning rate")
     return Explanation(
         header="Training on the batch does not predict the holdout's labels!",
         lines=lines,
-        causes=causes,
         relax="steps= (more) or min_z= (smaller).",
     )

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
-from nnsanity._harness import N_EVALS, Harness
-from nnsanity._messages import Explanation, Msg, at_least, fail
 from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause
 from nnsanity._forensics import OFF_BY, StepForensics
+from nnsanity._harness import N_EVALS, Harness
+from nnsanity._messages import Explanation, Msg, at_least, fail
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity._training import NOISE_FACTOR, divergence, excerpt, required_change
@@ -225,7 +225,7 @@ def _cause(id: str, summary: str, remedy: str = "", support: float = GENERIC, **
     return Cause(id=id, summary=summary, remedy=remedy, support=support, **kw)
 
 
-def _diagnose(r: LossDecreaseResult) -> list[Cause]:  # noqa: PLR0911 - one list per failure
+def _diagnose(r: LossDecreaseResult) -> list[Cause]:
     if not math.isfinite(r.initial_loss):
         return [
             _cause("nonfinite_at_init", "log/exp/division without an epsilon in the model or loss",

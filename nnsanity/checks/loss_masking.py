@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import LossFn, check_number
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause, cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
 from nnsanity._padding import at_positions, check_padding, find_padding, position_dim
 from nnsanity._perturbation import MAX_DEPENDENCE
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
 from nnsanity._structures import LABEL_KEYS
 
@@ -115,7 +116,7 @@ def measure_loss_masking(
     dependence = pad_max / real_max if real_max > 0 else float("inf") if pad_max > 0 else 0.0
     mass = size.sum(-1).cpu()
     total = float(mass.sum())
-    return LossMaskingResult(
+    r = LossMaskingResult(
         seed=h.seed,
         max_dependence=bound,
         dependence=dependence,
@@ -128,6 +129,7 @@ def measure_loss_masking(
         self_loss=h.self_loss,
         loss=float(loss.detach()),
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_loss_masks_padding(
@@ -197,23 +199,36 @@ def _ignore_cause(r: LossMaskingResult) -> str:
     )
 
 
+def _diagnose(r: LossMaskingResult) -> list[Cause]:
+    values = r.padded_targets
+    pad_value = len(values) == 1 and values[0] != IGNORE_INDEX
+    ignore = cause(
+        "no_ignore_index", _ignore_cause(r), MEASURED if pad_value else GENERIC,
+        evidence=(f"the targets at padded positions hold {values[0]}",) if pad_value else (),
+    )  # fmt: skip
+    hf = cause(
+        "hf_labels_not_masked",
+        "labels at padded positions are not -100: a Hugging Face model's loss ignores only -100, "
+        "never the attention mask. Set labels[attention_mask == 0] = -100 (as "
+        "DataCollatorForLanguageModeling and DataCollatorForSeq2Seq do; a copy of input_ids keeps "
+        "the pad id)", MEASURED if pad_value else CONSISTENT,
+        evidence=ignore.evidence,
+    )  # fmt: skip
+    masked = cause(
+        "wrong_loss_mask",
+        "a masked loss that multiplies by the wrong mask (inverted, or the attention mask of "
+        "other positions): (loss * m).sum() / m.sum() with m = 1 at real positions",
+    )
+    other = cause(
+        "per_position_loss_unmasked",
+        "a per-position loss without ignore_index (MSE, BCE): multiply it by the real-position "
+        "mask before reducing",
+    )
+    return [hf, masked] if r.self_loss else [ignore, masked, other]
+
+
 def _explain(r: LossMaskingResult) -> Explanation:
     size = "inf" if r.dependence == float("inf") else f"{r.dependence:.3g}"
-    hf = (
-        "labels at padded positions are not -100: a Hugging Face model's loss ignores only "
-        "-100, never the attention mask. Set labels[attention_mask == 0] = -100 (as "
-        "DataCollatorForLanguageModeling and DataCollatorForSeq2Seq do; a copy of input_ids "
-        "keeps the pad id)"
-    )
-    masked = (
-        "a masked loss that multiplies by the wrong mask (inverted, or the attention mask of "
-        "other positions): (loss * m).sum() / m.sum() with m = 1 at real positions"
-    )
-    other = (
-        "a per-position loss without ignore_index (MSE, BCE): multiply it by the real-position "
-        "mask before reducing"
-    )
-    causes = [hf, _ignore_cause(r), masked] if r.self_loss else [_ignore_cause(r), masked, other]
     targets = ", ".join(str(v) for v in r.padded_targets) or "not read (no (B, T) targets)"
     return Explanation(
         header="The loss counts the padded positions!",
@@ -225,7 +240,6 @@ def _explain(r: LossMaskingResult) -> Explanation:
             f"Targets at the padded positions: {targets}",
             f"Padding: {r.source}, {r.padded} of {r.positions} positions",
         ],
-        causes=causes,
         relax="max_dependence= (larger); padding= says where the padding is, if it was found "
         "wrongly.",
     )

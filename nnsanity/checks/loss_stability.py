@@ -11,16 +11,18 @@ or ``step(batch) -> loss`` and judges the largest rise of the loss above its bes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONSISTENT, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._input_scale import cause, measure
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._training import NOISE_Z, excerpt, train
 
 # The default bound on a rise above the best loss so far, as a fraction of the initial loss. With
@@ -43,8 +45,9 @@ class LossStabilityResult(CheckResult):
     rise: float  # the largest trace[k] - min(trace[:k]), 0 if none rose (inf: a NaN/Inf loss)
     rise_at: int | None  # the step k of that rise (None if the loss never rose)
     first_over: int | None  # the first step whose rise exceeded ``allowed``
-    input_scale: str | None = None  # the inputs' scale, where far from what the first layer
+    input_scale: Cause | None = None  # the inputs' scale, where far from what the first layer
     # expects (raw pixels make a first layer's gradient, and the loss, jump): a likely cause
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def diverged(self) -> bool:
@@ -93,6 +96,7 @@ def measure_loss_stability(
         scale = cause(measure(h))
         initial, sd = h.evaluate()
         trace = train(h.stepper(), steps) if math.isfinite(initial) else []
+        forensics = h.forensics()
     allowed = max_rise * abs(initial) + NOISE_Z * math.sqrt(2) * (sd if math.isfinite(sd) else 0)
     rises = _rises(trace)
     worst = max(rises, default=0.0)
@@ -100,7 +104,7 @@ def measure_loss_stability(
     first = next((k + 1 for k, v in enumerate(rises) if v > allowed), None)
     if not math.isfinite(initial):
         rise, at, first = math.inf, 0, 0
-    return LossStabilityResult(
+    r = LossStabilityResult(
         seed=h.seed,
         steps=steps,
         max_rise=max_rise,
@@ -112,7 +116,9 @@ def measure_loss_stability(
         rise_at=at,
         first_over=first,
         input_scale=scale,
+        forensics=forensics,
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_loss_stable(
@@ -163,10 +169,43 @@ def assert_loss_stable(
     return r
 
 
-_LR = (
-    "the learning rate is too high: lower it 3-10x (Adam 3e-4 is a safe start), or warm it up "
-    "from a small value"
+_LR = Cause(
+    id="lr_too_high",
+    summary="the learning rate is too high",
+    remedy="lower it 3-10x (Adam 3e-4 is a safe start), or warm it up from a small value",
 )
+
+
+def _diagnose(r: LossStabilityResult) -> list[Cause]:
+    if not math.isfinite(r.initial_loss):
+        return [Cause(id="nonfinite_at_init", summary="log/exp/division without an epsilon",
+                      remedy="run nnsanity.assert_finite")]  # fmt: skip
+    first = [r.input_scale] if r.input_scale else []
+    lr = replace(
+        _LR,
+        support=CONSISTENT,
+        evidence=(
+            f"the loss rose by {r.rise:.3g} at step {r.rise_at} of a descent on one fixed batch",
+        ),
+    )
+    if r.diverged:
+        return [
+            *first,
+            lr,
+            Cause(id="amplified_gradient", summary="the step amplifies the gradient: a loss "
+                  "summed over the batch (reduction='sum'), no gradient clipping, or a learning "
+                  "rate scaled up for a larger batch", remedy="average the loss, clip gradients"),
+            Cause(id="flipped_sign", summary="the update climbs the loss: a flipped sign "
+                  "((-loss).backward(), maximize=True)", remedy="minimise the loss itself"),
+        ]  # fmt: skip
+    return [
+        *first,
+        lr,
+        Cause(id="momentum_too_high", summary="momentum too high for this learning rate (SGD "
+              "momentum / Adam beta1)", remedy="lower one"),
+        Cause(id="dropout_noise", summary="heavy dropout on a tiny batch makes each step's loss "
+              "a noisy draw", remedy="raise max_rise= or use a larger batch"),
+    ]  # fmt: skip
 
 
 def _explain(r: LossStabilityResult) -> Explanation:
@@ -174,7 +213,6 @@ def _explain(r: LossStabilityResult) -> Explanation:
         return Explanation(
             header="Loss is not finite at initialisation!",
             lines=[f"Initial loss: {r.initial_loss} (before any step)"],
-            causes=["log/exp/division without an epsilon: run nnsanity.assert_finite"],
         )
     k = r.first_over
     assert k is not None
@@ -193,29 +231,9 @@ def _explain(r: LossStabilityResult) -> Explanation:
     ]
     if r.rise_at != k and math.isfinite(rise):
         lines.insert(1, f"Largest rise: {r.rise:.4g} at step {r.rise_at}")
-    first = [r.input_scale] if r.input_scale else []
-    if r.diverged:
-        return Explanation(
-            header="Loss diverged!",
-            lines=lines,
-            causes=[
-                *first,
-                _LR,
-                "the step amplifies the gradient: a loss summed over the batch (reduction='sum'), "
-                "no gradient clipping, or a learning rate scaled up for a larger batch",
-                "the update climbs the loss: a flipped sign ((-loss).backward(), maximize=True)",
-            ],
-            relax="max_rise= (larger).",
-        )
     return Explanation(
-        header="Loss oscillates!",
+        header="Loss diverged!" if r.diverged else "Loss oscillates!",
         lines=lines,
-        causes=[
-            *first,
-            _LR,
-            "momentum too high for this learning rate (SGD momentum / Adam beta1): lower one",
-            "heavy dropout on a tiny batch makes each step's loss a noisy draw: raise max_rise= "
-            "or use a larger batch",
-        ],
+        where=f"step {k}",
         relax="max_rise= (larger).",
     )

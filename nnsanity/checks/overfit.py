@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, GENERIC, MEASURED, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation, up_to
 from nnsanity._outputs import Outputs, conflicting_labels, unpaired_causes
-from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, GENERIC, MEASURED, Cause
-from nnsanity._forensics import StepForensics
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity.seeding import preserved_rng

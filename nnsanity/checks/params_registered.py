@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step
+from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
 from nnsanity._structures import tensors_in
 
@@ -230,7 +231,7 @@ def measure_params_registered(
         stale = [
             _shape(p) for group in opt.param_groups for p in group["params"] if id(p) not in every
         ]
-    return ParamsRegisteredResult(
+    r = ParamsRegisteredResult(
         seed=h.seed,
         reached=len(leaves),
         n_params=len(before),
@@ -241,6 +242,7 @@ def measure_params_registered(
         stale_in_optimizer=tuple(stale),
         loss=float(loss.detach()),
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_params_registered(
@@ -295,45 +297,113 @@ def assert_params_registered(
 _HOW = {
     "container": (
         "Reach the loss, held in a plain list, tuple or dict",
-        "kept in a plain Python list, tuple or dict, which nn.Module does not register: use "
-        "nn.ModuleList / nn.ModuleDict (nn.ParameterList / nn.ParameterDict for tensors)",
+        Cause(
+            id="plain_container",
+            summary="kept in a plain Python list, tuple or dict, which nn.Module does not register",
+            remedy="use nn.ModuleList / nn.ModuleDict (nn.ParameterList / nn.ParameterDict for "
+            "tensors)",
+        ),
     ),
     "attribute": (
         "Reach the loss, plain tensor attributes",
-        "a plain tensor attribute with requires_grad=True: wrap it in nn.Parameter "
-        "(register_buffer if it must not train)",
+        Cause(
+            id="plain_tensor_attribute",
+            summary="a plain tensor attribute with requires_grad=True",
+            remedy="wrap it in nn.Parameter (register_buffer if it must not train)",
+        ),
     ),
     "buffer": (
         "Reach the loss, buffers that require grad",
-        "registered as a buffer, which no optimizer of model.parameters() holds: make it an "
-        "nn.Parameter",
+        Cause(
+            id="buffer_requires_grad",
+            summary="registered as a buffer, which no optimizer of model.parameters() holds",
+            remedy="make it an nn.Parameter",
+        ),
     ),
     "forward": (
         "Reach the loss, created in forward and held by no attribute (shapes)",
-        "created in forward with requires_grad=True (torch.zeros(..., requires_grad=True)): a "
-        "new leaf every call that no optimizer holds; create it once in __init__ as "
-        "nn.Parameter",
+        Cause(
+            id="leaf_created_in_forward",
+            summary="created in forward with requires_grad=True (torch.zeros(..., "
+            "requires_grad=True)): a new leaf every call that no optimizer holds",
+            remedy="create it once in __init__ as nn.Parameter",
+        ),
     ),
 }
-_RECREATED = (
-    "created in forward (self.w = nn.Parameter(...) or a layer built in forward): a new object "
-    "every call, so an optimizer built before holds the first one and every forward starts from "
-    "a fresh initialisation; create it in __init__"
+_RECREATED = Cause(
+    id="parameter_created_in_forward",
+    summary="created in forward (self.w = nn.Parameter(...) or a layer built in forward): a new "
+    "object every call, so an optimizer built before holds the first one and every forward starts "
+    "from a fresh initialisation",
+    remedy="create it in __init__",
 )
+_REPLACED = Cause(
+    id="layer_replaced_after_optimizer",
+    summary="a layer replaced after the optimizer was built (a new head, a pruned or converted "
+    "layer): the optimizer still holds the old one's tensors",
+    remedy="build the optimizer after the replacement, or add the new parameters with "
+    "optimizer.add_param_group",
+)
+_SUBSET = Cause(
+    id="optimizer_subset",
+    summary="the optimizer was built from a subset of the parameters (a name filter, or "
+    "requires_grad read before unfreezing)",
+    remedy="build it from model.parameters()",
+)
+
+
+def _diagnose(r: ParamsRegisteredResult) -> list[Cause]:
+    causes = []
+    if r.recreated:
+        causes.append(
+            replace(
+                _RECREATED,
+                where=r.recreated[0],
+                support=MEASURED,
+                evidence=(f"new objects after a forward: {names(r.recreated)}",),
+            )
+        )
+    for how, (_, cause) in _HOW.items():
+        found = [name for name, held in r.unregistered if held == how]
+        if found:
+            causes.append(
+                replace(
+                    cause,
+                    where=found[0],
+                    support=MEASURED,
+                    evidence=(f"{len(found)} such tensor(s) reach the loss",),
+                )
+            )
+    if r.not_in_optimizer:
+        evidence = (
+            (
+                f"{len(r.stale_in_optimizer)} tensors the optimizer holds are no parameter "
+                "of the model",
+            )
+            if r.stale_in_optimizer
+            else ()
+        )
+        replaced = replace(
+            _REPLACED,
+            where=r.not_in_optimizer[0],
+            evidence=evidence,
+            support=MEASURED if r.stale_in_optimizer else CONSISTENT,
+        )
+        subset = replace(_SUBSET, where=r.not_in_optimizer[0], support=CONSISTENT)
+        causes += [replaced, subset]
+    return causes
 
 
 def _explain(r: ParamsRegisteredResult) -> Explanation:
     problem = r.problems[0]
-    lines, causes = [], []
+    lines = []
     if r.recreated:
         lines.append(f"Parameters that are new objects after a forward: {names(r.recreated)}")
-        causes.append(_RECREATED)
-    for how, (what, cause) in _HOW.items():
+    for how, (what, _) in _HOW.items():
         found = [name for name, held in r.unregistered if held == how]
         if found:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if found[5:] else "")
             lines.append(f"{what}: {names(found) if how != 'forward' else shown}")
-            causes.append(cause)
     if r.not_in_optimizer:
         lines.append(
             f"Parameters that reach the loss but not the optimizer: {names(r.not_in_optimizer)}"
@@ -343,16 +413,6 @@ def _explain(r: ParamsRegisteredResult) -> Explanation:
                 f"Tensors the optimizer holds that are no parameter of the model: "
                 f"{len(r.stale_in_optimizer)}, of shapes {', '.join(r.stale_in_optimizer[:5])}"
             )
-        replaced = (
-            "a layer replaced after the optimizer was built (a new head, a pruned or converted "
-            "layer): the optimizer still holds the old one's tensors; build the optimizer after "
-            "the replacement, or add the new parameters with optimizer.add_param_group"
-        )
-        subset = (
-            "the optimizer was built from a subset of the parameters (a name filter, or "
-            "requires_grad read before unfreezing): build it from model.parameters()"
-        )
-        causes += [replaced, subset] if r.stale_in_optimizer else [subset, replaced]
     lines.append(
         f"Optimizer compared: {r.optimizer or 'none known (built from model.parameters())'}; "
         f"{r.reached} tensors reach the loss, the model has {r.n_params} parameters"
@@ -372,4 +432,4 @@ def _explain(r: ParamsRegisteredResult) -> Explanation:
         "not_in_optimizer": f"{count} parameter{'' if one else 's'} {'gets' if one else 'get'} "
         f"gradients but {'is' if one else 'are'} not in the optimizer!",
     }[problem]
-    return Explanation(header=header, lines=lines, causes=causes)
+    return Explanation(header=header, lines=lines)

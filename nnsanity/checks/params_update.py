@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONTRADICTED, MEASURED, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
+from nnsanity._state import autograd, preserved_module
+from nnsanity._units import deterministic_mode, probe
+from nnsanity.seeding import seed_torch
 
 # A unit is a row of a Linear/Conv weight (dim 1 of a transposed conv's weight); it is dead on
 # the batch when that row's gradient is exactly zero: e.g. a ReLU whose input is < 0 for every
@@ -45,6 +50,11 @@ class ParamsUpdateResult(CheckResult):
     unchanged: tuple[str, ...]  # trainable, identical after one step
     frozen_changed: tuple[str, ...]  # requires_grad=False, yet changed by the step
     nonfinite_after: tuple[str, ...]  # NaN/Inf after the step
+    # of the zero-gradient parameters and dead units, those alive with dropout (and other
+    # train-only randomness) off: dropout zeroes them, they are not dead
+    alive_without_dropout: tuple[str, ...] = ()
+    dropouts: tuple[tuple[str, float], ...] = ()  # (name, p) of dropout modules with p >= 0.5
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def too_dead(self) -> tuple[tuple[str, int, int], ...]:
@@ -155,7 +165,10 @@ def measure_params_update(
         def pick(cond: Any, among: Iterable[str]) -> tuple[str, ...]:
             return tuple(n for n in among if cond(n))
 
-        return ParamsUpdateResult(
+        zeroed = pick(lambda n: n not in nonzero, grads)
+        dead_layers = tuple((n, int(z.sum()), z.numel()) for n, z in dead.items() if z.any())
+        alive = _alive_without_dropout(h, zeroed, dead_layers) if zeroed or dead_layers else ()
+        r = ParamsUpdateResult(
             seed=h.seed,
             steps=taken,
             max_dead_fraction=max_dead_fraction,
@@ -166,14 +179,42 @@ def measure_params_update(
             not_frozen=pick(lambda n: n in listed, trainable),
             nonfinite_grad=pick(lambda n: not bool(torch.isfinite(grads[n]).all()), grads),
             no_grad=pick(lambda n: n not in grads, trainable),
-            zero_grad=pick(lambda n: n not in nonzero, grads),
-            dead_units=tuple((n, int(z.sum()), z.numel()) for n, z in dead.items() if z.any()),
+            zero_grad=zeroed,
+            dead_units=dead_layers,
             unchanged=pick(lambda n: torch.equal(before[n], after[n]), trainable),
             frozen_changed=pick(
                 lambda n: n not in trainable and not torch.equal(before[n], after[n]), params
             ),
             nonfinite_after=pick(lambda n: not bool(torch.isfinite(after[n]).all()), params),
+            alive_without_dropout=alive,
+            dropouts=tuple(
+                (n, float(m.p))
+                for n, m in h.model.named_modules()
+                if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p >= 0.5
+            ),
+            forensics=h.forensics(),
         )
+    return diagnosed(r, _diagnose)
+
+
+def _alive_without_dropout(
+    h: Harness, zero: tuple[str, ...], dead: tuple[tuple[str, int, int], ...]
+) -> tuple[str, ...]:
+    """The zero-gradient parameters and the layers with dead units that come alive in a seeded
+    backward with dropout off (BatchNorm kept in train mode): what dropout, not death, zeroes."""
+    with preserved_module(h.model):
+        probed, _ = probe(h)
+        with deterministic_mode(h.model), autograd():
+            for p in h.model.parameters():
+                p.grad = None
+            seed_torch(h.seed)
+            h.loss(h.forward()).backward()
+        params = dict(h.model.named_parameters())
+        live = {n for n in zero if (g := params[n].grad) is not None and bool(g.any())}
+    for name, count, _ in dead:
+        if name in probed and int(probed[name].sum()) < count:
+            live.add(name)
+    return tuple(sorted(live))
 
 
 def assert_params_update(
@@ -220,39 +261,61 @@ def assert_params_update(
     return r
 
 
-_DETACH = (
-    "a .detach(), .item()/.numpy() round trip or torch.no_grad() in forward cuts it from the "
-    "loss: keep the graph"
+def _c(id: str, summary: str, remedy: str = "") -> Cause:
+    return Cause(id=id, summary=summary, remedy=remedy)
+
+
+_DETACH = _c(
+    "graph_cut",
+    "a .detach(), .item()/.numpy() round trip or torch.no_grad() in forward cuts it from the loss",
+    "keep the graph",
 )
-_RELU = (
+_RELU = _c(
+    "dead_relu",
     "dead ReLUs: a large negative bias or too high a learning rate pushed units below zero for "
-    "every example; use He init with zero biases, LeakyReLU, or a lower lr"
+    "every example",
+    "use He init with zero biases, LeakyReLU, or a lower lr",
 )
 _FROZEN_HINT = "frozen= [glob, ...] naming the parameters meant to stay fixed."
 # Each problem, in the order it is reported: (header, causes, relax).
-_PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+_PROBLEMS: dict[str, tuple[str, tuple[Cause, ...], str | None]] = {
     "frozen_by_mistake": (
         "{n} of {total} parameters are frozen (requires_grad=False)!",
         (
-            "left frozen after fine-tuning or a freeze loop that matched too much: call "
-            "requires_grad_(True)",
-            "frozen on purpose: list it in frozen=[...]",
+            _c(
+                "frozen_by_mistake",
+                "left frozen after fine-tuning or a freeze loop that matched too much",
+                "call requires_grad_(True)",
+            ),
+            _c("frozen_on_purpose", "frozen on purpose", "list it in frozen=[...]"),
         ),
         _FROZEN_HINT,
     ),
     "not_frozen": (
         "{n} of {total} parameters match frozen= but are trainable!",
         (
-            "the freeze was never applied: call requires_grad_(False) on them",
-            "the glob matches more than intended: narrow it",
+            _c(
+                "freeze_not_applied",
+                "the freeze was never applied",
+                "call requires_grad_(False) on them",
+            ),
+            _c("glob_too_wide", "the glob matches more than intended", "narrow it"),
         ),
         None,
     ),
     "nonfinite_grad": (
         "{n} of {total} parameters get NaN/Inf gradients!",
         (
-            "log/sqrt/division of a value that can be zero: clamp it or add an epsilon",
-            "exploding activations: run nnsanity.assert_finite to find the first non-finite value",
+            _c(
+                "missing_epsilon",
+                "log/sqrt/division of a value that can be zero",
+                "clamp it or add an epsilon",
+            ),
+            _c(
+                "exploding_activations",
+                "exploding activations",
+                "run nnsanity.assert_finite to find the first non-finite value",
+            ),
         ),
         None,
     ),
@@ -260,9 +323,16 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         "{n} of {total} parameters receive no gradient (.grad is None after backward)!",
         (
             _DETACH,
-            "the module is never called in forward (or its output never reaches the loss): "
-            "remove it or wire it in",
-            "frozen on purpose: set requires_grad=False and list it in frozen=[...]",
+            _c(
+                "unused_module",
+                "the module is never called in forward (or its output never reaches the loss)",
+                "remove it or wire it in",
+            ),
+            _c(
+                "frozen_on_purpose",
+                "frozen on purpose",
+                "set requires_grad=False and list it in frozen=[...]",
+            ),
         ),
         None,
     ),
@@ -270,54 +340,104 @@ _PROBLEMS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
         "{n} of {total} parameters get an exactly zero gradient at every step!",
         (
             _RELU,
-            "a multiplication by a constant zero (a mask or gate that is not learned), or zero-"
-            "initialised layers nested deeper than the steps taken: initialise one randomly",
-            "an op with a zero derivative between it and the loss (argmax, rounding, a step "
-            "function, a clamp that is always active)",
+            _c(
+                "constant_zero_gate",
+                "a multiplication by a constant zero (a mask or gate that "
+                "is not learned), or zero-initialised layers nested deeper than the steps taken",
+                "initialise one randomly",
+            ),
+            _c(
+                "zero_derivative_op",
+                "an op with a zero derivative between it and the loss "
+                "(argmax, rounding, a step function, a clamp that is always active)",
+                "use a differentiable op",
+            ),
         ),
         "steps= (more), for zero-initialised layers nested deeper.",
     ),
     "too_dead": (
         "Over {fraction:.0%} of a layer's units get exactly zero gradient (dead)!",
-        (_RELU, "inputs all zero or constant: check the data pipeline"),
+        (_RELU, _c("constant_inputs", "inputs all zero or constant", "check the data pipeline")),
         "max_dead_fraction= (larger), or steps= (more) for units behind a zero-initialised layer.",
     ),
     "nonfinite_after": (
         "{n} of {total} parameters are NaN/Inf after {steps}!",
         (
-            "a learning rate far too high: lower it",
-            "the step divides by zero (e.g. a custom optimiser without an epsilon)",
+            _c("lr_too_high", "a learning rate far too high", "lower it"),
+            _c(
+                "optimizer_division",
+                "the step divides by zero (e.g. a custom optimiser without an epsilon)",
+                "add an epsilon",
+            ),
         ),
         None,
     ),
     "nothing_changed": (
         "None of the {trainable} trainable parameters changed after {steps}!",
         (
-            "the step never calls optimizer.step() (or calls it before backward)",
-            "the optimizer holds copies or another model's parameters: build it from "
-            "model.parameters() after moving the model to its device",
-            "a learning rate of zero",
+            _c(
+                "no_optimizer_step",
+                "the step never calls optimizer.step() (or calls it before backward)",
+                "call optimizer.step() after loss.backward()",
+            ),
+            _c(
+                "optimizer_holds_other_params",
+                "the optimizer holds copies or another model's parameters",
+                "build it from model.parameters() after moving the model to its device",
+            ),
+            _c("lr_zero", "a learning rate of zero", "set a positive lr"),
         ),
         None,
     ),
     "unchanged": (
         "{n} of {total} parameters did not change after {steps}!",
         (
-            "they are missing from the optimizer: build it from model.parameters() (or add a "
-            "param group)",
-            "a learning rate of zero in their param group",
+            _c(
+                "missing_from_optimizer",
+                "they are missing from the optimizer",
+                "build it from model.parameters() (or add a param group)",
+            ),
+            _c("lr_zero", "a learning rate of zero in their param group", "set a positive lr"),
         ),
         None,
     ),
     "frozen_changed": (
         "{n} frozen parameters changed after {steps}!",
         (
-            "the step writes to them directly (weight decay or an EMA outside the optimizer): "
-            "skip parameters with requires_grad=False",
+            _c(
+                "written_outside_optimizer",
+                "the step writes to them directly (weight decay or an EMA outside the optimizer)",
+                "skip parameters with requires_grad=False",
+            ),
         ),
         None,
     ),
 }
+
+
+def _diagnose(r: ParamsUpdateResult) -> list[Cause]:
+    problem = r.problems[0]
+    found: tuple[str, ...] = (
+        tuple(n for n, _, _ in r.too_dead) if problem == "too_dead" else getattr(r, problem)
+    ) if problem != "nothing_changed" else ()  # fmt: skip
+    causes = [replace(c, where=found[0] if found else None) for c in _PROBLEMS[problem][1]]
+    if problem in ("zero_grad", "too_dead"):
+        revived = [n for n in found if n in r.alive_without_dropout]
+        if revived:
+            where = f"'{r.dropouts[0][0]}' (Dropout)" if r.dropouts else None
+            p = f" (p={r.dropouts[0][1]:g})" if r.dropouts else ""
+            causes = [
+                Cause(
+                    id="dropout_zeroes_units",
+                    summary=f"dropout zeroes them in train mode{p}, not dead units",
+                    remedy="lower the dropout probability (p=1.0 drops everything)",
+                    evidence=(f"with dropout off they get gradients: {names(revived)}",),
+                    where=where,
+                    support=MEASURED,
+                ),
+                *(replace(c, support=CONTRADICTED) if c.id == "dead_relu" else c for c in causes),
+            ]
+    return causes
 
 
 def _dead_text(dead: tuple[tuple[str, int, int], ...]) -> str:
@@ -326,7 +446,7 @@ def _dead_text(dead: tuple[tuple[str, int, int], ...]) -> str:
 
 def _explain(r: ParamsUpdateResult) -> Explanation:
     problem = r.problems[0]
-    header, causes, relax = _PROBLEMS[problem]
+    header, _, relax = _PROBLEMS[problem]
     if problem == "too_dead":
         worst = max(d / t for _, d, t in r.too_dead)
         lines = [
@@ -348,4 +468,4 @@ def _explain(r: ParamsUpdateResult) -> Explanation:
         fraction=r.max_dead_fraction,
         steps=f"{r.steps} step" + ("s" if r.steps > 1 else ""),
     )
-    return Explanation(header=text, lines=lines, causes=causes, relax=relax)
+    return Explanation(header=text, lines=lines, relax=relax)

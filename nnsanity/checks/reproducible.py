@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from nnsanity._arguments import check_seed
+from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause, cause
 from nnsanity._messages import Explanation, Msg, fail
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_globals
 from nnsanity.seeding import seeded
 
@@ -282,7 +283,7 @@ def measure_reproducibility(
         # the seed could change: its sameness under another seed says nothing.
         if check_different and not differences and any(drew):
             same_other = not _differences(first, run(other_seed), "result")
-    return ReproducibilityResult(
+    r = ReproducibilityResult(
         seed=seed,
         other_seed=other_seed if check_different else None,
         deterministic=deterministic,
@@ -296,6 +297,7 @@ def measure_reproducibility(
             if v != versions[name]
         ),
     )
+    return diagnosed(r, _diagnose)
 
 
 def assert_reproducible(
@@ -333,23 +335,40 @@ def assert_reproducible(
     return r
 
 
+def _diagnose(r: ReproducibilityResult) -> list[Cause]:
+    if r.differences:
+        carried = cause(
+            "carried_state",
+            "state carried between calls: a model, optimizer or data iterator created outside fn "
+            "keeps training where the last call stopped; build everything inside fn",
+            MEASURED if r.carried else GENERIC,
+            evidence=(f"changed in place by fn, held from outside it: {', '.join(r.carried)}",)
+            if r.carried else (),
+            where=r.carried[0] if r.carried else None,
+        )  # fmt: skip
+        return [
+            cause("unseeded_randomness", "unseeded randomness: torch.Generator().seed(), "
+                  "np.random.default_rng() without a seed, os.urandom, time or uuid in the "
+                  "model, data or loop; draw from the global RNGs or seed your generators from "
+                  "them"),
+            carried,
+            cause("nondeterministic_kernels", "nondeterministic kernels (CUDA atomics in "
+                  "scatter/index_add, cuDNN autotuning): deterministic=True makes torch raise at "
+                  "the culprit"),
+        ]  # fmt: skip
+    return [
+        cause("fn_seeds_itself", "fn seeds itself (torch.manual_seed, a fixed Generator or a "
+              "model factory with a fixed seed inside fn overrides the seed set here): let fn "
+              "use the seed it is given", CONSISTENT,
+              evidence=(f"the result under seed {r.other_seed} is bit-identical",)),
+        cause("constant_generator", "fn draws its random numbers from a generator of its own, "
+              "seeded with a constant: seed it from the global RNG"),
+    ]  # fmt: skip
+
+
 def _explain(r: ReproducibilityResult) -> Explanation:
     if r.differences:
         more = r.n_differences - len(r.differences)
-        carried = (
-            "state carried between calls: a model, optimizer or data iterator created outside "
-            "fn keeps training where the last call stopped; build everything inside fn"
-        )
-        causes = [
-            "unseeded randomness: torch.Generator().seed(), np.random.default_rng() without a "
-            "seed, os.urandom, time or uuid in the model, data or loop; draw from the global "
-            "RNGs or seed your generators from them",
-            carried,
-            "nondeterministic kernels (CUDA atomics in scatter/index_add, cuDNN autotuning): "
-            "deterministic=True makes torch raise at the culprit",
-        ]
-        if r.carried:  # seen: fn changed, in place, a module it holds from outside
-            causes.insert(0, causes.pop(1))
         return Explanation(
             header="Not reproducible!",
             lines=[
@@ -362,15 +381,9 @@ def _explain(r: ReproducibilityResult) -> Explanation:
                     else []
                 ),
             ],
-            causes=causes,
         )
     return Explanation(
         header="fn ignores the seed!",
         lines=[f"Result under seed {r.other_seed}: bit-identical to the one under seed {r.seed}"],
-        causes=[
-            "fn seeds itself (torch.manual_seed, a fixed Generator or a model factory with a "
-            "fixed seed inside fn overrides the seed set here)",
-            "fn draws its random numbers from a generator of its own, seeded with a constant",
-        ],
         relax="check_different=False, for an fn that is meant to be deterministic.",
     )

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_number
+from nnsanity._diagnosis import CONSISTENT, GENERIC, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names, up_to
-from nnsanity._result import CheckResult
+from nnsanity._result import CheckResult, diagnosed
 
 # CS231n's rule of thumb for a healthy ratio.
 RULE_OF_THUMB = 1e-3
@@ -57,6 +59,8 @@ class UpdateRatioResult(CheckResult):
     loss: float  # the loss the step saw (before its update)
     layers: tuple[LayerUpdate, ...]  # every judged weight matrix, in the model's order
     near_zero: tuple[str, ...]  # matrices starting at or near zero: not judged
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
+    optimizer: str | None = None  # the optimizer's class (the default's, or the user's step's)
 
     @property
     def too_large(self) -> tuple[LayerUpdate, ...]:
@@ -69,6 +73,12 @@ class UpdateRatioResult(CheckResult):
         """The median ratio over the judged layers (NaN without any)."""
         ratios = sorted(u.ratio for u in self.layers)
         return ratios[len(ratios) // 2] if ratios else math.nan
+
+    @property
+    def median_weight_rms(self) -> float:
+        """The median weight RMS over the judged layers (NaN without any)."""
+        values = sorted(u.weight_rms for u in self.layers)
+        return values[len(values) // 2] if values else math.nan
 
     @property
     def passed(self) -> bool:
@@ -122,9 +132,14 @@ def measure_update_ratio(
                     update_rms=change / math.sqrt(w0.numel()),
                 )
             )
-    return UpdateRatioResult(
-        seed=h.seed, max_ratio=max_ratio, loss=loss, layers=tuple(layers), near_zero=near_zero
-    )
+        forensics = h.forensics()
+    r = UpdateRatioResult(
+        seed=h.seed, max_ratio=max_ratio, loss=loss, layers=tuple(layers), near_zero=near_zero,
+        forensics=forensics,
+        optimizer=forensics.optimizers[0] if forensics and forensics.optimizers else
+        None if step is not None else type(h.last_optimizer).__name__ if h.last_optimizer else None,
+    )  # fmt: skip
+    return diagnosed(r, _diagnose)
 
 
 def assert_update_ratio(
@@ -175,6 +190,37 @@ def assert_update_ratio(
     return r
 
 
+def _diagnose(r: UpdateRatioResult) -> list[Cause]:
+    over = r.too_large
+    w = over[0]
+    if not math.isfinite(w.ratio):
+        return [
+            Cause(id="lr_far_too_high", summary="a learning rate far too high",
+                  remedy="lower it 10x or more", where=w.name, support=CONSISTENT),
+            Cause(id="nonfinite_gradients", summary="NaN/Inf gradients",
+                  remedy="run nnsanity.assert_finite"),
+        ]  # fmt: skip
+    lower = w.ratio / r.max_ratio
+    adam = r.optimizer is None or "Adam" in r.optimizer
+    small = w.weight_rms < 0.1 * r.median_weight_rms if r.median_weight_rms else False
+    return [
+        Cause(id="lr_too_high", summary="the learning rate is too high",
+              remedy=f"lower it at least {lower:.2g}x, or warm it up from a small value over "
+              "the first hundreds of steps", where=w.name,
+              evidence=(f"{len(over)} of {len(r.layers)} weight matrices above the bound",),
+              support=CONSISTENT if len(over) > 1 else GENERIC),
+        Cause(id="small_init_under_adam", summary="Adam/AdamW moves every weight by about lr in "
+              f"its first steps whatever the gradient: a layer initialised small (RMS "
+              f"{w.weight_rms:.2g} here)", remedy=f"lr well below {r.max_ratio:g} x its RMS, a "
+              "warm-up, or a smaller lr of its own (a param group)", where=w.name,
+              support=CONSISTENT if adam and small else GENERIC),
+        Cause(id="gradient_too_large", summary="(SGD) gradients too large: a loss summed over "
+              "the batch (reduction='sum') instead of averaged, or no clipping",
+              remedy="average the loss, or clip (torch.nn.utils.clip_grad_norm_)", where=w.name,
+              support=GENERIC if adam else CONSISTENT),
+    ]  # fmt: skip
+
+
 def _explain(r: UpdateRatioResult) -> Explanation:
     over = r.too_large
     w = over[0]
@@ -182,12 +228,7 @@ def _explain(r: UpdateRatioResult) -> Explanation:
         return Explanation(
             header="The step made weights NaN/Inf!",
             lines=[f"Weights not finite after one step: {names([u.name for u in over])}"],
-            causes=[
-                "a learning rate far too high: lower it 10x or more",
-                "NaN/Inf gradients: run nnsanity.assert_finite",
-            ],
         )
-    lower = w.ratio / r.max_ratio
     return Explanation(
         header="One step moves the weights too far!",
         lines=[
@@ -197,15 +238,6 @@ def _explain(r: UpdateRatioResult) -> Explanation:
             f"Above the bound: {len(over)} of {len(r.layers)} weight matrices "
             f"({names([u.name for u in over], 3)}); median ratio {r.median:.3g} "
             f"(CS231n's rule of thumb: about {RULE_OF_THUMB:g})",
-        ],
-        causes=[
-            f"the learning rate is too high: lower it at least {lower:.2g}x, or warm it up from "
-            "a small value over the first hundreds of steps",
-            "Adam/AdamW moves every weight by about lr in its first steps whatever the gradient: "
-            f"a layer initialised small (RMS {w.weight_rms:.2g} here) needs lr well below "
-            f"{r.max_ratio:g} x its RMS, a warm-up, or a smaller lr of its own (a param group)",
-            "(SGD) gradients too large: a loss summed over the batch (reduction='sum') instead of "
-            "averaged, or no clipping (torch.nn.utils.clip_grad_norm_)",
         ],
         relax="max_ratio= (larger).",
     )

@@ -21,10 +21,12 @@ from typing import Any, Literal
 import torch
 
 from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._diagnosis import CONTRADICTED, GENERIC, MEASURED, Cause
+from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
-from nnsanity._outputs import Outputs
-from nnsanity._result import CheckResult
+from nnsanity._outputs import Outputs, unpaired_causes
+from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd, preserved_module
 from nnsanity._training import NOISE_FACTOR, required_change, train
 from nnsanity.seeding import preserved_rng, seed_torch
@@ -49,6 +51,8 @@ class UsesInputsResult(CheckResult):
     noise_sd: float  # sd of one train-mode evaluation of the initial loss
     trace: tuple[float, ...]  # the real run's losses, one per step
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
+    identical_inputs: bool | None = None  # every sample's data inputs are the same
+    forensics: StepForensics | None = None  # what the user's step did to the optimizer
 
     @property
     def passed(self) -> bool:
@@ -119,7 +123,7 @@ def measure_uses_inputs(
                 confirm_after = len(trace) + _RECHECK
         else:
             real = h.evaluate()[0] if all(map(math.isfinite, trace)) else math.nan
-    return UsesInputsResult(
+    r = UsesInputsResult(
         seed=h.seed,
         steps=steps,
         min_gap=min_gap,
@@ -132,7 +136,18 @@ def measure_uses_inputs(
         noise_sd=sd,
         trace=tuple(trace),
         unpaired=unpaired,
+        identical_inputs=_identical(h),
+        forensics=h.forensics(),
     )
+    return diagnosed(r, _diagnose)
+
+
+def _identical(h: Harness) -> bool | None:
+    b = h.batch_size
+    data = [t for _, t in h.data_leaves() if t.dim() and t.shape[0] == b]
+    if b < 2 or not data:
+        return None
+    return all(bool((t == t[:1]).all()) for t in data)
 
 
 def assert_uses_inputs(
@@ -181,6 +196,26 @@ def assert_uses_inputs(
     return r
 
 
+def _diagnose(r: UsesInputsResult) -> list[Cause]:
+    if r.unpaired is not None:
+        return unpaired_causes(r.unpaired)
+    same = r.identical_inputs
+    return [
+        Cause(id="ignores_inputs", summary="forward ignores its input: it returns a learned "
+              "constant, multiplies the input by 0, or reads something other than its argument",
+              remedy="trace what forward does with its argument",
+              evidence=("the real inputs do exactly as well as the best shared output",)
+              if r.gap == 0 else (), support=MEASURED if r.gap == 0 and not same else GENERIC),
+        Cause(id="identical_inputs", summary="the inputs are the same for every sample (a "
+              "preprocessing step zeroed or clipped them)", remedy="check the data pipeline",
+              evidence=("every sample's data inputs are identical",) if same else
+              ("the samples' inputs differ",) if same is False else (),
+              support=MEASURED if same else CONTRADICTED if same is False else GENERIC),
+        Cause(id="too_few_steps", summary=f"steps={r.steps} is too few for the model to start "
+              "using its inputs", remedy="raise steps="),
+    ]  # fmt: skip
+
+
 def _explain(r: UsesInputsResult) -> Explanation:
     if r.unpaired is not None:
         return unpaired_explanation(r.unpaired)
@@ -198,13 +233,6 @@ def _explain(r: UsesInputsResult) -> Explanation:
             f"Loss: {r.real_loss:.4g} on the real inputs; {r.baseline_loss:.4g} for {baseline}",
             f"Required: max({r.min_gap:g} x |initial loss| {abs(r.initial_loss):.4g}, "
             f"{NOISE_FACTOR:g} x noise sd {r.noise_sd:.2g})",
-        ],
-        causes=[
-            "forward ignores its input: it returns a learned constant, multiplies the input by 0, "
-            "or reads something other than its argument",
-            "the inputs are the same for every sample (a preprocessing step zeroed or clipped "
-            "them)",
-            f"steps={r.steps} is too few for the model to start using its inputs",
         ],
         relax="steps= (more) or min_gap= (smaller).",
     )
