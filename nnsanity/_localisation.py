@@ -417,15 +417,17 @@ def _detail(name: str, args: Sequence[Any], kwargs: dict[str, Any], dim: int | N
     return ""
 
 
-def _user_line() -> str | None:
-    """``file:line`` of the innermost frame outside torch and nnsanity: the user's code."""
+def _caller() -> tuple[str | None, bool]:
+    """``file:line`` of the innermost frame outside torch, and whether that frame is nnsanity's
+    own (a check's hook, such as the padding's changed embeddings: not the model's code)."""
     frame = sys._getframe(2)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        if not (path.startswith(_TORCH_DIR) or path.startswith(_OWN_DIR)):
-            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        if not path.startswith(_TORCH_DIR):
+            own = path.startswith(_OWN_DIR)
+            return f"{os.path.basename(path)}:{frame.f_lineno}", own
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return None, False
 
 
 class _Trace(TorchFunctionMode):
@@ -447,6 +449,9 @@ class _Trace(TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        line, own = _caller()
+        if own:
+            return func(*args, **kwargs)
         name = _op_name(func)
         ins = tensors_in((list(args), kwargs))
         clones = [t.detach().clone() for t in ins]
@@ -462,7 +467,7 @@ class _Trace(TorchFunctionMode):
         op = Op(
             name=name,
             detail=_detail(name, args, kwargs, dim),
-            line=_user_line(),
+            line=line,
             dim=dim,
             on_axis=dim is not None and dim == axis,
             fill=_fill_of(name, args, kwargs),
