@@ -111,7 +111,7 @@ class FlattenCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
-        if self.permuted:
+        if self.permuted:  # noqa: SIM108 (the bug sits on its own line)
             h = h.permute(1, 0, 2, 3).reshape(x.shape[0], -1)  # bug: flatten
         else:
             h = h.flatten(1)
@@ -168,7 +168,7 @@ class MultiHeadAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(D // HEADS)
         future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         y = scores.masked_fill(future, self.fill).softmax(-1) @ v  # bug: fill
-        if self.merge == "transpose":
+        if self.merge == "transpose":  # noqa: SIM108
             y = y.transpose(1, 2).reshape(b, t, D)
         else:
             y = y.reshape(b, t, D)  # bug: merge

@@ -8,6 +8,7 @@ import zoo
 
 from nnsanity import SanityError, assert_loss_decreases
 from nnsanity._messages import Explanation, at_least, fail, render, up_to
+from nnsanity._result import CheckResult
 
 EXPLANATION = Explanation(
     header="Loss did not decrease enough!",
@@ -15,6 +16,7 @@ EXPLANATION = Explanation(
     causes=["the learning rate is too low", "most parameters are frozen"],
     relax="steps= (more) or min_decrease= (smaller).",
 )
+RESULT = CheckResult(seed=0)
 
 
 def test_a_message_has_a_header_one_quantity_per_line_numbered_causes_the_relaxer_and_the_seed():
@@ -39,10 +41,10 @@ def test_bounds_read_as_torch_testing_writes_them():
 
 def test_msg_replaces_the_message_or_extends_it_as_in_assert_close():
     with pytest.raises(SanityError, match=r"^custom$") as e:
-        fail(EXPLANATION, "result", seed=0, msg="custom")
-    assert e.value.result == "result"
+        fail(EXPLANATION, RESULT, msg="custom")
+    assert e.value.result is RESULT
     with pytest.raises(SanityError, match=r"(?s)^in my helper: Loss did not.*Seed: 0") as e:
-        fail(EXPLANATION, None, seed=0, msg=lambda m: "in my helper: " + m)
+        fail(EXPLANATION, RESULT, msg=lambda m: "in my helper: " + m)
 
 
 def test_every_check_passes_msg_through():

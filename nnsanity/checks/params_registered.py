@@ -21,7 +21,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nnsanity._arguments import LossFn, OptimizerFactory, Step
-from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
+from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
 from nnsanity._result import CheckResult, diagnosed
@@ -383,13 +383,20 @@ def _diagnose(r: ParamsRegisteredResult) -> list[Cause]:
             if r.stale_in_optimizer
             else ()
         )
+        # A replaced layer leaves its old tensors in the optimizer; without any, it was a subset.
+        stale = bool(r.stale_in_optimizer)
         replaced = replace(
             _REPLACED,
             where=r.not_in_optimizer[0],
             evidence=evidence,
-            support=MEASURED if r.stale_in_optimizer else CONSISTENT,
+            support=MEASURED if stale else CONTRADICTED,
         )
-        subset = replace(_SUBSET, where=r.not_in_optimizer[0], support=CONSISTENT)
+        subset = replace(
+            _SUBSET,
+            where=r.not_in_optimizer[0],
+            support=CONSISTENT if stale else MEASURED,
+            evidence=() if stale else ("every tensor the optimizer holds is a model parameter",),
+        )
         causes += [replaced, subset]
     return causes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
+from causes import first_cause, result_of
 from state_oracle import assert_restores
 from torch import nn
 
@@ -111,8 +112,11 @@ class TimeMajorGRU(nn.Module):
 def test_dim_names_the_sequence_dimension_of_time_major_inputs():
     time_major = _float_sequences().transpose(0, 1).contiguous()  # (T, B, D)
     assert assert_causal(TimeMajorGRU(), time_major, dim=0).passed
-    with pytest.raises(SanityError, match=r"(?s)sees the future.*bidirectional RNN"):
+    with pytest.raises(SanityError, match=r"sees the future") as failure:
         assert_causal(TimeMajorGRU(bidirectional=True), time_major, dim=0)
+    assert result_of(failure).where.module == "gru"
+    assert first_cause(failure).id == "layer_looks_ahead"
+    assert "bidirectional=True" in first_cause(failure).summary
 
 
 def test_an_inputs_targets_batch_pair_passed_as_inputs_raises_a_type_error_naming_the_fix():

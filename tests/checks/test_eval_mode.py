@@ -6,6 +6,7 @@ import architectures as A
 import pytest
 import torch
 import zoo
+from causes import first_cause
 from state_oracle import assert_restores
 from torch import nn
 from torch.nn import functional as F
@@ -59,11 +60,14 @@ def test_f_dropout_with_its_default_training_true_is_caught_naming_the_module_it
     with pytest.raises(
         SanityError,
         match=r"(?s)^Two eval-mode forwards of the same batch differ!\n\n"
+        r"Where: '1' \(Block\): dropout\(p=0\.2\) at test_eval_mode\.py:\d+, in Block\.forward, "
+        r"after '1\.fc' \(still holds\)\n"
         r"Largest difference between two eval forwards: [0-9.]+ \(up to 1e-05 allowed\) of the "
-        r"output scale\nRandomness enters at: '1' \(Block\)\n\n"
+        r"output scale\n\n"
         r"Likely causes:\n  1\. F\.dropout\(x, p\) in a forward",
-    ):
+    ) as failure:
         assert_eval_mode(with_block("bug"), BATCH)
+    assert first_cause(failure).id == "functional_dropout"
     assert assert_eval_mode(with_block("fixed"), BATCH).difference == 0.0
 
 
@@ -89,10 +93,11 @@ def test_attention_dropout_that_ignores_self_training_is_caught_with_the_attenti
     batch = zoo.token_batch()
     with pytest.raises(
         SanityError,
-        match=r"(?s)Randomness enters at: '1' \(SelfAttention\).*1\. attention dropout that "
-        r"ignores self\.training",
-    ):
+        match=r"(?s)Where: '1' \(SelfAttention\): scaled_dot_product_attention at .*1\. attention "
+        r"dropout that ignores self\.training",
+    ) as failure:
         assert_eval_mode(attention_model(bug=True), batch)
+    assert first_cause(failure).id == "attention_dropout"
     assert_eval_mode(attention_model(bug=False), batch)
 
 
@@ -118,7 +123,7 @@ class OwnTrain(nn.Module):
 def test_a_train_override_that_leaves_dropout_on_is_caught_naming_the_modules_in_train_mode():
     with pytest.raises(
         SanityError,
-        match=r"(?s)Randomness enters at: 'net\.2' \(Dropout\).*"
+        match=r"(?s)Where: 'net\.2' \(Dropout\).*"
         r"1\. modules ran in train mode during the eval forward \('net', 'net\.0', 'net\.1', "
         r"'net\.2', 'net\.3'\)",
     ):

@@ -7,6 +7,7 @@ import padding_zoo
 import pytest
 import torch
 import zoo
+from causes import cause_ids
 from state_oracle import assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
@@ -151,7 +152,8 @@ def test_field_report_05_nan_on_the_eval_path_of_an_inverted_padding_mask_is_nam
     with pytest.raises(
         SanityError,
         match=r"(?s)^The output of 'enc' \(TransformerEncoderLayer\) is the first non-finite "
-        r"value in eval mode!\n\nFirst non-finite value in an eval-mode forward under no_grad\(\)"
+        r"value in eval mode!\n\nWhere: 'enc' \(TransformerEncoderLayer\)\n"
+        r"First non-finite value in an eval-mode forward under no_grad\(\)"
         r": the output of 'enc' \(TransformerEncoderLayer\) \(the training step is finite\)\n"
         r"Non-finite values: 768 of 3072 are NaN/Inf\nLast finite module output: 'emb' "
         r"\(Embedding\)\n\nLikely causes:\n  1\. a query whose every key is masked",
@@ -173,8 +175,10 @@ class LogInEval(LogOfRelu):
 def test_a_non_finite_value_only_on_the_eval_path_names_the_eval_only_branch_first():
     with pytest.raises(
         SanityError,
-        match=r"(?s)The input of 'fc2' \(Linear\) is the first non-finite value in eval mode!.*"
-        r"1\. a branch taken only in eval mode",
+        match=r"The input of 'fc2' \(Linear\) is the first non-finite value in eval mode!",
     ) as e:
         assert_finite(LogInEval(), BATCH, F.cross_entropy)
+    # the op that made it, at its line, then the eval-only branch it sits in
+    assert e.value.result.where.op == "log" and "test_finite.py" in e.value.result.where.line
+    assert cause_ids(e)[:2] == ["log_of_zero", "eval_only_branch"]
     assert e.value.result.stage == "eval input" and np.isfinite(e.value.result.loss)

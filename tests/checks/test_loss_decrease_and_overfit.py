@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import zoo
+from causes import first_cause
 from state_oracle import assert_restores
 from torch import nn
 from torch.nn import functional as F
@@ -55,7 +56,7 @@ def test_a_user_step_that_zeroes_gradients_after_the_update_passes():
         opt.zero_grad()
         return loss
 
-    assert assert_loss_decreases(model, batch, loss_fn, step=step).accumulates_gradients is None
+    assert assert_loss_decreases(model, batch, loss_fn, step=step).accumulates_gradients is False
 
 
 def test_fails_when_the_training_step_never_calls_optimizer_step():
@@ -118,9 +119,10 @@ def test_fails_when_the_training_step_never_calls_zero_grad(name):
     bad_step = user_step(model, "no_zero_grad", loss_fn)
     with pytest.raises(
         SanityError,
-        match=r"(?s)accumulates gradients across calls!.*previous gradient plus the new",
-    ):
+        match=r"(?s)accumulates gradients across calls!.*held the previous gradient",
+    ) as failure:
         assert_loss_decreases(model, batch, loss_fn, step=bad_step)
+    assert first_cause(failure).id == "missing_zero_grad"
 
 
 def test_a_step_without_zero_grad_still_lowers_the_loss_so_only_the_gradient_probe_catches_it():

@@ -36,6 +36,7 @@ def test_field_report_05_an_inverted_key_padding_mask_is_caught_with_the_polarit
     with pytest.raises(
         SanityError,
         match=r"(?s)^Outputs at real positions depend on the padding!\n\n"
+        r"Where: 'enc' \(TransformerEncoderLayer\)\n"
         r"Largest change .* padded tokens' embeddings change: [0-9.]+ of the output scale "
         r"\(up to 1e-05 allowed\)\n"
         r"Samples whose real outputs moved: 1, 2, 4, 5, 6, 7\n"
