@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.amp.grad_scaler import OptState
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nnsanity._diagnosis import MEASURED, Cause
@@ -51,8 +52,10 @@ class StepForensics:
     them, ``grad_step`` that call's index. ``backward_passes`` counts the backward passes of that
     call. ``zero_grad`` is False when a call's first backward found the previous call's gradient
     in ``.grad``. ``clips`` lists (max_norm, norm it saw, loss-gradient norm or None) per
-    ``clip_grad_norm_``. ``scales[k]`` is a GradScaler's scale after the k-th call, and
-    ``skipped`` the calls on which it skipped ``optimizer.step()``.
+    ``clip_grad_norm_``; ``scaled_clips`` names each clip (``clip_grad_norm_``,
+    ``clip_grad_value_``) called while a GradScaler's gradients were still scaled (its
+    ``unscale_`` had not run for the step). ``scales[k]`` is a GradScaler's scale after the k-th
+    call, and ``skipped`` the calls on which it skipped ``optimizer.step()``.
     """
 
     optimizers: tuple[str, ...] = ()
@@ -66,6 +69,7 @@ class StepForensics:
     backward_passes: int | None = None
     zero_grad: bool | None = None
     clips: tuple[tuple[float, float, float | None], ...] = ()
+    scaled_clips: tuple[str, ...] = ()
     scaler: bool = False
     scales: tuple[float | None, ...] = ()
     skipped: tuple[int, ...] = ()
@@ -79,7 +83,10 @@ class StepForensics:
 
     @property
     def clipped_scaled(self) -> bool:
-        """A clip saw gradients still multiplied by the GradScaler's scale."""
+        """A clip saw gradients still multiplied by the GradScaler's scale: called before its
+        ``unscale_``, or (by norm) seeing a norm far above the loss gradient's."""
+        if self.scaled_clips:
+            return True
         scale = next((s for s in self.scales if s), None)
         return bool(
             self.scaler
@@ -122,20 +129,7 @@ class StepForensics:
                 support=MEASURED,
             ))  # fmt: skip
         if self.clipped_scaled:
-            max_norm, seen, true = next(c for c in self.clips if c[2])
-            scale = next(s for s in self.scales if s)
-            found.append(Cause(
-                id="clip_before_unscale",
-                summary="clip_grad_norm_ clipped gradients still scaled by the GradScaler",
-                remedy="call scaler.unscale_(optimizer) before clip_grad_norm_",
-                evidence=(
-                    f"the clip saw a gradient norm of {_g(seen)} against the loss's {_g(true)} "
-                    f"(scale {_g(scale)}) and cut it to {_g(max_norm)}",
-                    f"the gradient the optimizer applied is {_g(self.grad_ratio)} of the "
-                    "loss's gradient",
-                ),
-                where=f"step {self.grad_step}", support=MEASURED + 1,
-            ))  # fmt: skip
+            found.append(self._clip_cause())
         lr = self._lr_cause()
         if lr is not None:
             found.append(lr)
@@ -151,6 +145,28 @@ class StepForensics:
         if self.gradient_scaled and not self.clipped_scaled:
             found.append(self._scale_cause())
         return found
+
+    def _clip_cause(self) -> Cause:
+        clip = self.scaled_clips[0] if self.scaled_clips else "clip_grad_norm_"
+        scale = next((s for s in self.scales if s), None)
+        evidence = []
+        if self.scaled_clips:
+            evidence.append(f"{clip} ran before scaler.unscale_(optimizer), at scale {_g(scale)}")
+        norm = next((c for c in self.clips if c[2]), None)
+        if norm is not None and clip == "clip_grad_norm_":
+            max_norm, seen, true = norm
+            evidence.append(f"the clip saw a gradient norm of {_g(seen)} against the loss's "
+                            f"{_g(true)} and cut it to {_g(max_norm)}")  # fmt: skip
+        if self.grad_ratio is not None:
+            evidence.append(f"the gradient the optimizer applied is {_g(self.grad_ratio)} of the "
+                            "loss's gradient")  # fmt: skip
+        return Cause(
+            id="clip_before_unscale",
+            summary=f"{clip} clipped gradients still scaled by the GradScaler, so the clip "
+            "bound is divided by the scale",
+            remedy=f"call scaler.unscale_(optimizer) before {clip}",
+            evidence=tuple(evidence), where=f"step {self.grad_step}", support=MEASURED + 1,
+        )  # fmt: skip
 
     def _lr_cause(self) -> Cause | None:
         first = next((k for k in range(len(self.lrs)) if self.lrs[k]), None)
@@ -294,6 +310,7 @@ class Recorder:
         self.calls: list[_Call] = []
         self.optimizers: dict[int, torch.optim.Optimizer] = {}
         self.clips: list[tuple[float, float, float | None]] = []
+        self.scaled_clips: list[str] = []
         self.true: torch.Tensor | None = None
         self.grad: tuple[float, float, int, int] | None = None  # ratio, cosine, call, passes
         self.scales: list[float | None] = []
@@ -350,26 +367,58 @@ class Recorder:
                 for h in handles:
                     h.remove()
 
+    def _still_scaled(self) -> bool:
+        """A GradScaler with scale > 1 is in use and has not unscaled any optimizer's gradients
+        in this step (its per-optimizer stage is still READY), so ``.grad`` holds scaled values."""
+        scalers = [*self.scalers, _scaler_on_stack()]
+        for scaler in scalers:
+            if scaler is None or not scaler.is_enabled() or float(scaler.get_scale()) <= 1:
+                continue
+            states = getattr(scaler, "_per_optimizer_states", None)
+            if states is None:
+                continue
+            if not any(st.get("stage") == OptState.UNSCALED for st in states.values()):
+                return True
+        return False
+
     @contextlib.contextmanager
     def _clipping(self) -> Iterator[None]:
-        """Record the norm every ``clip_grad_norm_`` clips (torch's own function looks up
-        ``_clip_grads_with_norm_`` in its module at each call, so every caller is seen)."""
-        module = torch.nn.utils.clip_grad
-        original = getattr(module, "_clip_grads_with_norm_", None)
-        if original is None:
-            yield
-            return
+        """Record every clip: the norm ``clip_grad_norm_`` clips (torch's own function looks up
+        ``_clip_grads_with_norm_`` in its module at each call, so every caller is seen), and
+        ``clip_grad_value_`` as called through ``torch.nn.utils``; each one called while a
+        GradScaler's gradients are still scaled."""
+        module, utils = torch.nn.utils.clip_grad, torch.nn.utils
+        by_norm = getattr(module, "_clip_grads_with_norm_", None)
+        by_value = getattr(utils, "clip_grad_value_", None)
 
-        def watched(parameters: Any, max_norm: float, total_norm: Any, *a: Any, **k: Any) -> Any:
+        def watched_norm(parameters: Any, max_norm: float, total_norm: Any, *a: Any,
+                         **k: Any) -> Any:  # fmt: skip
             true = float(self.true.norm()) if self.true is not None else None
             self.clips.append((float(max_norm), float(total_norm), true))
-            return original(parameters, max_norm, total_norm, *a, **k)
+            if self._still_scaled():
+                self.scaled_clips.append("clip_grad_norm_")
+            assert by_norm is not None
+            return by_norm(parameters, max_norm, total_norm, *a, **k)
 
-        module._clip_grads_with_norm_ = watched
+        def watched_value(*a: Any, **k: Any) -> Any:
+            if self._still_scaled():
+                self.scaled_clips.append("clip_grad_value_")
+            assert by_value is not None
+            return by_value(*a, **k)
+
+        if by_norm is not None:
+            module._clip_grads_with_norm_ = watched_norm
+        if by_value is not None:
+            utils.clip_grad_value_ = watched_value
+            module.clip_grad_value_ = watched_value
         try:
             yield
         finally:
-            module._clip_grads_with_norm_ = original
+            if by_norm is not None:
+                module._clip_grads_with_norm_ = by_norm
+            if by_value is not None:
+                utils.clip_grad_value_ = by_value
+                module.clip_grad_value_ = by_value
 
     def result(self) -> StepForensics:
         initial: tuple[float, ...] = ()
@@ -396,6 +445,7 @@ class Recorder:
             backward_passes=passes,
             zero_grad=zero,
             clips=tuple(self.clips),
+            scaled_clips=tuple(self.scaled_clips),
             scaler=bool(self.scalers),
             scales=tuple(self.scales),
             skipped=skipped,
