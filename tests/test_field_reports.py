@@ -446,3 +446,105 @@ def test_case_17_a_healthy_log_softmax_and_nll_loss_cnn_passes_every_check():
     ns.assert_params_update(model, batch, F.nll_loss)
     ns.assert_batch_independence(model, batch)
     ns.assert_uses_inputs(model, batch, F.nll_loss)
+
+
+# --- case 21: a log-softmax normalised over the batch, in a custom head --------------------------
+
+
+class PooledTextClassifier(nn.Module):
+    """Embeddings mean-pooled, then a head whose log-softmax runs over ``dim``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.fc, self.dim = nn.Embedding(50, 16), nn.Linear(16, 4), dim
+
+    def forward(self, tokens):
+        return F.log_softmax(self.fc(self.emb(tokens).mean(1)), dim=self.dim)
+
+
+def test_case_21_a_log_softmax_over_the_batch_is_named_by_its_line_as_the_first_cause():
+    batch = torch.randint(0, 50, (8, 6), generator=generator()), torch.arange(8) % 4
+    with pytest.raises(SanityError) as failure:
+        ns.assert_batch_independence(PooledTextClassifier(dim=0), batch)
+    r = failure.value.result
+    assert r.causes[0].id == "softmax_over_batch"
+    assert r.where.operation.name == "log_softmax" and "test_field_reports.py" in r.where.line
+    assert ns.assert_batch_independence(PooledTextClassifier(dim=-1), batch).passed
+
+
+# --- case 25: a LambdaLR lambda that returns a learning rate, not a factor ----------------------
+
+
+def lambda_step(model, returns_rate: bool):
+    """Adam at 3e-3 with an exponential decay; the bug multiplies the decay by the rate."""
+    lr = 3e-3
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    decay = (lambda k: lr * 0.999**k) if returns_rate else (lambda k: 0.999**k)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+
+    def step(batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss
+
+    return step
+
+
+def test_case_25_a_lambda_returning_the_rate_is_named_as_the_squared_learning_rate():
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 5))
+
+    batch = classification_batch()
+    model = mlp()
+    with pytest.raises(SanityError) as failure:
+        ns.assert_can_overfit(model, batch, F.cross_entropy, step=lambda_step(model, True))
+    assert failure.value.result.causes[0].id == "lr_schedule_squared"
+    fixed = mlp()
+    ns.assert_can_overfit(fixed, batch, F.cross_entropy, step=lambda_step(fixed, False))
+
+
+# --- case 26: gradients clipped while a GradScaler still scales them ---------------------------
+
+
+def amp_clip_step(model, unscale_first: bool):
+    """bfloat16 autocast, a GradScaler, clip_grad_value_ (the report's kind, clipping by value)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+
+    def step(batch):
+        x, y = batch
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if unscale_first:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    return step
+
+
+def test_case_26_clipping_by_value_before_unscale_is_named_from_the_scalers_stage():
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 5))
+
+    batch = classification_batch(n=32)
+    model = mlp()
+    with pytest.raises(SanityError) as failure:
+        ns.assert_loss_decreases(model, batch, F.cross_entropy, step=amp_clip_step(model, False))
+    r = failure.value.result
+    assert r.causes[0].id == "clip_before_unscale" and r.step_problem == "clip_before_unscale"
+    assert r.forensics.scaled_clips[0] == "clip_grad_value_"
+    fixed = mlp()
+    r = ns.assert_loss_decreases(fixed, batch, F.cross_entropy, step=amp_clip_step(fixed, True))
+    assert r.forensics.scaled_clips == ()
