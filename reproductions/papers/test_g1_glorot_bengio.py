@@ -20,6 +20,9 @@ its first run (the ones new on 2026-11-29 on that day):
 - jacobian: the average singular value of the layer-to-layer Jacobians dh^{i+1}/dh^i at init
   is about 0.5 (standard) and 0.8 (normalised): TOST with a margin of ±0.1 (the two values are
   0.3 apart) on the per-seed averages.
+- saturation-slows-learning (2026-12-07, declared before its first run; the data of the
+  Table 1 arms): after the same updates the sigmoid nets' test error is above tanh-N's
+  (one-sided Welch test), testable when the tanh-N arm has left chance.
 - table1: sigmoid ends with a higher test error than tanh-N (Table 1: 2.21% vs 1.64%), one-sided
   Welch test; testable only when both arms have left chance (test error below 50%): otherwise
   "not testable at this budget" (a net at chance says nothing about Table 1's converged
@@ -413,6 +416,31 @@ def test_the_jacobians_average_singular_value_is_as_published(name, init_stats, 
             published=JACOBIAN[name],
         )
     )
+
+
+# -- G1.saturation-slows-learning ---------------------------------------------------------------
+def test_saturated_sigmoid_nets_learn_slower_than_tanh_with_the_normalised_init(
+    budget, runs, claim
+):
+    sig, tanh = runs["sigmoid"].test_error, runs["tanh-N"].test_error  # % per seed
+    c = ordering_claim(
+        sig,
+        tanh,
+        paired=False,
+        id="G1.saturation-slows-learning",
+        source=f"{SOURCE}, section 3.1 and Fig. 2",
+        statement=f"while the sigmoid nets' top hidden layer is saturated they learn slower: "
+        f"after the same {budget.updates} updates their test error is higher than tanh's with "
+        "the normalised init (the two arms differ in init too: the paper's Fig. 2 attributes "
+        "the plateau to saturation)",
+        published="saturation slows learning (the plateau of Fig. 2)",
+        unit=" pp",
+        fidelity="scaled",
+        details={"sigmoid_test_error_%": sig, "tanh_N_test_error_%": tanh},
+    )
+    if max(tanh) >= TRAINED:  # neither arm has learnt: speed cannot be compared
+        c = not_testable(c, f"the tanh-N arm has not left chance ({max(tanh):.1f}% test error)")
+    claim(c)
 
 
 # -- G1.table1 --------------------------------------------------------------------------------
