@@ -66,7 +66,10 @@ def seeds(pytestconfig: pytest.Config) -> Seeds:
 
 @pytest.fixture
 def claim(
-    request: pytest.FixtureRequest, nnsanity_claim: Callable[[Claim], None], seeds: Seeds
+    request: pytest.FixtureRequest,
+    nnsanity_claim: Callable[[Claim], None],
+    seeds: Seeds,
+    nnsanity_budget: str,
 ) -> Callable[[Claim], Claim]:
     """``claim(c)``: record ``c`` for the table and the JSON report (with the seeds its module
     drew, unless it names its own), then raise ``ClaimNotReproduced``, ``ClaimInconclusive``
@@ -77,9 +80,14 @@ def claim(
         if not c.seeds and c.verdict is not Verdict.IDENTITY:
             c.seeds = sorted(seeds.issued)
         known = request.node.get_closest_marker("nnsanity_known")
+        applies = (
+            known is not None
+            and known.kwargs.get("budget") in (None, nnsanity_budget)
+            and known.kwargs.get("kind") == str(c.verdict).replace(" at this budget", "")
+        )
         if c.verdict not in (Verdict.REPRODUCED, Verdict.IDENTITY) and "why" not in c.details:
-            # the measured reason its mark states; an unmarked failure says what failed
-            c.details["why"] = known.kwargs["reason"] if known else f"unexpected: {c.statistic}"
+            # the measured reason of a mark for this outcome and budget; else say what failed
+            c.details["why"] = known.kwargs["reason"] if applies else f"unexpected: {c.statistic}"
         nnsanity_claim(c)
         if c.verdict is Verdict.NOT_REPRODUCED:
             raise ClaimNotReproduced(str(c))
