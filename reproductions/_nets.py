@@ -58,10 +58,12 @@ def train_minibatches(
     steps: int,
     batch: int,
     seed: int,
+    after_step: Callable[[], object] | None = None,
 ) -> bool:
     """``steps`` steps of softmax cross-entropy on mini-batches of ``batch``, taken in order
-    from a fresh permutation (from ``seed``'s generator) whenever the last one runs out.
-    Returns False, and stops, at the first non-finite loss."""
+    from a fresh permutation (from ``seed``'s generator) whenever the last one runs out, calling
+    ``after_step()`` after each (a scheduler's ``step``, say). Returns False, and stops, at the
+    first non-finite loss."""
     g = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)
     for _ in range(steps):
@@ -74,6 +76,8 @@ def train_minibatches(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
     return True
 
 
@@ -113,3 +117,14 @@ def stacked_batches(
         if pos == 0:
             order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
         yield order[:, pos * batch : (pos + 1) * batch]
+
+
+_RUNS: dict[object, object] = {}
+
+
+def shared_run(key: object, make: Callable[[], object]) -> object:
+    """``make()`` once per process and ``key``: a training that several claim files read (N1's
+    populations feed Karpathy's regularisation claims too) runs once per session."""
+    if key not in _RUNS:
+        _RUNS[key] = make()
+    return _RUNS[key]

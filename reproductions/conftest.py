@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 
 from nnsanity.plugin import SEED
-from nnsanity.repro.claims import Claim, ClaimInconclusive, ClaimNotReproduced, Verdict
+from nnsanity.repro.claims import (
+    Claim,
+    ClaimInconclusive,
+    ClaimNotReproduced,
+    ClaimNotTestable,
+    Verdict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +65,36 @@ def seeds(pytestconfig: pytest.Config) -> Seeds:
 
 
 @pytest.fixture
-def claim(nnsanity_claim: Callable[[Claim], None], seeds: Seeds) -> Callable[[Claim], Claim]:
+def claim(
+    request: pytest.FixtureRequest,
+    nnsanity_claim: Callable[[Claim], None],
+    seeds: Seeds,
+    nnsanity_budget: str,
+) -> Callable[[Claim], Claim]:
     """``claim(c)``: record ``c`` for the table and the JSON report (with the seeds its module
-    drew, unless it names its own), then raise ``ClaimNotReproduced`` or ``ClaimInconclusive``
-    unless it reproduced or is an identity that holds."""
+    drew, unless it names its own), then raise ``ClaimNotReproduced``, ``ClaimInconclusive``
+    or ``ClaimNotTestable`` unless it reproduced or is an identity that holds."""
 
     def record(c: Claim) -> Claim:
         __tracebackhide__ = True
         if not c.seeds and c.verdict is not Verdict.IDENTITY:
             c.seeds = sorted(seeds.issued)
+        known = request.node.get_closest_marker("nnsanity_known")
+        applies = (
+            known is not None
+            and known.kwargs.get("budget") in (None, nnsanity_budget)
+            and known.kwargs.get("kind") == str(c.verdict).replace(" at this budget", "")
+        )
+        if c.verdict not in (Verdict.REPRODUCED, Verdict.IDENTITY) and "why" not in c.details:
+            # the measured reason of a mark for this outcome and budget; else say what failed
+            c.details["why"] = known.kwargs["reason"] if applies else f"unexpected: {c.statistic}"
         nnsanity_claim(c)
         if c.verdict is Verdict.NOT_REPRODUCED:
             raise ClaimNotReproduced(str(c))
         if c.verdict is Verdict.INCONCLUSIVE:
             raise ClaimInconclusive(str(c))
+        if c.verdict is Verdict.NOT_TESTABLE:
+            raise ClaimNotTestable(f"{c}; {c.details.get('why', '')}")
         return c
 
     return record

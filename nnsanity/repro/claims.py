@@ -10,8 +10,12 @@ kind of criterion, declared in the claim card before the data:
 - ``every_seed_claim``: a property every seed must show, with margins far from the bound;
 - ``exact_claim``: an identity (a definition, a formula, our own code) checked exactly.
 
-Verdicts: REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE (the interval is too wide to decide) and
-IDENTITY (an exact check that holds: reported apart from the empirical reproductions). Each
+Verdicts: REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE (the interval is too wide to decide),
+NOT_TESTABLE (our budget cannot test the claim, by a precondition the card declares: a run that
+has not left chance, or has not converged, says nothing about the source's end-of-training
+numbers; ``not_testable``) and IDENTITY (an exact check that holds: reported apart from the
+empirical reproductions). A claim whose source is our own prediction, not the notes', has
+``origin="ours"`` and is counted apart too. Each
 helper also estimates ``flip``, the probability that a fresh set of seeds would give a different
 verdict: it draws 2,000 new measurements from a normal fit to ours (or resamples ours, or redraws
 a binomial count) and judges each with the same criterion. The estimate treats our measurement
@@ -39,6 +43,7 @@ class Verdict(str, enum.Enum):
     REPRODUCED = "reproduced"
     NOT_REPRODUCED = "not reproduced"
     INCONCLUSIVE = "inconclusive"
+    NOT_TESTABLE = "not testable at this budget"
     IDENTITY = "identity"
 
     def __str__(self) -> str:
@@ -53,6 +58,10 @@ class ClaimInconclusive(AssertionError):
     """The measurement cannot decide the claim (its interval is too wide)."""
 
 
+class ClaimNotTestable(AssertionError):
+    """The claim's declared precondition fails at this budget: nothing was tested."""
+
+
 @dataclass
 class Claim:
     """One claim of the notes, as measured here.
@@ -62,8 +71,9 @@ class Claim:
     ``interval`` is the interval the verdict used and ``interval_kind`` names it. ``statistic``
     states the criterion in words. ``fidelity`` is "faithful" (the source's own setting) or
     "scaled" (a smaller one, said in the card); ``changed`` discloses a criterion changed after
-    seeing data, with its date and reason. ``seeds`` and ``seconds`` are filled in by the
-    recording fixture when the test does not set them.
+    seeing data, with its date and reason. ``origin`` is "source" (a claim of the notes or
+    their sources) or "ours" (our own prediction, counted apart). ``seeds`` and ``seconds`` are
+    filled in by the recording fixture when the test does not set them.
     """
 
     id: str
@@ -81,6 +91,7 @@ class Claim:
     fidelity: str = "faithful"
     flip: float | None = None
     changed: str = ""
+    origin: str = "source"
     seeds: list[int] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +104,8 @@ class Claim:
             self.estimate, self.estimator = float(np.mean(self.measured)), "mean"
         if self.fidelity not in ("faithful", "scaled"):
             raise ValueError(f"fidelity must be 'faithful' or 'scaled', got {self.fidelity!r}")
+        if self.origin not in ("source", "ours"):
+            raise ValueError(f"origin must be 'source' or 'ours', got {self.origin!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -209,6 +222,67 @@ def single_run_claim(
         estimate=float(x.mean()),
         estimator="mean",
         flip=flip_probability(judge, x, verdict),
+    )
+
+
+def single_run_readings_claim(
+    published: float,
+    readings: dict[str, Sequence[float]],
+    *,
+    max_half_width: float,
+    level: float = 0.95,
+    **fields: Any,
+) -> Claim:
+    """``single_run_claim`` when the source does not say which of several readings of a run it
+    quotes (network2 prints every epoch; the book does not say whether it quotes the last or
+    the best): each reading (name -> one value per seed) is judged as ``single_run_claim``
+    judges it; REPRODUCED when some reading reproduces, NOT_REPRODUCED when every reading
+    excludes the number, INCONCLUSIVE otherwise. The first reading is the one reported as the
+    estimate and interval; every reading's interval is in details. The flip estimate draws each
+    reading from its own normal fit (independently: the readings' correlation is ignored)."""
+    names = list(readings)
+    xs = [np.asarray(readings[k], dtype=float) for k in names]
+    n = xs[0].size
+    t = st.t.ppf((1 + level) / 2, n - 1) * math.sqrt(1 + 1 / n)
+
+    def one(v: np.ndarray) -> np.ndarray:
+        mean, sd = _mean_sd(v)
+        half = t * sd
+        inside = (mean - half <= published) & (published <= mean + half)
+        return np.where(inside, np.where(half > max_half_width, _I, _R), _N)
+
+    def judge_all(vs: list[np.ndarray]) -> np.ndarray:
+        each = np.stack([one(v) for v in vs])
+        return np.where((each == _R).any(0), _R, np.where((each == _N).all(0), _N, _I))
+
+    verdict = Verdict(judge_all([x[None] for x in xs])[0])
+    rng = np.random.default_rng(_FLIP_SEED)
+    flip = float(np.mean(judge_all([_draws(x, "normal", rng) for x in xs]) != verdict))
+    details = dict(fields.pop("details", {}))
+    details["readings"] = {
+        k: {
+            "values": x.tolist(),
+            "prediction_interval": prediction_interval(x, level),
+            "verdict": str(Verdict(one(x[None])[0])),
+        }
+        for k, x in zip(names, xs, strict=True)
+    }
+    return _make(
+        fields,
+        published=published,
+        measured=xs[0],
+        statistic=f"per reading ({', '.join(names)}): the published value in the {level:.0%} "
+        f"prediction interval of one of our runs, narrower than ±{max_half_width:g}; "
+        "reproduced if some reading holds it, not reproduced if every reading excludes it, "
+        "else inconclusive",
+        verdict=verdict,
+        interval=prediction_interval(xs[0], level),
+        interval_kind=f"{level:.0%} prediction interval of one run ({names[0]}; the others in "
+        "details)",
+        estimate=float(xs[0].mean()),
+        estimator=f"mean ({names[0]})",
+        flip=flip,
+        details=details,
     )
 
 
@@ -428,21 +502,24 @@ def every_seed_claim(
 
 
 def _every_seed_flip(judge: Judge, x: np.ndarray, verdict: Verdict) -> float | None:
-    """The flip estimate of an every-seed claim: from a normal fit to the seeds' values, or,
-    when they do not spread at all (a share capped at 1 that every seed reaches), from how many
-    seeds passed: n fresh seeds, each failing with a rate drawn from the Jeffreys posterior
-    Beta(k + 1/2, n - k + 1/2) given k failures in n. A normal fit with no spread would call
-    such a verdict certain; 4 seeds out of 4 cannot show a failure rate below about 1 in 5."""
-    if x.size < 2:
+    """The flip estimate of an every-seed claim: the share of fresh seed sets, drawn from a
+    normal fit to the seeds' values, that ``judge`` gives another verdict. None when the values
+    do not spread (or there is one seed): a normal fit would call the verdict certain, and a
+    count of passing seeds cannot say more than its own size (with k = 0 failures in n, any
+    prior gives a flip near 0.3 whatever n, which is about the estimator, not the claim), so a
+    claim file must measure a continuous per-seed margin instead of a share capped at 1."""
+    if x.size < 2 or np.ptp(x) == 0:
         return None
-    if np.ptp(x) > 0:
-        return flip_probability(judge, x, verdict)
-    n, k = x.size, 0 if verdict is Verdict.REPRODUCED else x.size
-    a, b = k + 0.5, n - k + 0.5
-    all_pass = math.exp(  # E[(1 - p)^n] = B(a, b + n) / B(a, b)
-        math.lgamma(b + n) + math.lgamma(a + b) - math.lgamma(a + b + n) - math.lgamma(b)
-    )
-    return 1 - all_pass if verdict is Verdict.REPRODUCED else all_pass
+    return flip_probability(judge, x, verdict)
+
+
+def not_testable(claim: Claim, why: str) -> Claim:
+    """``claim`` with the verdict NOT_TESTABLE: its declared precondition failed at this
+    budget (``why`` says which, in measured terms). The statistic and interval stay as measured,
+    for the record; no flip is estimated, since no verdict on the claim was reached."""
+    out = Claim(**{**claim.__dict__, "verdict": Verdict.NOT_TESTABLE, "flip": None})
+    out.details = {**claim.details, "why": why, "verdict_if_testable": str(claim.verdict)}
+    return out
 
 
 def exact_claim(holds: bool, measured: Sequence[float], **fields: Any) -> Claim:

@@ -36,36 +36,51 @@ def _save(fig, path: Path) -> Path:
 def accuracy_by_depth(
     accuracy: Mapping[int, torch.Tensor], published: Mapping[int, float], path: Path
 ) -> Path:
-    """Validation accuracy per epoch, one line per depth: seed mean with a min-max band."""
+    """Validation accuracy per epoch, one line per depth: seed mean with a min-max band. Left:
+    every epoch on an axis that holds every seed (so the deep nets' slow first epochs show);
+    right: the same from epoch 5, around the published values (dotted)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4.5))
     for depth, acc in accuracy.items():  # acc: (seeds, epochs) in %
         acc = acc.double().cpu()
         epochs = torch.arange(1, acc.shape[1] + 1).numpy()
-        (line,) = ax.plot(epochs, acc.mean(0).numpy(), label=f"{depth} hidden (n={acc.shape[0]})")
-        ax.fill_between(
-            epochs,
-            acc.min(0).values.numpy(),
-            acc.max(0).values.numpy(),
-            alpha=0.2,
-            color=line.get_color(),
-        )
-        ax.axhline(published[depth], color=line.get_color(), ls=":", lw=1)
-    ax.set(
+        for ax in (full, zoom):
+            (line,) = ax.plot(
+                epochs, acc.mean(0).numpy(), label=f"{depth} hidden (n={acc.shape[0]})"
+            )
+            ax.fill_between(
+                epochs,
+                acc.min(0).values.numpy(),
+                acc.max(0).values.numpy(),
+                alpha=0.2,
+                color=line.get_color(),
+            )
+        zoom.axhline(published[depth], color=line.get_color(), ls=":", lw=1)
+    lowest = min(float(a.min()) for a in accuracy.values())
+    full.set(
         xlabel="epoch",
         ylabel="validation accuracy (%)",
-        ylim=(94, 98),
-        title="N1: accuracy vs depth (dotted: published single runs)",
+        ylim=(max(0.0, lowest - 2), 100),
+        title="N1: every epoch (epoch 1 included)",
     )
-    ax.legend()
+    zoom.set(
+        xlabel="epoch",
+        xlim=(5, max(a.shape[1] for a in accuracy.values())),
+        ylim=(94, 98),
+        title="from epoch 5 (dotted: the book's single runs)",
+    )
+    full.legend()
     return _save(fig, path)
 
 
-def learning_speed(speeds: torch.Tensor, path: Path, title: str) -> Path:
+def learning_speed(
+    speeds: torch.Tensor, path: Path, title: str, published: Sequence[float] | None = None
+) -> Path:
     """Nielsen's log-axis figure: each hidden layer's bias-gradient norm over epochs.
 
     ``speeds`` is (seeds, epochs, hidden layers); the line is the geometric mean over seeds and
-    the band the range over seeds.
+    the band the range over seeds; ``published``, the book's values at epoch 0 per hidden layer
+    (from the same script), as diamonds.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -76,6 +91,10 @@ def learning_speed(speeds: torch.Tensor, path: Path, title: str) -> Path:
     for layer in range(geo.shape[1]):
         (line,) = ax.plot(epochs, geo[:, layer], label=f"hidden layer {layer + 1}")
         ax.fill_between(epochs, lo[:, layer], hi[:, layer], alpha=0.2, color=line.get_color())
+        if published is not None:
+            ax.plot([0], [published[layer]], "D", color=line.get_color(), mec="k")
+    if published is not None:
+        ax.plot([], [], "D", color="grey", mec="k", label="the book, epoch 0")
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="||dC/db|| (speed of learning)", title=title)
     ax.legend()
@@ -83,23 +102,25 @@ def learning_speed(speeds: torch.Tensor, path: Path, title: str) -> Path:
 
 
 def top_six_neurons(gradients: Sequence[torch.Tensor], path: Path, title: str) -> Path:
-    """The book's N2 figure: bars of |dC/db| for the top six neurons of each hidden layer.
+    """The book's N2 figure: signed bars of dC/db for the top six neurons of each hidden layer.
 
     ``gradients[l]`` is (inits, width), hidden layer l's bias gradient of the mean cost for each
-    init; the bars are the first init's (the book shows one network), dots the other inits'.
+    init; the bars are the first init's (the book shows one network), dots the other inits';
+    one linear axis for all layers, as the book's, so the first layer's bars look small.
     """
     plt = _pyplot()
     layers = len(gradients)
     fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers, 3.6), sharey=True)
     for layer, (ax, grad) in enumerate(zip(np.atleast_1d(axes), gradients, strict=True)):
-        g = grad[:, :6].abs().double().cpu().numpy()  # (inits, 6)
+        g = grad[:, :6].double().cpu().numpy()  # (inits, 6), signed
         neurons = np.arange(1, g.shape[1] + 1)
         ax.bar(neurons, g[0], color=f"C{layer}", alpha=0.8, label="first init")
         jitter = np.linspace(-0.25, 0.25, max(g.shape[0] - 1, 1))
         for i, row in enumerate(g[1:]):
             ax.plot(neurons + jitter[i], row, ".", color="k", alpha=0.15, ms=3)
-        ax.set(xlabel="neuron", title=f"hidden layer {layer + 1}", yscale="log")
-    np.atleast_1d(axes)[0].set_ylabel("|dC/db| at init")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xlabel="neuron", title=f"hidden layer {layer + 1}")
+    np.atleast_1d(axes)[0].set_ylabel("dC/db at init")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -40,6 +40,12 @@ def inconclusive(reason: str, *, budget: str | None = None) -> pytest.MarkDecora
     return pytest.mark.nnsanity_known(kind="inconclusive", budget=budget, reason=reason)
 
 
+def not_testable(reason: str, *, budget: str | None = None) -> pytest.MarkDecorator:
+    """As ``not_reproduced``, for a claim whose declared precondition fails at this budget
+    (``ClaimNotTestable``): the run cannot test it, which is not evidence against it."""
+    return pytest.mark.nnsanity_known(kind="not testable", budget=budget, reason=reason)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(
         parser,
@@ -85,9 +91,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Turn each ``nnsanity_known`` mark that applies to this budget into a strict xfail."""
-    from nnsanity.repro.claims import ClaimInconclusive, ClaimNotReproduced
+    from nnsanity.repro.claims import ClaimInconclusive, ClaimNotReproduced, ClaimNotTestable
 
-    raises = {"not reproduced": ClaimNotReproduced, "inconclusive": ClaimInconclusive}
+    raises = {
+        "not reproduced": ClaimNotReproduced,
+        "inconclusive": ClaimInconclusive,
+        "not testable": ClaimNotTestable,
+    }
     budget = option(config, "budget", "smoke")
     for item in items:
         for mark in item.iter_markers("nnsanity_known"):
@@ -228,7 +238,9 @@ class _ClaimTable:
                 "seed": seed,
                 "budget": option(self.config, "budget", "smoke"),
                 "device": option(self.config, "device", "cpu"),
-                "command": " ".join(["pytest", *self.config.invocation_params.args]),
+                "command": _report.portable_command(
+                    ["pytest", *self.config.invocation_params.args]
+                ),
                 "wall_seconds": time.time() - self.started,
                 "test_seconds": sum(self.seconds.values()),
             }

@@ -21,7 +21,8 @@ most ln(10)/2, half the uniform guess's nats (a stalled run stays at ln 10, a di
   models reach >= 80% of the 10-model gain; "+2%" = the 5-model gain is >= 2 points (at ~3% error
   it would remove two thirds of the errors: expected not to reproduce).
 
-Budgets: FULL below; SMOKE: K1 on depths 1, 2, 4, 8 with 2 seeds and half the steps; K7 trains
+Budgets: FULL below (the SGD contrast at depths 1, 2, 4, 8 since 2026-12-07); SMOKE: K1 on
+depths 1, 2, 4, 8 with 2 seeds and half the steps; K7 trains
 its members on the first 10,000 training images. Every training runs in two processes.
 
 Does not reproduce at smoke (measured 2026-11-30, seeds 0-1): K1.adam-forgives-bad-lr, Adam at
@@ -59,7 +60,8 @@ LN10 = math.log(10)
 @dataclasses.dataclass(frozen=True)
 class Budget:
     # K1
-    depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # hidden layers of WIDTH
+    depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # hidden layers of WIDTH, for Adam
+    sgd_depths: tuple[int, ...] = (1, 2, 4, 8)  # the SGD contrast (2026-12-07: was every depth)
     k1_seeds: int = 3
     k1_steps: int = 800  # ~1 epoch of 50k at batch 64: enough for Adam at depth 8
     # K7
@@ -73,6 +75,7 @@ FULL = Budget()
 SMOKE = dataclasses.replace(
     FULL,
     depths=(1, 2, 4, 8),
+    sgd_depths=(1, 2, 4, 8),
     k1_seeds=2,
     k1_steps=FULL.k1_steps // 2,
     k7_train=10_000,
@@ -110,7 +113,7 @@ def k1_runs(budget, seeds, nnsanity_mnist, nnsanity_progress) -> dict[tuple, flo
     m = nnsanity_mnist
     runs = seeds(budget.k1_seeds)
     jobs = [("Adam", ADAM_LR, d, s) for d in budget.depths for s in runs]
-    jobs += [("SGD", lr, d, s) for lr in SGD_LRS for d in budget.depths for s in runs]
+    jobs += [("SGD", lr, d, s) for lr in SGD_LRS for d in budget.sgd_depths for s in runs]
     jobs += [
         ("Adam", lr, d, s)
         for lr in BAD_RATES
@@ -152,7 +155,9 @@ def test_adam_at_3e_4_trains_every_depth_where_no_single_sgd_rate_does(
     runs = seeds(budget.k1_seeds)
     adam = [k1_runs["Adam", ADAM_LR, d, s] for d in budget.depths for s in runs]  # depth x seed
     sgd_fails_at = {
-        lr: [d for d in budget.depths if not any(trains(k1_runs["SGD", lr, d, s]) for s in runs)]
+        lr: [
+            d for d in budget.sgd_depths if not any(trains(k1_runs["SGD", lr, d, s]) for s in runs)
+        ]
         for lr in SGD_LRS
     }
     # nnsanity's own check with its defaults (Adam 3e-4) on one batch, at every depth.
@@ -186,6 +191,10 @@ def test_adam_at_3e_4_trains_every_depth_where_no_single_sgd_rate_does(
             "sgd_depths_where_no_seed_trains": {f"{lr:g}": d for lr, d in sgd_fails_at.items()},
             "assert_loss_decreases_passes": plugin,
         },
+        changed="2026-11-26: nnsanity's assert_loss_decreases inside the claim runs 100 steps, "
+        "not its default 25 (which failed a healthy 8-hidden-layer net: a decrease of 0.020 "
+        "against 0.023); 2026-12-07: the SGD contrast runs at depths 1, 2, 4, 8, not 1-8 (the "
+        "full budget's cost; fewer depths make the contrast harder to show, not easier)",
     )
     if not all(sgd_fails_at.values()):  # a forgiving SGD rate would undo the contrast
         c = dataclasses.replace(c, verdict=Verdict.NOT_REPRODUCED)
@@ -297,6 +306,10 @@ def test_an_ensemble_beats_its_members(budget, ensembles, claim):
         published="guaranteed",
         unit=" pts",
         details={**e.details(), "flip_model": "normal fit to the (overlapping) subsets' gains"},
+        changed="2026-11-26: was 'every 5-model subset beats its best member' (true in 80% of "
+        "subsets at smoke, 97% at full: 'guaranteed' failed under it); now every 5-model subset "
+        "beats its members' mean and the 10-model ensemble beats its best member, a looser "
+        "criterion",
     )
     if e.beats_best[e.members] < 1.0:
         c = dataclasses.replace(c, verdict=Verdict.NOT_REPRODUCED)

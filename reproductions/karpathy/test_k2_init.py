@@ -189,6 +189,7 @@ def test_network2s_default_init_starts_above_10_ln_2_as_predicted(budget, seeds,
             paired=True,
             id="K2.init-loss-network2-default",
             source="ours: " + SOURCE + ", 'verify loss @ init', applied to network2",
+            origin="ours",
             statement="network2's default init (output biases N(0,1)) starts above 10 ln 2, "
             "at the predicted 10 E[softplus(z)]",
             published=f"> {TEN_LN2:.4f} (predicted {predicted:.2f})",
@@ -206,7 +207,8 @@ def test_network2s_default_init_starts_above_10_ln_2_as_predicted(budget, seeds,
             },
             changed="2026-11-29: was 'network2's default init starts at 10 ln 2', judged not "
             "reproduced: a claim the source never made; now our prediction, declared in the "
-            "card before the first run (issue 10)",
+            "card before the first run (issue 10); 2026-12-07: counted apart as our own "
+            "prediction, not among the reproductions (issue 17)",
         )
     )
 

@@ -16,7 +16,10 @@ for several seeds at once (seeds from --nnsanity-seed).
 Criteria (per seed, then across seeds):
 - first-slower: the first hidden layer's speed is below the last hidden layer's at >= 99% of the
   500 epochs (2 hidden layers), and it is the slowest hidden layer at >= 99% of epochs (3 and 4);
-  reproduced when every seed shows it;
+  reproduced when every seed shows it. Measured (2026-12-07) as a margin: per seed, the 1%
+  quantile over epochs of log10(slowest other layer's speed / first layer's), which is > 0
+  exactly when the first layer is slowest at >= 99% of epochs (the share itself, capped at 1,
+  gave no spread to estimate a flip from);
 - drop-and-rebound (2 hidden layers): per seed and layer, the minimum speed after epoch 0 is at
   most half the initial speed (a drop) and the speed at epoch 500 at least twice that minimum (a
   rebound); measured per seed: the smaller of log2(start/min) and log2(end/min) over both
@@ -54,6 +57,11 @@ from nnsanity.repro.plugin import not_reproduced
 
 SOURCE = "Nielsen, NNDL ch. 5, 'The vanishing gradient problem' (generate_gradient.py)"
 MOST_EPOCHS = 0.99
+BOOK_START = {2: (0.07, 0.31), 3: (0.012, 0.060, 0.283), 4: (0.003, 0.017, 0.070, 0.285)}  # N2
+SEEDS_CHANGE = (
+    "2026-11-30: 5 seeds at full (the 2026-11-26 run) became 16, and 4 at smoke 12, after seed "
+    "sets 0 and 1000 disagreed at 4 seeds (issue 10)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,18 +133,24 @@ def speeds(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress):
     ],
 )
 def test_the_first_hidden_layer_is_always_the_slowest(depth, speeds, claim):
-    v = speeds[depth]
-    slowest = v[:, :, 0] < v[:, :, -1] if depth == 2 else v.argmin(dim=2) == 0
-    fraction = slowest.double().mean(dim=1)  # per seed: share of epochs it is slowest
+    v = speeds[depth].double()
+    others = v[:, :, 1:].min(dim=2).values  # (seeds, epochs): the slowest other hidden layer
+    log_ratio = (others / v[:, :, 0]).log10()  # > 0 where the first layer is the slowest
+    margin = torch.quantile(log_ratio, 1 - MOST_EPOCHS, dim=1)  # per seed
+    fraction = (log_ratio > 0).double().mean(dim=1)  # per seed: share of epochs it is slowest
     claim(
         every_seed_claim(
-            fraction.tolist(),
-            low=MOST_EPOCHS,
+            margin.tolist(),
+            low=0.0,
             id=f"N3.{depth}-hidden.first-slowest",
             source=SOURCE,
             statement=f"with {depth} hidden layers the first hidden layer learns slowest "
-            f"throughout (at >= {MOST_EPOCHS:.0%} of the {v.shape[1]} epochs)",
+            f"throughout (at >= {MOST_EPOCHS:.0%} of the {v.shape[1]} epochs): the 1% quantile "
+            "over epochs of log10(slowest other layer / first layer) is above 0",
             published="always slower",
+            details={"share_of_epochs_first_slowest": fraction.tolist()},
+            changed=SEEDS_CHANGE + "; 2026-12-07: the same criterion measured as a margin, the "
+            "1% quantile of a log ratio (was: the share of epochs, which gave no flip estimate)",
         )
     )
 
@@ -162,7 +176,7 @@ def test_two_hidden_layers_drop_quickly_then_rebound(speeds, claim):
                 "end": end.tolist(),
             },
             changed="2026-11-29: the same criterion, now measured as a margin in factors of "
-            "2 (was: a pass/fail per seed)",
+            "2 (was: a pass/fail per seed); " + SEEDS_CHANGE,
         )
     )
 
@@ -182,8 +196,11 @@ def test_with_four_hidden_layers_the_first_learns_roughly_100x_slower(speeds, cl
             "median ratio",
             published=2.0,
             details={"median_ratio_per_seed": ratio.tolist()},
-            changed="2026-11-29: was 'every seed's median ratio in [50, 200]' (flipped with "
-            "probability about 0.34 under a fresh seed set); now TOST on log10 (issue 10)",
+            changed="2026-11-29, after a near miss (the lowest of 5 seeds at 50.4 against the "
+            "bound 50): was 'every seed's median ratio in [50, 200]' (flip about 0.34; the only "
+            "fresh seed set run under it, seeds 1000-1003, had seeds at 47.6 and 48.5, so the "
+            "old rule fails there); now TOST on log10, which loosened it (issue 10); "
+            + SEEDS_CHANGE,
         )
     )
 
@@ -195,5 +212,6 @@ def test_figure(speeds, figures):
             v,
             figures / f"N3_learning_speed_{depth}_hidden.png",
             f"N3: speed of learning, {depth} hidden layers (geometric mean of {v.shape[0]} seeds)",
+            published=BOOK_START[depth],
         )
         assert path.stat().st_size > 0

@@ -26,20 +26,21 @@ every arm of a seed shares its data order.
 - table3-x2: x2 is as good as x1 (0.083 vs 0.074): TOST on log(error x2 / error x1), margin
   log(1.5) (Table 3's x4 is 4.7 times x1, its x2 1.12);
 - table3-x4: x4 ends worse than x1 (0.35 vs 0.074): one-sided paired t-test.
+- Precondition (declared 2026-12-07, issue 17): Tables 1 and 3 are errors after 750,000
+  updates, so each claim is testable only when the arms it compares have converged: every
+  seed's error fell by less than 10% over the last fifth of our updates. Otherwise the claim is
+  "not testable at this budget", and Table 3's scaled arms are not trained at all (their claims
+  all compare with the unscaled NAG arm, whose convergence decides).
 
-Budgets: FULL is scaled: 3,000 updates of the paper's 750,000 (0.4%), 3 seeds per arm, about 6
-minutes on 2 CPU cores. SMOKE = None for the autoencoders (its 1,000 updates ended before the
-x0.25 init leaves the plateau at ~1,850, a different verdict); the identities run at every budget.
+Budgets: FULL is scaled: 3,000 updates of the paper's 750,000 (0.4%), 3 seeds per arm; SGD and
+NAG always (Table 1, and the reference of Table 3), the four scaled inits only when the
+reference converged. SMOKE = None for the autoencoders; the identities run at every budget.
 
-Table 3 at the full budget (measured 2026-11-30, 3 seeds, commit 8982f0b): neither claim
-reproduces at 0.4% of the paper's updates. x0.5 leaves the mean-image plateau at 400-500
-updates and ends at 13.7-13.9 (x1 10.0-10.2, the plateau 52.4), so it does not "fail"; x2 ends
-at 29.5-33.9, 3.0-3.3 times x1 (the paper: 1.12 times, after 750,000 updates). Both are
-limited by the budget: the ordering of the scales (x1 best, x4 worst at 110-125) holds.
-Does not reproduce (measured 2026-11-26, full budget): momentum (NAG/SGD 0.53 ± 0.01, significant
-but not <= 0.5; the gap was still widening) and bad-init x0.25 (leaves the plateau after
-1,800-1,900 updates and ends at 0.58 of it): at 0.4% of the paper's updates the bad init delays
-learning rather than preventing it.
+Measured before the precondition (2026-11-30, 3 seeds, 8982f0b; 2026-11-26): after 3,000
+updates every arm was still falling (x1 10.0-10.2 against the paper's 0.074): momentum NAG/SGD
+0.53 ± 0.01, the gap still widening; x0.25 left the mean-image plateau at ~1,850 updates and
+x0.5 at 400-500; x2 ended 3.0-3.3 times x1; x4 above x1. Those verdicts were about our budget,
+not the paper's claims: under the precondition none is testable here.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ from nnsanity.repro.claims import (
     equivalence_claim,
     every_seed_claim,
     exact_claim,
+    not_testable,
     ordering_claim,
 )
 from nnsanity.repro.initialisers import sparse_
 from nnsanity.repro.momentum import BLOCK, eq5, momentum_step, sutskever_momentum
 from nnsanity.repro.parallel import map_processes, processes_for
 from nnsanity.repro.plots import autoencoder_training
-from nnsanity.repro.plugin import not_reproduced
+from nnsanity.repro.plugin import not_testable as known_not_testable
 from reproductions._nets import stacked_batches, stacked_params
 
 SOURCE = "Sutskever, Martens, Dahl & Hinton, ICML 2013"
@@ -91,6 +93,10 @@ SPARSE_SEEDS = 3  # inits checked by S1.sparse-init
 MU_MAX = 0.99  # Table 1's best MNIST setting (0.99N)
 FINAL_MU, FINAL_UPDATES = 0.9, 1_000
 NAG_LR = 0.05  # from the sweep in the notes at the end of this file
+CONVERGED = 0.1  # relative drop of the error over the last fifth of the run: converged below
+CONVERGED_SPAN = 0.2
+TABLE1_ARMS = ("SGD", "NAG")
+TABLE3_ARMS = ("NAG x0.25 init", "NAG x0.5 init", "NAG x2 init", "NAG x4 init")
 ARMS = {  # name: (learning rate, mu_max, init scale)
     "SGD": (0.2, 0.0, 1.0),
     "NAG": (NAG_LR, MU_MAX, 1.0),
@@ -345,31 +351,24 @@ def train_autoencoders(data, budget: Budget, names, seeds, device, tick) -> Runs
     return Runs(list(names), list(seeds), error, steps, torch.stack(curve), baseline)
 
 
-@pytest.fixture(scope="module")
-def autoencoders(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Runs:
-    """Every arm x seed, in two stacks trained side by side in two processes."""
-    run_seeds = seeds(budget.seeds)
-    names = [name for name in ARMS for _ in run_seeds]
-    all_seeds = [s for _ in ARMS for s in run_seeds]
+def train_arms(arms, budget, run_seeds, mnist, device, progress) -> Runs:
+    """Every given arm x seed, in two stacks trained side by side in two processes."""
+    names = [name for name in arms for _ in run_seeds]
+    all_seeds = [s for _ in arms for s in run_seeds]
     halves = [list(range(0, len(names), 2)), list(range(1, len(names), 2))]
     total = 2 * budget.updates
 
     def half(rows: list[int], tick) -> Runs:
         return train_autoencoders(
-            nnsanity_mnist,
-            budget,
-            [names[i] for i in rows],
-            [all_seeds[i] for i in rows],
-            nnsanity_device,
-            tick,
+            mnist, budget, [names[i] for i in rows], [all_seeds[i] for i in rows], device, tick
         )
 
     parts = map_processes(
         half,
         halves,
         groups=[[0], [1]],
-        processes=processes_for(nnsanity_device),
-        progress=lambda done: nnsanity_progress("S1 autoencoders", done, total, "updates"),
+        processes=processes_for(device),
+        progress=lambda done: progress("S1 autoencoders", done, total, "updates"),
     )
     order = [i for rows in halves for i in rows]
     back = sorted(range(len(order)), key=order.__getitem__)  # stack position of run i
@@ -389,9 +388,62 @@ def autoencoders(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progre
     )
 
 
+@pytest.fixture(scope="module")
+def autoencoders(budget, seeds, nnsanity_mnist, nnsanity_device, nnsanity_progress) -> Runs:
+    """Table 1's arms (SGD and NAG from the unscaled sparse init) x seeds."""
+    args = (seeds(budget.seeds), nnsanity_mnist, nnsanity_device, nnsanity_progress)
+    return train_arms(TABLE1_ARMS, budget, *args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Convergence:
+    """Whether arms have converged: per seed, the relative drop of the training error over the
+    last CONVERGED_SPAN of the updates; converged when every seed's drop is below CONVERGED."""
+
+    drops: dict[str, list[float]]  # arm -> per seed
+
+    @property
+    def converged(self) -> bool:
+        return all(d < CONVERGED for v in self.drops.values() for d in v)
+
+    def why(self) -> str:
+        worst = {k: max(v) for k, v in self.drops.items()}
+        return (
+            "the paper's errors are after 750,000 updates; ours after 3,000 have not converged: "
+            + ", ".join(f"{k} still fell {100 * d:.0f}%" for k, d in worst.items())
+            + f" over the last {CONVERGED_SPAN:.0%} of the updates (converged: < "
+            f"{CONVERGED:.0%} in every seed)"
+        )
+
+
+def convergence(runs: Runs, arms) -> Convergence:
+    start = min(
+        range(len(runs.steps)),
+        key=lambda i: abs(runs.steps[i] - (1 - CONVERGED_SPAN) * runs.steps[-1]),
+    )
+    drops = {}
+    for name in arms:
+        cols = [i for i, n in enumerate(runs.names) if n == name]
+        c = runs.curve[:, cols].double()
+        drops[name] = ((c[start] - c[-1]) / c[start]).tolist()
+    return Convergence(drops)
+
+
+@pytest.fixture(scope="module")
+def table3(budget, seeds, autoencoders, nnsanity_mnist, nnsanity_device, nnsanity_progress):
+    """Table 3's scaled inits x seeds, trained only when the unscaled NAG arm has converged
+    (their claims are about errors after training; otherwise they are not testable and the
+    arms are not run): (runs or None, the reference's convergence)."""
+    ref = convergence(autoencoders, ["NAG"])
+    if not ref.converged:
+        return None, ref
+    args = (seeds(budget.seeds), nnsanity_mnist, nnsanity_device, nnsanity_progress)
+    return train_arms(TABLE3_ARMS, budget, *args), ref
+
+
 def details(runs: Runs) -> dict:
     return {
-        "error_per_arm": {name: runs.arm(name) for name in ARMS},
+        "error_per_arm": {name: runs.arm(name) for name in ARMS if runs.arm(name)},
         "mean_image_error": runs.mean_image_error,
         "arms": {k: dict(zip(("lr", "mu_max", "init_scale"), v)) for k, v in ARMS.items()},
         "published_table3": PUBLISHED_TABLE3,
@@ -411,7 +463,36 @@ def much_lower(sgd: np.ndarray, diff: np.ndarray) -> np.ndarray:
     )
 
 
-@not_reproduced("NAG/SGD 0.53 after 3,000 updates: significantly lower, not <= 0.5")
+ARCHITECTURE_CHANGE = (
+    "2026-11-26: the autoencoder was deepened to the paper's 8 weight layers "
+    "(784-250-100-50-30, mirrored) after a 3-layer encoder left the x0.25 init unstuck"
+)
+TESTABLE_CHANGE = (
+    "; 2026-12-07: testable only when the compared arms have converged (Table 1 and 3 are "
+    "errors after 750,000 updates); before, the verdict at 0.4% of the updates was reported as "
+    "the claim's (issue 17)"
+)
+
+
+def untestable(why: str, measured, **fields) -> Claim:
+    """A Table 1 or Table 3 claim whose precondition (converged arms) failed."""
+    return Claim(
+        measured=measured,
+        statistic="testable when the compared arms have converged: each seed's error fell by "
+        f"less than {CONVERGED:.0%} over the last {CONVERGED_SPAN:.0%} of the updates; "
+        "measured: the reference arm's drop per seed",
+        verdict=Verdict.NOT_TESTABLE,
+        estimate=max(measured),
+        estimator="largest drop",
+        interval=(0.0, CONVERGED),
+        interval_kind="the drop a converged arm stays under",
+        fidelity="scaled",
+        details={"why": why},
+        **fields,
+    )
+
+
+@known_not_testable("after 3,000 updates SGD and NAG still fall: not converged")
 def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
     budget, autoencoders, claim
 ):
@@ -422,37 +503,37 @@ def test_nesterov_with_the_schedule_reaches_a_much_lower_error_than_sgd(
     rng = np.random.default_rng(0)
     fresh = [rng.normal(v.mean(), v.std(ddof=1), (FLIP_DRAWS, v.size)) for v in (sgd, diff)]
     p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
-    claim(
-        Claim(
-            id="S1.momentum",
-            source=f"{SOURCE}, Table 1 (MNIST)",
-            statement="NAG with the momentum schedule and the sparse init reaches a much lower "
-            "training error than plain SGD in the same number of updates (NAG/SGD <= 0.5)",
-            published=PUBLISHED_TABLE1["0.9N"] / PUBLISHED_TABLE1["SGD"],
-            measured=(nag / sgd).tolist(),
-            statistic=f"training error NAG / SGD per seed after {budget.updates} updates of "
-            f"200; reproduced if SGD > NAG is significant (one-sided paired t-test at "
-            f"{ALPHA}, p = {p:.2g}) and the ratio of the means <= {MUCH_LOWER}; not reproduced "
-            "if either direction is significant otherwise; else inconclusive",
-            verdict=verdict,
-            estimate=float(nag.mean() / sgd.mean()),
-            estimator="ratio of means",
-            interval=(0.0, MUCH_LOWER),
-            interval_kind="the range the ratio must reach",
-            fidelity="scaled",
-            flip=float(np.mean(much_lower(*fresh) != verdict)),
-            details={
-                **details(runs),
-                "p_nag_lower": p,
-                "largest_mu_reached": max(
-                    sutskever_momentum(t, MU_MAX, total_updates=budget.updates)
-                    for t in range(budget.updates)
-                ),
-                "published_errors": PUBLISHED_TABLE1,
-                "why": "at 0.4% of the paper's updates NAG's advantage is still growing",
-            },
-        )
+    c = Claim(
+        id="S1.momentum",
+        source=f"{SOURCE}, Table 1 (MNIST)",
+        statement="NAG with the momentum schedule and the sparse init reaches a much lower "
+        "training error than plain SGD in the same number of updates (NAG/SGD <= 0.5)",
+        published=PUBLISHED_TABLE1["0.9N"] / PUBLISHED_TABLE1["SGD"],
+        measured=(nag / sgd).tolist(),
+        statistic=f"training error NAG / SGD per seed after {budget.updates} updates of "
+        f"200; reproduced if SGD > NAG is significant (one-sided paired t-test at "
+        f"{ALPHA}, p = {p:.2g}) and the ratio of the means <= {MUCH_LOWER}; not reproduced "
+        "if either direction is significant otherwise; else inconclusive",
+        verdict=verdict,
+        estimate=float(nag.mean() / sgd.mean()),
+        estimator="ratio of means",
+        interval=(0.0, MUCH_LOWER),
+        interval_kind="the range the ratio must reach",
+        fidelity="scaled",
+        flip=float(np.mean(much_lower(*fresh) != verdict)),
+        details={
+            **details(runs),
+            "p_nag_lower": p,
+            "largest_mu_reached": max(
+                sutskever_momentum(t, MU_MAX, total_updates=budget.updates)
+                for t in range(budget.updates)
+            ),
+            "published_errors": PUBLISHED_TABLE1,
+        },
+        changed=ARCHITECTURE_CHANGE + TESTABLE_CHANGE,
     )
+    both = convergence(runs, TABLE1_ARMS)
+    claim(c if both.converged else not_testable(c, both.why()))
 
 
 def plateau_left_at(runs: Runs, name: str) -> list[int | None]:
@@ -471,76 +552,100 @@ def plateau_left_at(runs: Runs, name: str) -> list[int | None]:
     ]
 
 
-@pytest.mark.parametrize(
-    "scale",
-    [
-        pytest.param(0.25, marks=not_reproduced("leaves the plateau at ~1,850 updates")),
-        pytest.param(
-            0.5,
-            marks=not_reproduced(
-                "leaves the plateau at 400-500 updates and ends at 13.7-13.9 (x1: 10.0-10.2, "
-                "the plateau 52.4)"
-            ),
-        ),
-    ],
-)
+TABLE3_IDS = {0.25: "S1.bad-init", 0.5: "S1.table3-x0.5", 2.0: "S1.table3-x2", 4.0: "S1.table3-x4"}
+
+
+def table3_untestable(scale: float, ref: Convergence, statement: str) -> Claim:
+    return untestable(
+        ref.why() + "; the scaled arms are not trained at this budget",
+        ref.drops["NAG"],
+        id=TABLE3_IDS[scale],
+        source=f"{SOURCE}, Table 3",
+        statement=statement,
+        published=f"{PUBLISHED_TABLE3[scale]:g} (x{scale:g}) vs 0.074 (x1)",
+        changed=ARCHITECTURE_CHANGE + TESTABLE_CHANGE,
+    )
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5])
+@known_not_testable("the unscaled NAG arm has not converged after 3,000 updates")
 def test_a_sparse_init_scaled_below_one_half_stays_stuck_on_the_mean_image(
-    scale, budget, autoencoders, claim
+    scale, budget, table3, claim
 ):
-    runs, name = autoencoders, f"NAG x{scale:g} init"
+    runs, ref = table3
+    statement = (
+        f"NAG from the sparse init scaled by {scale:g} fails: its training error stays on the "
+        f"mean-image plateau ({budget.updates} updates)"
+    )
+    if runs is None:
+        claim(table3_untestable(scale, ref, statement))
+        return
+    name = f"NAG x{scale:g} init"
     relative = [e / runs.mean_image_error for e in runs.arm(name)]  # one per seed
     claim(
         every_seed_claim(
             relative,
             low=STUCK,
-            id="S1.bad-init" if scale == 0.25 else f"S1.table3-x{scale:g}",
+            id=TABLE3_IDS[scale],
             source=f"{SOURCE}, Table 3",
-            statement=f"NAG from the sparse init scaled by {scale:g} fails: its training error "
-            f"stays on the mean-image plateau ({budget.updates} updates)",
+            statement=statement,
             published=f"{PUBLISHED_TABLE3[scale]:g} (x{scale:g}) vs 0.074 (x1)",
             fidelity="scaled",
             details={**details(runs), "plateau_left_at_update": plateau_left_at(runs, name)},
+            changed=ARCHITECTURE_CHANGE + TESTABLE_CHANGE,
         )
     )
 
 
-@not_reproduced(
-    "after 3,000 updates x2 ends at 29.5-33.9, 3.0-3.3 times x1's 10.0-10.2 (margin 1.5x); the "
-    "paper's 0.083 vs 0.074 come after 750,000"
-)
-def test_a_sparse_init_scaled_by_two_is_as_good_as_the_unscaled_one(autoencoders, claim):
-    runs = autoencoders
-    log_ratio = [math.log(a / b) for a, b in zip(runs.arm("NAG x2 init"), runs.arm("NAG"))]
+@known_not_testable("the unscaled NAG arm has not converged after 3,000 updates")
+def test_a_sparse_init_scaled_by_two_is_as_good_as_the_unscaled_one(autoencoders, table3, claim):
+    runs, ref = table3
+    statement = (
+        "the sparse init scaled by 2 trains as well as the unscaled one: log(error x2 / error "
+        "x1) within log(1.5)"
+    )
+    if runs is None:
+        claim(table3_untestable(2.0, ref, statement))
+        return
+    x1 = autoencoders.arm("NAG")
+    log_ratio = [math.log(a / b) for a, b in zip(runs.arm("NAG x2 init"), x1)]
     claim(
         equivalence_claim(
             log_ratio,
             target=0.0,
             margin=AS_GOOD,
-            id="S1.table3-x2",
+            id=TABLE3_IDS[2.0],
             source=f"{SOURCE}, Table 3",
-            statement="the sparse init scaled by 2 trains as well as the unscaled one: "
-            "log(error x2 / error x1) within log(1.5)",
+            statement=statement,
             published=math.log(PUBLISHED_TABLE3[2.0] / PUBLISHED_TABLE3[1.0]),
             fidelity="scaled",
             details=details(runs),
+            changed=ARCHITECTURE_CHANGE + TESTABLE_CHANGE,
         )
     )
 
 
-def test_a_sparse_init_scaled_by_four_ends_worse_than_the_unscaled_one(autoencoders, claim):
-    runs = autoencoders
+@known_not_testable("the unscaled NAG arm has not converged after 3,000 updates")
+def test_a_sparse_init_scaled_by_four_ends_worse_than_the_unscaled_one(autoencoders, table3, claim):
+    runs, ref = table3
+    statement = (
+        "the sparse init scaled by 4 ends with a higher training error than the unscaled one"
+    )
+    if runs is None:
+        claim(table3_untestable(4.0, ref, statement))
+        return
     claim(
         ordering_claim(
             runs.arm("NAG x4 init"),
-            runs.arm("NAG"),
+            autoencoders.arm("NAG"),
             paired=True,
-            id="S1.table3-x4",
+            id=TABLE3_IDS[4.0],
             source=f"{SOURCE}, Table 3",
-            statement="the sparse init scaled by 4 ends with a higher training error than the "
-            "unscaled one",
+            statement=statement,
             published="0.35 > 0.074",
             fidelity="scaled",
             details=details(runs),
+            changed=ARCHITECTURE_CHANGE + TESTABLE_CHANGE,
         )
     )
 
@@ -549,7 +654,8 @@ def test_figure(autoencoders, figures):
     """Training error against updates per arm (mean and range over seeds), the plateau."""
     runs = autoencoders
     curves = {
-        name: runs.curve[:, [i for i, n in enumerate(runs.names) if n == name]] for name in ARMS
+        name: runs.curve[:, [i for i, n in enumerate(runs.names) if n == name]]
+        for name in TABLE1_ARMS
     }
     path = autoencoder_training(
         runs.steps,

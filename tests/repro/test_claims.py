@@ -173,3 +173,37 @@ def test_a_claim_serialises_with_its_summary_and_the_statistic_it_used():
         Claim(
             published=1.0, measured=[1], statistic="s", verdict="reproduced", fidelity="x", **FIELDS
         )
+
+
+def test_a_claim_whose_precondition_fails_is_not_testable_not_failed():
+    from nnsanity.repro.claims import not_testable
+
+    c = single_run_claim(2.21, [89.0, 90.0, 88.5], max_half_width=1.0, **FIELDS)
+    assert c.verdict is Verdict.NOT_REPRODUCED
+    u = not_testable(c, "the arm is at chance")
+    assert u.verdict is Verdict.NOT_TESTABLE and u.flip is None
+    assert u.details == {"why": "the arm is at chance", "verdict_if_testable": "not reproduced"}
+    assert str(Verdict.NOT_TESTABLE) == "not testable at this budget"
+
+
+def test_an_every_seed_flip_needs_spread_and_shrinks_with_the_margin():
+    capped = every_seed_claim([1.0] * 12, low=0.99, published=1, **FIELDS)
+    assert capped.verdict is Verdict.REPRODUCED and capped.flip is None  # no fit to make
+    far = every_seed_claim([5.0, 5.2, 4.9, 5.1], low=0.0, published=1, **FIELDS)
+    near = every_seed_claim([0.1, 0.3, 0.05, 0.2], low=0.0, published=1, **FIELDS)
+    assert far.flip == 0.0 and near.flip is not None and near.flip > 0.2
+
+
+def test_either_reading_of_a_single_run_can_reproduce_it_and_both_must_exclude_it():
+    from nnsanity.repro.claims import single_run_readings_claim
+
+    final, best = [95.0, 96.9, 96.0, 95.4, 96.8], [96.5, 96.6, 96.55, 96.5, 96.45]
+    c = single_run_readings_claim(
+        96.53, {"final": final, "best": best}, max_half_width=1.0, **FIELDS
+    )
+    assert c.verdict is Verdict.REPRODUCED  # the final reading alone is too wide: inconclusive
+    assert c.details["readings"]["final"]["verdict"] == "inconclusive"
+    far = single_run_readings_claim(
+        99.0, {"final": best, "best": best}, max_half_width=1.0, **FIELDS
+    )
+    assert far.verdict is Verdict.NOT_REPRODUCED

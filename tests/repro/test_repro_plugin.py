@@ -156,3 +156,37 @@ def test_two_reports_are_compared_claim_by_claim():
         "D: only in the second report",
         "1 of 2 shared claims have the same verdict",
     ]
+
+
+def test_a_report_never_records_a_folder_of_the_machine():
+    from nnsanity.repro.report import portable_command
+
+    args = ["pytest", "reproductions", "--nnsanity-report=/home/me/runs/full.json", "-q"]
+    assert portable_command(args) == "pytest reproductions --nnsanity-report=full.json -q"
+    assert "/work" not in portable_command(["pytest", "--nnsanity-plots=/work/x/figs/"])
+
+
+def test_the_report_lists_rows_in_the_notes_order_and_shares_as_percents():
+    from nnsanity.repro.report import _interval, _used, counts, notes_order
+
+    ids = ["K7.a", "N1.accuracy-1-hidden", "S1.x", "N8.y", "N9.z", "K11.fails-silently"]
+    assert [c["id"] for c in notes_order([{"id": i} for i in ids])] == [
+        "N8.y",
+        "N9.z",
+        "N1.accuracy-1-hidden",
+        "S1.x",
+        "K11.fails-silently",
+        "K7.a",
+    ]
+    share = {"estimator": "proportion", "estimate": 0.125, "interval": [0.05, 0.3], "unit": "%"}
+    assert _used(share) == "proportion 12.5%" and _interval(share) == "[5%, 30%]"
+    claims = [
+        {"id": "a", "verdict": "reproduced"},
+        {"id": "b", "verdict": "not testable at this budget"},
+        {"id": "c", "verdict": "reproduced", "origin": "ours"},
+        {"id": "d", "verdict": "identity"},
+    ]
+    assert counts(claims) == (
+        "1 reproduced, 1 not testable at this budget; 1 of our own predictions (1 held), "
+        "counted apart; 1 identities (exact checks, not counted as reproductions)"
+    )
