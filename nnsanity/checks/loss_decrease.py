@@ -309,7 +309,7 @@ def _explain(r: LossDecreaseResult) -> Explanation:
                 f"cosine {f.grad_cosine:.3f}, at step {f.grad_step}",
                 losses,
             ],
-            where=f"the user's step, call {f.grad_step}",
+            where=f"your step= function, at its call {f.grad_step} (0 = the first)",
         )
     if r.diverged_at is not None:
         n = len(r.trace)
