@@ -81,6 +81,8 @@ _LAZY = {
     "Place": "nnsanity._diagnosis",
     "StepForensics": "nnsanity._forensics",
     "GradientMonitor": "nnsanity.gradient_norms",
+    "TrainingMonitor": "nnsanity.monitor",
+    "Alert": "nnsanity.monitor",
     "LayerGradient": "nnsanity.gradient_norms",
     "layer_gradient_norms": "nnsanity.gradient_norms",
     "seeded": "nnsanity.seeding",
@@ -102,6 +104,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py keeps them = _LAZY
+    from nnsanity._diagnosis import Cause as Cause
+    from nnsanity._diagnosis import Operation as Operation
+    from nnsanity._diagnosis import Place as Place
+    from nnsanity._forensics import StepForensics as StepForensics
     from nnsanity.checks.activation_growth import ActivationGrowthResult as ActivationGrowthResult
     from nnsanity.checks.activation_growth import (
         assert_activation_growth as assert_activation_growth,
@@ -182,11 +188,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.uses_inputs import UsesInputsResult as UsesInputsResult
     from nnsanity.checks.uses_inputs import assert_uses_inputs as assert_uses_inputs
     from nnsanity.checks.uses_inputs import measure_uses_inputs as measure_uses_inputs
-    from nnsanity._diagnosis import Cause as Cause
-    from nnsanity._diagnosis import Operation as Operation
-    from nnsanity._diagnosis import Place as Place
-    from nnsanity._forensics import StepForensics as StepForensics
     from nnsanity.gradient_norms import GradientMonitor as GradientMonitor
     from nnsanity.gradient_norms import LayerGradient as LayerGradient
     from nnsanity.gradient_norms import layer_gradient_norms as layer_gradient_norms
+    from nnsanity.monitor import Alert as Alert
+    from nnsanity.monitor import TrainingMonitor as TrainingMonitor
     from nnsanity.seeding import seeded as seeded
