@@ -671,6 +671,14 @@ class TrainingMonitor:
             text = (
                 f"the {what} is {value}; no forward of the model ran after it to localise the cause"
             )
+        elif not inner and any(not r[1] for r in done.values()):
+            where = ()
+            fed = min((n for n, r in done.items() if not r[1]), key=lambda n: done[n][0])
+            text = (
+                f"the {what} is {value}; on the next forward the inputs of {fed or 'the model'} "
+                "were already non-finite: the batch, or code outside the modules (a "
+                "training_step, a transform) made it"
+            )
         elif not inner:
             where = ()
             text = (
