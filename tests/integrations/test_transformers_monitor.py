@@ -9,6 +9,7 @@ import torch
 import nnsanity
 
 transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate", minversion="1.1.0")  # transformers.Trainer needs it
 from nnsanity.integrations.transformers import MonitorCallback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,8 +41,8 @@ class Copies(torch.utils.data.Dataset):
 def train(model, steps, callbacks, tmp_path, **args):
     arguments = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
-        learning_rate=3e-4, warmup_steps=10, report_to=[], save_strategy="no", use_cpu=True,
-        disable_tqdm=True, logging_steps=10, dataloader_num_workers=0, seed=0, **args,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=10,
+        dataloader_num_workers=0, seed=0, **{"learning_rate": 3e-4, "warmup_steps": 10, **args},
     )  # fmt: skip
     trainer = transformers.Trainer(
         model=model, args=arguments, train_dataset=Copies(), callbacks=callbacks
