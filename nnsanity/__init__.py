@@ -81,6 +81,8 @@ _LAZY = {
     "Place": "nnsanity._diagnosis",
     "StepForensics": "nnsanity._forensics",
     "GradientMonitor": "nnsanity.gradient_norms",
+    "TrainingMonitor": "nnsanity.monitor",
+    "Alert": "nnsanity.monitor",
     "LayerGradient": "nnsanity.gradient_norms",
     "layer_gradient_norms": "nnsanity.gradient_norms",
     "seeded": "nnsanity.seeding",
@@ -189,4 +191,6 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.gradient_norms import GradientMonitor as GradientMonitor
     from nnsanity.gradient_norms import LayerGradient as LayerGradient
     from nnsanity.gradient_norms import layer_gradient_norms as layer_gradient_norms
+    from nnsanity.monitor import Alert as Alert
+    from nnsanity.monitor import TrainingMonitor as TrainingMonitor
     from nnsanity.seeding import seeded as seeded

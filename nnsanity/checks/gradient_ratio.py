@@ -33,6 +33,9 @@ from nnsanity._result import CheckResult, diagnosed
 # sigmoid layers with N(0, 1) weights shrink 1.56x per layer, Nielsen's [784, 30, 30, 30, 30, 10]
 # 4.8-6.6x, a ReLU net at 3x He scale grows 3x per layer and tanh at 4x 1.48x.
 MIN_RATE = 1.3
+# The default bounds on a group's total change (calibrated in assert_gradient_ratio's docstring:
+# healthy growth up to 11x, decay up to 1.16x; planted bugs 23-43x decay, 1,100-6,600x growth).
+MAX_GROWTH, MAX_DECAY = 100.0, 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +112,8 @@ def measure_gradient_ratio(
     batch: Any,
     loss_fn: LossFn | None = None,
     *,
-    max_growth: float = 100.0,
-    max_decay: float = 10.0,
+    max_growth: float = MAX_GROWTH,
+    max_decay: float = MAX_DECAY,
     unpack: bool | None = None,
     seed: int = 0,
 ) -> GradientRatioResult:
@@ -159,8 +162,8 @@ def assert_gradient_ratio(
     batch: Any,
     loss_fn: LossFn | None = None,
     *,
-    max_growth: float = 100.0,
-    max_decay: float = 10.0,
+    max_growth: float = MAX_GROWTH,
+    max_decay: float = MAX_DECAY,
     unpack: bool | None = None,
     seed: int = 0,
     msg: Msg = None,
