@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 T = TypeVar("T")
-_OWNERS = re.compile(r"\d+")
+_DIGITS = re.compile(r"\d+")
 
 Group = tuple[str, list[tuple[str, float]]]  # the pattern, and (layer name, value) in order
 
@@ -28,10 +28,21 @@ def owns_weight(module: torch.nn.Module) -> bool:
     return any(p.dim() >= 2 for p in module.parameters(recurse=False))
 
 
+def pattern(name: str) -> str:
+    """``name`` up to its block numbers: the numeric parts of a container's path
+    (``blocks.3.mlp.fc1`` -> ``blocks.*.mlp.fc1``) where it has any, so that one block's ``fc1``
+    and ``fc2`` stay two roles; only a flat model's own numbering (``fc1``, ``fc2``, ``fc3`` of
+    an MLP built by hand) is its depth, and then every digit is."""
+    parts = name.split(".")
+    if any(p.isdigit() for p in parts):
+        return ".".join("*" if p.isdigit() else p for p in parts)
+    return _DIGITS.sub("*", name)
+
+
 def group_key(name: str, module: torch.nn.Module, out_shape: tuple[int, ...]) -> tuple[object, ...]:
     """Type, weight shapes, output shape (without the batch dim) and name up to block numbers."""
     weights = tuple(tuple(p.shape) for p in module.parameters(recurse=False) if p.dim() >= 2)
-    return (type(module).__name__, weights, out_shape, _OWNERS.sub("*", name))
+    return (type(module).__name__, weights, out_shape, pattern(name))
 
 
 def repeated(

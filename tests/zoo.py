@@ -153,3 +153,30 @@ def user_step(model: nn.Module, bug: str | None = None, loss_fn=F.cross_entropy)
         return loss
 
     return step
+
+
+class ResidualMLP(nn.Module):
+    """Pre-norm residual blocks whose two projections, ``fc1`` and ``fc2``, have the same shape
+    (FFN width = model width); ``fc2`` starts at 1/100 of its default scale, as residual
+    branches often do (GPT-2 scales its output projections down, LayerScale to 1e-5)."""
+
+    def __init__(self, blocks, d=32):
+        super().__init__()
+        self.inp = nn.Linear(20, d)
+        self.blocks = nn.ModuleList(nn.ModuleDict() for _ in range(blocks))
+        for block in self.blocks:
+            block["norm"], block["fc1"], block["fc2"] = (
+                nn.LayerNorm(d),
+                nn.Linear(d, d),
+                nn.Linear(d, d),
+            )
+            with torch.no_grad():
+                block["fc2"].weight.mul_(0.01)
+                block["fc2"].bias.zero_()
+        self.head = nn.Linear(d, N_CLASSES)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b["fc2"](torch.relu(b["fc1"](b["norm"](h))))
+        return self.head(h)

@@ -137,3 +137,11 @@ def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
 def test_results_are_the_same_run_after_run():
     first = measure_activation_growth(deep_net(10, nn.ReLU, 3 * HE), BATCH).to_dict()
     assert measure_activation_growth(deep_net(10, nn.ReLU, 3 * HE), BATCH).to_dict() == first
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_one_blocks_fc1_and_fc2_are_two_roles_not_two_layers_of_a_depth(blocks):
+    torch.manual_seed(0)
+    r = measure_activation_growth(zoo.ResidualMLP(blocks), BATCH)
+    assert r.passed, str(r)
+    assert {g.pattern for g in r.groups} <= {"blocks.*.fc1", "blocks.*.fc2"}

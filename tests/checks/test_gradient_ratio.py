@@ -168,3 +168,11 @@ def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
     assert_restores(
         lambda: measure_gradient_ratio(model, zoo.image_batch(), F.cross_entropy), model
     )
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_one_blocks_fc1_and_fc2_are_two_roles_not_two_layers_of_a_depth(blocks):
+    torch.manual_seed(0)
+    r = measure_gradient_ratio(zoo.ResidualMLP(blocks), zoo.classification_batch(), F.cross_entropy)
+    assert r.passed, str(r)
+    assert {g.pattern for g in r.groups} <= {"blocks.*.fc1", "blocks.*.fc2"}
