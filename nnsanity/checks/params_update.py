@@ -49,6 +49,9 @@ class ParamsUpdateResult(CheckResult):
     dead_units: tuple[tuple[str, int, int], ...]  # (layer, units with zero gradient, units)
     unchanged: tuple[str, ...]  # trainable, identical after one step
     frozen_changed: tuple[str, ...]  # requires_grad=False, yet changed by the step
+    # buffers matched by ``frozen`` (BatchNorm running statistics) that the user's step changed,
+    # as (buffer name, relative change, whether its module was in train mode); only with step=
+    frozen_buffers_changed: tuple[tuple[str, float, bool], ...] = ()
     nonfinite_after: tuple[str, ...]  # NaN/Inf after the step
     # of the zero-gradient parameters and dead units, those alive with dropout (and other
     # train-only randomness) off: dropout zeroes them, they are not dead
@@ -141,16 +144,23 @@ def measure_params_update(
         nonzero = {n for n, g in grads.items() if bool(g.any())}
         dead = _dead_units(h.model)
         run = h.stepper()
+        buffers = {
+            n: b for n, b in h.model.named_buffers() if any(fnmatchcase(n, pat) for pat in patterns)
+        }
         # A gradient that is None stays None (the parameter is not in the graph), so those fail
         # at once; an exactly zero one can belong to a zero-initialised branch (a residual
         # block's last norm at 0, a gate) that opens after the first update, so while some are
         # zero (or units dead) and none is None, up to ``steps`` steps probe again.
         taken = 0
+        drifted: tuple[tuple[str, float, bool], ...] = ()
         while True:
             for p in params.values():
                 p.grad = None  # the step starts from fresh gradients, as in a training loop
+            held = {n: b.detach().clone() for n, b in buffers.items()} if taken == 0 else None
             run()
             taken += 1
+            if held is not None and step is not None:  # the user's step chose the modes
+                drifted = _drifted(h.model, buffers, held)
             waiting = set(grads) - nonzero or any(z.any() for z in dead.values())
             finite = all(bool(torch.isfinite(p).all()) for p in params.values())
             if taken == steps or not waiting or len(grads) < len(trainable) or not finite:
@@ -185,6 +195,7 @@ def measure_params_update(
             frozen_changed=pick(
                 lambda n: n not in trainable and not torch.equal(before[n], after[n]), params
             ),
+            frozen_buffers_changed=drifted,
             nonfinite_after=pick(lambda n: not bool(torch.isfinite(after[n]).all()), params),
             alive_without_dropout=alive,
             dropouts=tuple(
@@ -195,6 +206,23 @@ def measure_params_update(
             forensics=h.forensics(),
         )
     return diagnosed(r, _diagnose)
+
+
+def _drifted(
+    model: torch.nn.Module, buffers: dict[str, torch.Tensor], held: dict[str, torch.Tensor]
+) -> tuple[tuple[str, float, bool], ...]:
+    """The frozen buffers one user step changed: (name, ||after - before|| / ||before||, whether
+    the owning module was in train mode), largest change first. A counter such as
+    ``num_batches_tracked`` counts with its statistics and is left out of the listing."""
+    modules = dict(model.named_modules())
+    out = []
+    for name, b in buffers.items():
+        if not b.is_floating_point() or torch.equal(b, held[name]):
+            continue
+        change = float((b.detach() - held[name]).norm() / held[name].norm().clamp_min(1e-12))
+        owner = modules.get(name.rpartition(".")[0])
+        out.append((name, change, bool(owner is not None and owner.training)))
+    return tuple(sorted(out, key=lambda t: -t[1]))
 
 
 def _alive_without_dropout(
@@ -243,7 +271,12 @@ def assert_params_update(
     level of zero-init per step. After them it fails when a parameter's gradient was zero at
     every step, when over ``max_dead_fraction`` of a layer's units stayed dead (dead ReLUs), or
     when the steps left a trainable parameter unchanged, changed a frozen one, or made one
-    non-finite.
+    non-finite. With your ``step``, the buffers that ``frozen`` matches (a frozen backbone's
+    BatchNorm ``running_mean``/``running_var``) must come out of one step unchanged too:
+    ``requires_grad=False`` stops the optimizer, not a BatchNorm in train mode, which overwrites
+    its statistics with every batch (pytorch/pytorch#86590); the failure names the module and
+    whether your step left it in train mode. Without ``step`` the check's own step puts the
+    whole model in train mode, so buffers are not judged.
 
     Proves: on this batch, every parameter is wired to the loss and the steps update it.
     Does not prove: the updates have a sensible size or direction (see the loss-decrease and
@@ -401,6 +434,24 @@ _PROBLEMS: dict[str, tuple[str, tuple[Cause, ...], str | None]] = {
         ),
         None,
     ),
+    "frozen_buffers_changed": (
+        "{n} buffers of frozen modules changed in your step!",
+        (
+            _c(
+                "frozen_module_in_train_mode",
+                "a frozen module is left in train mode: requires_grad=False stops the optimizer, "
+                "not BatchNorm, which overwrites its running statistics with every batch",
+                "call .eval() on the frozen modules after each model.train() (or override the "
+                "model's train() to keep them in eval mode)",
+            ),
+            _c(
+                "written_outside_optimizer",
+                "the step writes to them directly (an EMA or statistics update in your code)",
+                "leave the frozen modules' buffers alone in the step",
+            ),
+        ),
+        None,
+    ),
     "frozen_changed": (
         "{n} frozen parameters changed after {steps}!",
         (
@@ -421,6 +472,19 @@ def _diagnose(r: ParamsUpdateResult) -> list[Cause]:
         tuple(n for n, _, _ in r.too_dead) if problem == "too_dead" else getattr(r, problem)
     ) if problem != "nothing_changed" else ()  # fmt: skip
     causes = [replace(c, where=found[0] if found else None) for c in _PROBLEMS[problem][1]]
+    if problem == "frozen_buffers_changed":
+        name, change, training = r.frozen_buffers_changed[0]
+        module = name.rpartition(".")[0] or name
+        evidence = (f"'{name}' moved by {change:.1%} of its norm in one step of yours",)
+        first = replace(
+            causes[0],
+            where=module,
+            evidence=(*evidence, f"'{module}' was in {'train' if training else 'eval'} mode"),
+            support=MEASURED if training else CONTRADICTED,
+        )
+        causes = [first, replace(causes[1], where=module, evidence=evidence)]
+        if not training:
+            causes.reverse()
     if problem in ("zero_grad", "too_dead"):
         revived = [n for n in found if n in r.alive_without_dropout]
         if revived:
@@ -456,6 +520,13 @@ def _explain(r: ParamsUpdateResult) -> Explanation:
         relax = f"max_dead_fraction={math.ceil(100 * worst) / 100:g} or more."
     elif problem == "nothing_changed":
         lines = ["Every parameter is identical before and after the step"]
+    elif problem == "frozen_buffers_changed":
+        lines = [
+            "Buffers: " + ", ".join(
+                f"'{n}' changed by {c:.1%} ({'train' if t else 'eval'} mode)"
+                for n, c, t in r.frozen_buffers_changed[:5]
+            ) + " (a frozen module's buffers must not change)"
+        ]  # fmt: skip
     else:
         lines = [f"Parameters: {names(getattr(r, problem))}"]
         if problem == "zero_grad" and r.too_dead:

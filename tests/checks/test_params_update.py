@@ -235,3 +235,63 @@ def test_leaves_model_and_global_state_unchanged_even_when_it_fails():
         model, zoo.image_batch(), F.cross_entropy, frozen="4.*", step=sgd_step(model)
     )
     assert_same(before, snapshot(model))
+
+
+class FrozenEncoder(nn.Module):
+    """A convolutional encoder (BatchNorm2d with and without affine parameters) frozen for
+    fine-tuning, and a trainable head."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(8, zoo.N_CLASSES)
+        self.encoder.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def _fine_tune_step(model, *, keep_frozen_in_eval):
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+
+    def step(batch):
+        x, y = batch
+        model.train()
+        if keep_frozen_in_eval:
+            model.encoder.eval()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def test_fails_when_a_frozen_encoders_batchnorm_stays_in_train_mode_naming_the_module():
+    torch.manual_seed(0)
+    model, batch = FrozenEncoder(), zoo.image_batch()
+    step = _fine_tune_step(model, keep_frozen_in_eval=False)
+    with pytest.raises(SanityError, match="buffers of frozen modules changed") as e:
+        assert_params_update(model, batch, F.cross_entropy, frozen="encoder.*", step=step)
+    r = e.value.result
+    assert {n for n, _, _ in r.frozen_buffers_changed} >= {
+        "encoder.1.running_mean", "encoder.4.running_var"
+    }  # fmt: skip
+    first = r.causes[0]
+    assert first.id == "frozen_module_in_train_mode"
+    assert first.where in ("encoder.1", "encoder.4")
+    assert ".eval()" in first.remedy
+
+
+def test_passes_when_the_step_keeps_the_frozen_encoder_in_eval_mode():
+    torch.manual_seed(0)
+    model, batch = FrozenEncoder(), zoo.image_batch()
+    step = _fine_tune_step(model, keep_frozen_in_eval=True)
+    r = measure_params_update(model, batch, F.cross_entropy, frozen="encoder.*", step=step)
+    assert r.passed, str(r)
+    assert r.frozen_buffers_changed == ()
