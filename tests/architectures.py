@@ -372,6 +372,13 @@ ZOO: dict[str, Arch] = {
     ),
     "timm_resnet18": Arch(_timm("resnet18"), _images, F.cross_entropy),  # zero_init_last
     "timm_vit_tiny": Arch(_timm("vit_tiny_patch16_224", img_size=32), _images, F.cross_entropy),
+    # LayerScale (init_values=1e-5, as BEiT/EVA/CaiT/DeiT-III): every sample's output at init
+    # is the same to 1e-5, which must not read as "the loss does not pair outputs with targets"
+    "timm_vit_layerscale": Arch(
+        _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, init_values=1e-5),
+        _images,
+        F.cross_entropy,
+    ),
     "packed_lstm": Arch(_packed_lstm, _sequences, F.mse_loss),
     "log_softmax_nll_cnn": Arch(_mnist_example, _small_images, F.nll_loss),
     "logits_and_aux_loss": Arch(_moe, _vectors, _moe_loss),

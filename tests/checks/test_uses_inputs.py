@@ -92,3 +92,35 @@ def test_the_check_is_deterministic_for_a_given_seed():
     model, batch, loss_fn = healthy("mlp")
     a = measure_uses_inputs(model, batch, loss_fn, steps=20)
     assert a == measure_uses_inputs(model, batch, loss_fn, steps=20)
+
+
+class NearlyConstant(nn.Module):
+    """A LayerScale-like init: a healthy MLP whose output moves by 1e-6 with the input, on top
+    of a bias shared by every sample (timm ``init_values=1e-5`` gives 8e-6)."""
+
+    def __init__(self, out: int):
+        super().__init__()
+        self.net = zoo.mlp()
+        self.bias = nn.Parameter(torch.linspace(-1, 1, out))
+        self.out = out
+
+    def forward(self, x):
+        return self.bias + 1e-6 * self.net(x)[:, : self.out]
+
+
+def test_outputs_the_same_for_every_sample_do_not_read_as_an_unpaired_loss():
+    # the pairing probe hands the loss synthetic, varied outputs: the model's own near-constant
+    # ones cannot tell a loss that pairs outputs with targets from one that does not
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
+    r = measure_uses_inputs(NearlyConstant(2), (x, y), F.cross_entropy)
+    assert r.unpaired is None, r
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")  # the planted bug warns
+def test_a_broadcast_loss_is_still_found_behind_near_constant_outputs():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 20), torch.randn(16)  # targets (N,) against outputs (N, 1)
+    r = measure_uses_inputs(NearlyConstant(1), (x, y), F.mse_loss)
+    assert r.unpaired is not None and "broadcast to (16, 16)" in r.unpaired
+    assert not r.passed
