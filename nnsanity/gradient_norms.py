@@ -2,7 +2,10 @@
 
 Nielsen (ch. 5) measures a layer's "speed of learning" as the norm of its bias gradient; deep
 sigmoid nets show early layers learning ~100 times slower than late ones. These are tools, not
-checks: they measure and never judge (``assert_gradient_ratio`` judges the spread).
+checks: they measure and never judge (``assert_gradient_ratio`` judges the spread before
+training, :class:`~nnsanity.TrainingMonitor` during it). ``GradientMonitor`` is also the
+monitor's measuring part: a ``TrainingMonitor`` records into one (``monitor.gradients``) on each
+step it measures, so there is one way of reading gradients, not two.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from nnsanity._arguments import LossFn, check_model
+from nnsanity._arguments import LossFn, check_int, check_model
 from nnsanity._harness import Harness
 
 __all__ = ["GradientMonitor", "LayerGradient", "gradient_stats", "layer_gradient_norms"]
@@ -129,10 +132,21 @@ class GradientMonitor:
     ``optimizer.step()`` of an optimiser that holds any of ``model``'s parameters (so after
     gradient accumulation, unscaling by ``GradScaler`` and clipping: what the update uses). Pass
     ``optimizer=`` to watch only that one. Call ``record()`` yourself for optimisers outside
-    ``torch.optim`` or to record without stepping. Hooks are removed on exit.
+    ``torch.optim`` or to record without stepping. Hooks are removed on exit. ``keep`` bounds
+    ``history`` to the last ``keep`` records (``None``: all), for runs too long to hold them.
+
+    A :class:`~nnsanity.TrainingMonitor` drives one without entering it (``monitor.gradients``,
+    recorded on the steps the monitor measures, the last 100 kept): the per-layer norms its
+    alerts were judged from.
     """
 
-    def __init__(self, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        keep: int | None = None,
+    ):
         check_model(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -141,6 +155,7 @@ class GradientMonitor:
             )
         self.model = model
         self.optimizer = optimizer
+        self.keep = None if keep is None else check_int(keep, "keep", 1)
         self.history: list[dict[str, LayerGradient]] = []
         self._handle: Any = None
         self._ids: set[int] = set()
@@ -173,6 +188,8 @@ class GradientMonitor:
         """Append the norms of the model's current gradients to ``history`` and return them."""
         entry = gradient_stats(self.model)
         self.history.append(entry)
+        if self.keep is not None and len(self.history) > self.keep:
+            del self.history[: len(self.history) - self.keep]
         return entry
 
     @property

@@ -24,7 +24,7 @@ import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from nnsanity.checks.gradient_ratio import MAX_DECAY, MAX_GROWTH, MIN_RATE
 from nnsanity.checks.loss_stability import MAX_RISE
 from nnsanity.checks.update_ratio import MAX_RATIO, NEAR_ZERO
 from nnsanity.errors import SanityError
-from nnsanity.gradient_norms import gradient_stats
+from nnsanity.gradient_norms import GradientMonitor
 
 __all__ = ["KINDS", "Alert", "MonitorWarning", "TrainingMonitor"]
 
@@ -89,6 +89,9 @@ ZERO_LR_STEPS = 2
 # torch's clip_grad_norm_ scales by max_norm / (norm + 1e-6): the clipped norm is max_norm to
 # rounding. A norm above max_norm x CLIP_SLACK was not clipped.
 CLIP_SLACK = 1.01
+# The per-layer gradient norms kept in `monitor.gradients.history`: the last HISTORY measured steps
+# (5,000 optimizer steps at every=50), enough to plot a recent trend without growing with the run.
+HISTORY = 100
 # GradScaler starts at a scale of 2**16 and halves it on each skipped step: after 17 skips in a row
 # the scale is below 1, so the overflow is not the scale's doing (the gradient is inf/NaN).
 MAX_SKIPS = 17
@@ -188,6 +191,8 @@ class TrainingMonitor:
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}.")
         self.model = model
+        # the measuring part: per-layer gradient norms, recorded on each measured step
+        self.gradients = GradientMonitor(model, optimizer=optimizer, keep=HISTORY)
         self.on_alert = on_alert
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.scaler = scaler
@@ -461,11 +466,11 @@ class TrainingMonitor:
         params = dict(self.model.named_parameters())
         if all(p.grad is None for p in params.values()):
             return  # a skipped step, or gradients outside .grad (DeepSpeed ZeRO)
-        stats = gradient_stats(self.model)
-        norms = {n: math.hypot(s.weight_norm or 0.0, s.bias_norm or 0.0) for n, s in stats.items()}
-        total = math.sqrt(sum(v * v for v in norms.values()))
+        stats = self.gradients.record()
+        total = _total_norm(params.values())
         self._metrics["grad_norm"] = total
         if not math.isfinite(total):
+            norms = {n: math.hypot(s.weight_norm or 0, s.bias_norm or 0) for n, s in stats.items()}
             bad = tuple(n for n, v in norms.items() if not math.isfinite(v))
             self._alert(
                 "non_finite", step, bad, total, math.inf,
@@ -716,6 +721,18 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def _total_norm(params: Iterable[torch.nn.Parameter]) -> float:
+    """The 2-norm over all gradients, each parameter once (``named_parameters`` drops a tied
+    weight's second name, e.g. GPT-2's ``lm_head.weight``): the norm ``clip_grad_norm_`` clips.
+    Summing the per-module norms would count a tied matrix once per module that holds it."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    grads = [g.to_dense() if g.is_sparse else g for g in grads]
+    if not grads:
+        return 0.0
+    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # float16 norms overflow at 65504
+    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
 
 
 def _near_zero(w: torch.Tensor) -> bool:

@@ -130,6 +130,17 @@ def test_monitor_records_on_demand_and_fills_missing_biases_with_nan():
     assert monitor.as_array("weight", layers=["1"]).shape == (1, 1)
 
 
+def test_monitor_keeps_the_last_records_when_asked():
+    model, batch = zoo.NielsenNet(), zoo.mnist_like_batch()
+    with GradientMonitor(model, keep=2) as monitor:
+        opt = train(model, batch, steps=5)
+    assert len(monitor.history) == 2
+    opt.zero_grad()
+    zoo.nielsen_loss(model(batch[0]), batch[1]).backward()
+    assert monitor.record() == layer_gradient_norms(model, batch, zoo.nielsen_loss)
+    assert len(monitor.history) == 2 and monitor.history[-1] == monitor.record()
+
+
 def test_monitor_rejects_bad_arguments():
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         GradientMonitor("model")
@@ -137,6 +148,8 @@ def test_monitor_rejects_bad_arguments():
         GradientMonitor(zoo.mlp(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(ValueError, match="kind must be"):
         GradientMonitor(zoo.mlp()).as_array("biases")
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        GradientMonitor(zoo.mlp(), keep=0)
     monitor = GradientMonitor(zoo.mlp())
     with monitor, pytest.raises(RuntimeError, match="already active"), monitor:
         pass

@@ -1,4 +1,5 @@
-"""`pip install nnsanity` without extras: the checks and the plugin need only torch and numpy."""
+"""`pip install nnsanity` without extras: the checks, the plugin and the training monitor need
+only torch and numpy."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import textwrap
 # `pip install nnsanity`: every public check runs on a small model.
 SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import importlib.abc, sys, warnings
+
+    BLOCKED = {
+        "scipy", "torchvision", "matplotlib", "transformers", "timm", "lightning",
+        "pytorch_lightning", "accelerate",
+    }
 
     class NoExtras(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"scipy", "torchvision", "matplotlib", "transformers", "timm"}:
+            if name.split(".")[0] in BLOCKED:
                 raise ModuleNotFoundError(f"No module named {name!r} (blocked: no extras)")
 
     sys.meta_path.insert(0, NoExtras())
@@ -70,7 +76,24 @@ SCRIPT = textwrap.dedent(
     for call in calls.values():
         assert call().passed
     nnsanity.layer_gradient_norms(model, batch, loss)
-    blocked = {"scipy", "torchvision", "matplotlib"} & set(sys.modules)
+
+    # the training monitor on a plain loop: healthy, then a learning rate set to 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with nnsanity.TrainingMonitor(model, every=5) as monitor:
+        for step in range(40):
+            if step == 30:
+                opt.param_groups[0]["lr"] = 0.0
+            opt.zero_grad()
+            value = loss(model(batch[0]), batch[1])
+            value.backward()
+            monitor.observe(value)
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                opt.step()
+    kinds = [(a.kind, a.step) for a in monitor.alerts]
+    assert kinds[0] == ("no_update", 31), kinds
+    assert len(monitor.gradients.history) == 8  # one record per measured step
+    blocked = BLOCKED & set(sys.modules)
     assert not blocked, blocked
     print("ok")
     """

@@ -31,10 +31,42 @@ def _imports(path: Path) -> set[str]:
 MODULES = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
 CHECKS = sorted(m for m in MODULES if m.startswith("nnsanity.checks."))
 CORE = sorted(m for m in MODULES if not m.startswith("nnsanity.repro"))
+# The training frameworks are optional extras: each adapter imports its own, and only it does.
+ADAPTERS = {
+    "nnsanity.integrations.lightning": {"lightning", "pytorch_lightning"},
+    "nnsanity.integrations.transformers": {"transformers", "accelerate"},
+}
+FRAMEWORKS = {"lightning", "pytorch_lightning", "transformers", "accelerate", "timm"}
 
 
 def _from(imports: set[str], prefix: str) -> set[str]:
     return {i for i in imports if i == prefix or i.startswith(prefix + ".")}
+
+
+def _frameworks(imports: set[str]) -> set[str]:
+    return {i.split(".")[0] for i in imports} & FRAMEWORKS
+
+
+def test_the_adapters_are_the_integrations_package():
+    package = {m for m in MODULES if m.startswith("nnsanity.integrations.")}
+    assert package == set(ADAPTERS), "list a new adapter and its framework in ADAPTERS"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [m for m in MODULES if not m.startswith(("nnsanity.integrations", "nnsanity.repro"))],
+)
+def test_the_core_never_imports_a_training_framework(module):
+    assert not _frameworks(MODULES[module]), f"{module}: frameworks are extras, for the adapters"
+    assert not _from(MODULES[module], "nnsanity.integrations"), module
+
+
+@pytest.mark.parametrize("module", sorted(ADAPTERS))
+def test_each_adapter_imports_its_own_framework_and_no_other(module):
+    found = _frameworks(MODULES[module])
+    assert found and found <= ADAPTERS[module], f"{module} imports {found}"
+    assert not _from(MODULES[module], "nnsanity.integrations") - {module}
+    assert not _from(MODULES[module], "nnsanity.checks"), "adapters drive the monitor only"
 
 
 @pytest.mark.parametrize("module", CHECKS)

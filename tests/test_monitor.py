@@ -114,6 +114,48 @@ def test_a_healthy_run_with_clipping_applied_raises_no_alert():
     assert monitor.alerts == ()
 
 
+class TiedLM(nn.Module):
+    """An embedding whose matrix is also the output layer's (GPT-2's wte and lm_head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(CLASSES, D)
+        self.mix = nn.Linear(D, D)
+        self.head = nn.Linear(D, CLASSES, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.embed(x))))
+
+
+def test_a_clipped_run_of_a_tied_model_is_judged_on_the_norm_the_clip_applied():
+    # the total counts each parameter once, as clip_grad_norm_ does: summed per module, the tied
+    # matrix would count twice, and the clipped norm read as above the threshold
+    model = TiedLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    found: list[nnsanity.Alert] = []
+    with nnsanity.TrainingMonitor(model, every=1, max_grad_norm=0.1, on_alert=found.append) as m:
+        for step in range(20):
+            x = torch.randint(0, CLASSES, (BATCH,), generator=torch.Generator().manual_seed(step))
+            loss = F.cross_entropy(model(x), (x + 1) % CLASSES)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            m.observe(loss)
+            opt.step()
+    assert found == []
+    assert m.metrics()["grad_norm"] == pytest.approx(0.1, rel=1e-4)
+
+
+def test_the_measuring_part_is_a_gradient_monitor_recording_each_measured_step():
+    monitor = train(mlp(), 50, every=10)
+    assert isinstance(monitor.gradients, nnsanity.GradientMonitor)
+    assert len(monitor.gradients.history) == 5
+    assert monitor.gradients.layers == ["0", "2", "4"]
+    assert monitor.gradients.as_array("weight").shape == (5, 3)
+
+
 # -- planted bugs --------------------------------------------------------------------------------
 
 
@@ -314,6 +356,8 @@ def test_bad_arguments_are_named():
         nnsanity.TrainingMonitor(mlp(), every=0)
     with pytest.raises(ValueError, match="max_grad_norm"):
         nnsanity.TrainingMonitor(mlp(), max_grad_norm=-1)
+    with pytest.raises(TypeError, match="not a factory"):
+        nnsanity.TrainingMonitor(mlp(), optimizer=torch.optim.SGD)
     monitor = nnsanity.TrainingMonitor(mlp())
     with pytest.raises(ValueError, match=r"loss\.mean"):
         monitor.observe(torch.ones(3))

@@ -6,8 +6,13 @@ the micro-batches under gradient accumulation), observed in ``on_pre_optimizer_s
 Trainer clipped (``args.max_grad_norm``, the monitor's ``max_grad_norm``) and before it steps; a
 model that returns no ``loss`` (a custom ``compute_loss_func``) gives no loss alerts. Gradients
 and updates come from ``torch.optim``'s post-step hook on the optimizer accelerate wraps. This
-sees the NaN loss that ``logging_nan_inf_filter=True`` hides from the logs. Metrics are added to
-the Trainer's logs in ``on_log`` (under ``nnsanity/``), for the reporters called after it.
+sees the NaN loss that ``logging_nan_inf_filter=True`` hides from the logs. Metrics are added
+(under ``nnsanity/``) in ``on_log`` to the record ``Trainer.log`` just appended to
+``trainer.state.log_history`` and to the logs the callbacks after this one see. The Trainer
+registers the ``report_to`` integrations before user callbacks, so those reporters (TensorBoard,
+W&B) have already run when ``on_log`` reaches it: to send the metrics there, put this callback
+first with ``trainer.callback_handler.callbacks.insert(0, ...)`` or log ``monitor.metrics()``
+from your own code.
 """
 
 from __future__ import annotations
@@ -79,8 +84,14 @@ class MonitorCallback(transformers.TrainerCallback):
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
-        if self.monitor is not None and logs is not None:
-            logs.update({f"nnsanity/{k}": v for k, v in self.monitor.metrics().items()})
+        if self.monitor is None or logs is None:
+            return
+        metrics = {f"nnsanity/{k}": v for k, v in self.monitor.metrics().items()}
+        logs.update(metrics)  # for the callbacks after this one
+        # Trainer.log appended a copy of `logs` to the history before calling on_log
+        last = state.log_history[-1] if state.log_history else None
+        if isinstance(last, dict) and last.get("step") == state.global_step:
+            last.update(metrics)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:
