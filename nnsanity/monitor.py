@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -365,7 +367,7 @@ class TrainingMonitor:
             raise SanityError(f"Training monitor alert!\n{alert.message}", alert)
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(alert.message, MonitorWarning, stacklevel=3)
+            warnings.warn(alert.message, MonitorWarning, stacklevel=_caller_level())
 
     # -- the loss ------------------------------------------------------------------------------
 
@@ -742,9 +744,20 @@ def _near_zero(w: torch.Tensor) -> bool:
     return float(w.double().square().mean().sqrt()) < NEAR_ZERO / math.sqrt(fan_in)
 
 
-def _scaler_on_stack() -> Any:
-    import sys
+_INSIDE = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
 
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside nnsanity and torch (the user's
+    ``optimizer.step()``, ``monitor.observe`` or framework call), so the warning points there
+    rather than into torch's hook dispatch."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _scaler_on_stack() -> Any:
     frame = sys._getframe(1)
     while frame is not None:
         candidate = frame.f_locals.get("self")
