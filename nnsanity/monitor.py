@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -80,9 +82,17 @@ SMOOTH = 10
 # of training is the exploding case the depth check bounds the same way).
 EARLY, GRAD_EXPLOSION = 5, MAX_GROWTH
 # A unit (a row of a Linear/Conv weight's gradient) is dead when its gradient row is exactly zero
-# on DEAD_WINDOW measured steps in a row (two batches, at least `every` steps apart, so a unit
-# that merely missed one batch is not counted) after it had a gradient on an earlier one.
-DEAD_WINDOW = 2
+# on every one of the DEAD_STEPS optimizer steps up to a measured step (a window of DEAD_STEPS
+# batches), in DEAD_WINDOW such windows in a row, after it had a gradient on an earlier one. One
+# batch is too few samples: the zoo's dropout CNN (8 images a batch, dropout 0.5 after the
+# ReLU) has ReLU units active on a few percent of inputs, and judged on single batches (two
+# measured steps in a row) 51-59% of its 1024->128 layer read as dead from step 80 of a healthy
+# Adam 3e-4 run, while on 512 fresh inputs 11% never fired. A unit active on a fraction a of
+# inputs, kept by dropout with probability q, misses all B x DEAD_STEPS samples of a window with
+# probability (1 - a q)^(B DEAD_STEPS): 4% for a = 5%, q = 0.5, B = 8. The rows are read on the
+# window's steps only (a comparison per weight, no module hook), so the cost stays a share of
+# DEAD_STEPS / every steps.
+DEAD_STEPS, DEAD_WINDOW = 8, 2
 # The learning rate is 0 on ZERO_LR_STEPS optimizer steps in a row: a linear warm-up from 0 (the
 # Hugging Face schedules) uses lr 0 on its first step only.
 ZERO_LR_STEPS = 2
@@ -211,9 +221,12 @@ class TrainingMonitor:
         self._early_norms: list[float] = []
         self._zero_lr = 0
         self._skips = 0  # observe() calls in a row with no optimizer step
+        self._from_zero: set[str] | None = None  # matrices that started near zero: not judged
         self._metrics: dict[str, float] = {}
         self._alive: dict[str, torch.Tensor] = {}  # layer -> units that had a gradient
-        self._zero_run: dict[str, torch.Tensor] = {}  # layer -> measured steps in a row at zero
+        self._zero_run: dict[str, torch.Tensor] = {}  # layer -> windows in a row at zero
+        self._touched: dict[str, torch.Tensor] = {}  # layer -> units with a gradient this window
+        self._unit_weights: list[tuple[str, torch.Tensor]] | None = None
         # within one step
         self._order: str | None = None  # "before": observe() precedes its optimizer step
         self._stepped = False  # an optimizer step ran since the last observe()
@@ -315,6 +328,7 @@ class TrainingMonitor:
             "early_norms": list(self._early_norms),
             "zero_lr": self._zero_lr,
             "skips": self._skips,
+            "from_zero": None if self._from_zero is None else sorted(self._from_zero),
             "alive": {k: v.clone() for k, v in self._alive.items()},
             "zero_run": {k: v.clone() for k, v in self._zero_run.items()},
             "alerts": [asdict(a) for a in self._alerts],
@@ -331,6 +345,8 @@ class TrainingMonitor:
             self._best_smooth = float(state["best_smooth"])
             self._early_norms = [float(x) for x in state["early_norms"]]
             self._zero_lr, self._skips = int(state["zero_lr"]), int(state["skips"])
+            from_zero = state["from_zero"]
+            self._from_zero = None if from_zero is None else set(from_zero)
             self._alive = {k: v.clone() for k, v in state["alive"].items()}
             self._zero_run = {k: v.clone() for k, v in state["zero_run"].items()}
             self._alerts = [Alert(**{**a, "where": tuple(a["where"])}) for a in state["alerts"]]
@@ -365,7 +381,7 @@ class TrainingMonitor:
             raise SanityError(f"Training monitor alert!\n{alert.message}", alert)
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(alert.message, MonitorWarning, stacklevel=3)
+            warnings.warn(alert.message, MonitorWarning, stacklevel=_caller_level())
 
     # -- the loss ------------------------------------------------------------------------------
 
@@ -435,10 +451,13 @@ class TrainingMonitor:
         self._metrics["lr"] = lrs[0]
         self._zero_lr = self._zero_lr + 1 if all(lr == 0 for lr in lrs) else 0
         if self._opt_steps % self.every == 0:
+            matrices = {
+                n: p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2
+            }
+            if self._from_zero is None:  # decided once, on the run's first measured step
+                self._from_zero = {n for n, p in matrices.items() if _near_zero(p.detach())}
             self._snapshot = {
-                n: p.detach().clone()
-                for n, p in self.model.named_parameters()
-                if p.requires_grad and p.dim() >= 2 and not _near_zero(p.detach())
+                n: p.detach().clone() for n, p in matrices.items() if n not in self._from_zero
             }
         if self.scaler is None:
             self.scaler = _scaler_on_stack() if self._opt_steps < 3 else None
@@ -449,8 +468,11 @@ class TrainingMonitor:
         self._order = self._order or "after"
         step = self.step - 1 if self._order == "before" else self.step
         self._stepped = True
-        measured = self._opt_steps % self.every == 0
+        phase = self._opt_steps % self.every
+        measured = phase == 0
         self._opt_steps += 1
+        if measured or phase > self.every - DEAD_STEPS:
+            self._touch()
         if self._zero_lr >= ZERO_LR_STEPS:
             self._alert(
                 "no_update", step, (), 0.0, 0.0,
@@ -461,6 +483,28 @@ class TrainingMonitor:
         if measured and self._snapshot is not None:
             snapshot, self._snapshot = self._snapshot, None
             self._measure(step, snapshot)
+
+    def _units(self) -> list[tuple[str, torch.Tensor]]:
+        """The hidden layers' weights whose rows are units (the output layer's are the classes)."""
+        if self._unit_weights is None:
+            layers = [
+                (n, getattr(m, "weight", None))
+                for n, m in self.model.named_modules()
+                if isinstance(m, UNIT_LAYERS) and not isinstance(m, TRANSPOSED)
+            ]
+            self._unit_weights = [
+                (n, w) for n, w in layers[:-1] if isinstance(w, torch.Tensor) and w.requires_grad
+            ]
+        return self._unit_weights
+
+    def _touch(self) -> None:
+        """Mark the units whose gradient row is non-zero on this step, for the window."""
+        for name, w in self._units():
+            if w.grad is None:
+                continue
+            rows = w.grad.detach().flatten(1).ne(0).any(1)
+            seen = self._touched.get(name)
+            self._touched[name] = rows if seen is None or seen.shape != rows.shape else seen | rows
 
     def _measure(self, step: int, snapshot: dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
@@ -583,17 +627,12 @@ class TrainingMonitor:
             )  # fmt: skip
 
     def _judge_units(self, step: int) -> None:
-        layers = [
-            (n, m)
-            for n, m in self.model.named_modules()
-            if isinstance(m, UNIT_LAYERS) and not isinstance(m, TRANSPOSED)
-        ]
         worst_fraction = 0.0
-        for name, m in layers[:-1]:  # the output layer's units are the classes: not judged
-            w = getattr(m, "weight", None)
-            if not isinstance(w, torch.Tensor) or w.grad is None or not w.requires_grad:
+        touched, self._touched = self._touched, {}
+        for name, _ in self._units():
+            if name not in touched:
                 continue
-            zero = w.grad.detach().flatten(1).eq(0).all(1)
+            zero = ~touched[name]
             alive = self._alive.get(name)
             run = self._zero_run.get(name)
             if alive is None or run is None or alive.shape != zero.shape:
@@ -614,8 +653,8 @@ class TrainingMonitor:
             if fraction > MAX_DYING_FRACTION:
                 self._alert(
                     "dead_units", step, (name,), fraction, MAX_DYING_FRACTION,
-                    f"{dead} of {judged} units that had a gradient got none on {DEAD_WINDOW} "
-                    f"measured steps in a row ({_g(100 * fraction)}%; up to "
+                    f"{dead} of {judged} units that had a gradient got none in {DEAD_WINDOW} "
+                    f"windows in a row of {DEAD_STEPS} steps each ({_g(100 * fraction)}%; up to "
                     f"{MAX_DYING_FRACTION:.0%} allowed, assert_no_dying_units's bound): dead "
                     "ReLUs after a high learning rate; lower it, or use LeakyReLU/GELU",
                 )  # fmt: skip
@@ -736,15 +775,31 @@ def _total_norm(params: Iterable[torch.nn.Parameter]) -> float:
 
 
 def _near_zero(w: torch.Tensor) -> bool:
-    """assert_update_ratio's rule: a matrix starting below NEAR_ZERO / sqrt(fan_in) (a zero-init
-    LoRA B) grows like a bias; its relative change says nothing about the learning rate."""
+    """assert_update_ratio's rule: a matrix *starting* below NEAR_ZERO / sqrt(fan_in) (a zero-init
+    LoRA B, ViT's class token at std 1e-6) grows like a bias; its relative change says nothing
+    about the learning rate. Applied to the matrix at the run's first measured step, not on each
+    step: re-judged as it grows, timm's ViT-Tiny class token crossed the threshold at step 4 of
+    Adam 3e-4 and, at an RMS of a few steps' updates, read ratios of 0.11-0.18 (about 1 / steps
+    taken) on a healthy run. Such a matrix stays unjudged for the whole run; the others catch a
+    learning rate too high."""
     fan_in = w.numel() // w.shape[0]
     return float(w.double().square().mean().sqrt()) < NEAR_ZERO / math.sqrt(fan_in)
 
 
-def _scaler_on_stack() -> Any:
-    import sys
+_INSIDE = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
 
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside nnsanity and torch (the user's
+    ``optimizer.step()``, ``monitor.observe`` or framework call), so the warning points there
+    rather than into torch's hook dispatch."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _scaler_on_stack() -> Any:
     frame = sys._getframe(1)
     while frame is not None:
         candidate = frame.f_locals.get("self")
