@@ -8,8 +8,9 @@ and at most 2% on a zoo transformer. Two copies of the model (same init, same op
 settings, the same pre-drawn batches) train side by side inside one monitor that watches only
 the first: each round runs one ``BLOCK`` of steps on each, in alternating order, so that both
 see the same machine state within a second, and each block is timed in this thread's CPU time
-(``time.thread_time``), so that time the scheduler gives other processes is not counted and the unwatched copy pays only the global
-optimizer hooks' check that its optimizer is not the watched one. A block is one monitor period
+(``time.thread_time``), so that time the scheduler gives other processes is not counted. The
+unwatched copy pays only the global optimizer hooks' check that its optimizer is not the
+watched one. A block is one monitor period
 (``every`` steps: one measured step and the dead-unit window's steps), so every block costs what
 a long run costs per period. ``extra_info["overhead"]`` is the median over rounds of monitored /
 bare - 1, with its interquartile range. One CPU thread. A test here never fails on time (machines

@@ -58,26 +58,43 @@ def gradient_stats(model: torch.nn.Module) -> dict[str, LayerGradient]:
     entries: list[tuple[str, torch.nn.Module, list[tuple[str, torch.nn.Parameter]]]] = [
         (name, m, own) for name, m in model.named_modules() if (own := _own_trainable(m))
     ]
-    sums: list[torch.Tensor] = []  # per parameter: sum of squares, then touched-row count
-    for _, m, own in entries:
-        for _, p in own:
-            g = torch.zeros((), device=p.device) if p.grad is None else p.grad.detach()
-            g = g.to_dense() if g.is_sparse else g  # Embedding(sparse=True)
-            wide = torch.float32 if g.device.type == "mps" else torch.float64  # MPS lacks f64
-            sums.append(torch.linalg.vector_norm(g, dtype=wide).square())
-            lookup = isinstance(m, _LOOKUPS) and g.dim() == 2
-            rows = (g != 0).any(1).sum() if lookup else torch.zeros((), device=p.device)
-            sums.append(rows.to(wide))
-    first = sums[0] if sums else torch.zeros(())
-    values = iter(
-        torch.stack([s.to(first.device, first.dtype) for s in sums]).tolist() if sums else []
+    params = [(m, p) for _, m, own in entries for _, p in own]
+    grads = [p.grad.detach() if p.grad is not None else None for _, p in params]
+    dense = [g.to_dense() if g.is_sparse else g for g in grads if g is not None]  # sparse lookups
+    values: list[float] = []
+    if dense:
+        # one fused norm per device and dtype, one stack and one transfer: the monitor reads this
+        # on every measured step, where one small kernel and one tensor per parameter cost most
+        wide = torch.float32 if dense[0].device.type == "mps" else torch.float64  # MPS lacks f64
+        norms = [n.to(dense[0].device) for n in torch._foreach_norm(dense, 2, dtype=wide)]
+        # the touched rows of a lookup table's gradient (its matrix RMS divides by them)
+        lookups = [
+            (g.to_dense() if g.is_sparse else g).ne(0).any(1).sum().to(norms[0])
+            for (m, _), g in zip(params, grads, strict=True)
+            if g is not None and isinstance(m, _LOOKUPS) and g.dim() == 2
+        ]
+        values = torch.stack(norms + lookups).tolist()
+    norm_of = iter(values[: len(dense)])
+    touched = iter(values[len(dense) :])
+    sums = iter(
+        [
+            (
+                (0.0, 0.0)
+                if g is None
+                else (
+                    next(norm_of) ** 2,
+                    next(touched) if isinstance(m, _LOOKUPS) and g.dim() == 2 else 0.0,
+                )
+            )
+            for (m, _), g in zip(params, grads, strict=True)
+        ]
     )
 
     out: dict[str, LayerGradient] = {}
     for name, m, own in entries:
         groups = {"weight": [0.0, 0], "bias": [0.0, 0], "matrix": [0.0, 0]}
         for pname, p in own:
-            sq, rows = next(values), next(values)
+            sq, rows = next(sums)
             is_bias = pname.startswith("bias") or pname.endswith("bias")  # bias_ih_l0, in_proj_bias
             group = groups["bias" if is_bias else "weight"]
             group[0] += sq
