@@ -53,6 +53,10 @@ N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise i
 
 CallStyle = Literal["single", "kwargs", "args"]
 
+# Names of a forward parameter that takes the targets (nanoGPT's and minGPT's
+# ``forward(idx, targets=None) -> (logits, loss)``, Hugging Face's ``labels``).
+TARGET_PARAMETERS = ("targets", "target", "labels", "label", "y")
+
 
 def _binds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
     try:
@@ -78,6 +82,43 @@ def _call_style(model: torch.nn.Module, inputs: Any, unpack: bool | None) -> Cal
     if isinstance(inputs, (tuple, list)) and not hasattr(inputs, "_fields") and spread:
         return "args"
     return "single"
+
+
+def target_parameter(model: torch.nn.Module, inputs: Any, style: CallStyle) -> str | None:
+    """The name of the forward parameter that takes the targets of an ``(inputs, targets)``
+    batch, if it has one: a parameter named in ``TARGET_PARAMETERS`` that the inputs do not
+    already fill, by which the call ``model(inputs, targets=y)`` binds."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature (a builtin)
+        return None
+    for name in TARGET_PARAMETERS:
+        p = params.get(name)
+        if p is None or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if style == "kwargs":
+            if name not in inputs and _binds(model.forward, **inputs, **{name: None}):
+                return name
+        elif style == "args":
+            if _binds(model.forward, *inputs, **{name: None}):
+                return name
+        elif _binds(model.forward, inputs, **{name: None}):
+            return name
+    return None
+
+
+def own_loss(outputs: Any) -> Any:
+    """The loss a model returned with its outputs: ``outputs.loss`` (or ``["loss"]``), or the
+    scalar at either end of a tuple, ``(loss, logits)`` (Hugging Face's ``return_dict=False``)
+    or ``(logits, loss)`` (nanoGPT, minGPT); None if there is none."""
+    if isinstance(outputs, Mapping):
+        return outputs.get("loss")
+    if isinstance(outputs, (tuple, list)) and outputs:
+        for end in (outputs[0], outputs[-1]):
+            if isinstance(end, torch.Tensor) and end.numel() == 1 and end.is_floating_point():
+                return end
+        return None
+    return getattr(outputs, "loss", None)
 
 
 def _shape(x: Any) -> str:
@@ -114,6 +155,15 @@ class Harness:
     ``loss_fn=None`` the model computes its own loss from the whole mapping
     (``model(**batch).loss``, the Hugging Face convention). ``inputs_only``: ``batch`` is the
     inputs alone (for checks of the model's outputs, such as causality).
+
+    A model whose forward takes the targets (a parameter named ``targets``, ``target``,
+    ``labels``, ``label`` or ``y`` that the inputs leave free; nanoGPT's
+    ``model(idx, targets) -> (logits, loss)``) is called as ``model(inputs, targets=targets)``
+    on an ``(inputs, targets)`` batch, by every check: such a model may return its full logits
+    only when given the targets. With ``loss_fn=None`` its own loss is used (``outputs.loss``,
+    or the scalar at either end of a returned tuple), else ``loss_fn(outputs, targets)``. The
+    targets are never perturbed: checks change the inputs alone. This holds for
+    ``inputs_only`` checks too: such a model's ``(inputs, targets)`` is read as that pair.
     """
 
     def __init__(
@@ -152,7 +202,16 @@ class Harness:
             )
         self.output = output
         self.loss_fn = loss_fn
-        inputs, targets, self._form = self._split(batch, loss_fn, needs_loss, inputs_only)
+        takes_targets = (
+            isinstance(batch, (tuple, list))
+            and len(batch) == 2
+            and target_parameter(model, batch[0], _call_style(model, batch[0], unpack)) is not None
+        )
+        # For the checks of the outputs alone (causality), an (inputs, targets) pair is still
+        # read as one when the model takes the targets: its full outputs may need them.
+        inputs, targets, self._form = self._split(
+            batch, loss_fn, needs_loss and not takes_targets, inputs_only and not takes_targets
+        )
         self._batch_type = type(batch)
         self.self_loss = needs_loss and loss_fn is None
         device = next(iter(model.parameters())).device
@@ -179,6 +238,9 @@ class Harness:
         )
         takes = self._style == "kwargs" and _binds(model.forward, **self.inputs, **labels)
         self._call_labels = labels if self.self_loss or (not needs_loss and takes) else {}
+        name = target_parameter(model, self.inputs, self._style) if takes_targets else None
+        if name is not None:  # the nanoGPT convention: every call carries the targets
+            self._call_labels = {name: self.targets}
 
     # -- reading the batch --------------------------------------------------------------------
 
@@ -204,8 +266,9 @@ class Harness:
             if needs_loss and loss_fn is None:
                 raise TypeError(
                     "loss_fn is None, which needs a mapping batch with its labels inside for a "
-                    "model that computes its own loss (model(**batch).loss); pass loss_fn= for "
-                    "an (inputs, targets) batch."
+                    "model that computes its own loss (model(**batch).loss), or a model whose "
+                    "forward takes the targets (forward(x, targets=None) -> (logits, loss)); "
+                    "pass loss_fn= for an (inputs, targets) batch."
                 )
             return batch[0], batch[1], "pair"
         got = (
@@ -259,7 +322,7 @@ class Harness:
             if self._style == "kwargs":
                 out = self.model(**inputs, **extra)
             elif self._style == "args":
-                out = self.model(*inputs)
+                out = self.model(*inputs, **extra)
             elif extra:
                 out = self.model(inputs, **extra)
             else:
@@ -273,6 +336,8 @@ class Harness:
             call = {"kwargs": "model(**inputs)", "args": "model(*inputs)"}.get(
                 self._style, "model(inputs)"
             )
+            if extra and self._form == "pair":
+                call = call[:-1] + f", {next(iter(extra))}=targets)"
             raise ValueError(
                 f"{type(self.model).__name__} failed when called as {call} on "
                 f"{summarize(inputs)}: {hint}{first_line(e)}. Check that the batch matches what "
@@ -292,13 +357,12 @@ class Harness:
     def loss(self, outputs: Any, targets: Any = None) -> torch.Tensor:
         """The scalar loss of ``outputs``: ``loss_fn(outputs, targets)``, or the model's own."""
         if self.self_loss:
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
-            if loss is None and isinstance(outputs, (tuple, list)) and outputs:
-                loss = outputs[0]
+            loss = own_loss(outputs)
             if not isinstance(loss, torch.Tensor):
                 raise ValueError(
                     f"loss_fn is None but the model returned no loss ({summarize(outputs)}); "
-                    "a model that computes its own loss returns it as outputs.loss. Pass loss_fn."
+                    "a model that computes its own loss returns it as outputs.loss, or as the "
+                    "first or last entry of a tuple ((logits, loss)). Pass loss_fn."
                 )
             return self._scalar(loss, "the model's loss")
         assert self.loss_fn is not None

@@ -7,6 +7,7 @@ import dataclasses
 from collections import UserDict
 
 import pytest
+import recipes
 import torch
 import zoo
 from torch import nn
@@ -144,8 +145,11 @@ def test_the_hugging_face_convention_the_model_computes_its_own_loss_from_labels
     r = nnsanity.assert_init_loss(OwnLoss(), batch)
     assert r.zero_output_loss == pytest.approx(float(torch.log(torch.tensor(3.0))), rel=1e-5)
     assert nnsanity.assert_loss_decreases(OwnLoss(), batch).passed
+    # An (inputs, targets) pair reaches the model's labels parameter (the nanoGPT convention);
+    # a model that takes no targets still needs loss_fn.
+    assert nnsanity.assert_init_loss(OwnLoss(), (token_inputs(), LABELS)).passed
     with pytest.raises(TypeError, match="loss_fn is None, which needs a mapping batch"):
-        nnsanity.assert_init_loss(OwnLoss(), (token_inputs(), LABELS))
+        nnsanity.assert_init_loss(DictModel(), (token_inputs(), LABELS))
 
 
 def test_a_mapping_batch_without_labels_says_where_to_put_them():
@@ -225,3 +229,69 @@ def test_a_real_batch_encoding_reaches_a_hugging_face_model_as_keywords():
     r = nnsanity.assert_batch_independence(arch.build(), batch)
     assert r.passed and r.method == "perturbation"  # token ids: no gradient to follow
     assert nnsanity.assert_init_loss(arch.build(), batch).n_classes == 3
+
+
+# -- models that take the targets: model(idx, targets) -> (logits, loss) (nanoGPT) -------------
+
+
+class BatchMixingGPT(recipes.GPT):
+    """A GPT whose hidden states mix the batch (a mean over dim 0 added: a wrong reduction)."""
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = x + x.mean(0, keepdim=True)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return (logits, loss) if targets is not None else (logits[:, [-1]], None)
+
+
+class RecordingGPT(recipes.GPT):
+    """A healthy GPT that records the targets of every call it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, idx, targets=None):
+        self.seen.append(targets)
+        return super().forward(idx, targets)
+
+
+def test_a_model_that_takes_the_targets_is_given_them_and_its_own_loss_is_used():
+    x, y = recipes.gpt_batch()
+    model = recipes.GPT()
+    with torch.no_grad():
+        own = float(model(x, y)[1])
+    r = nnsanity.assert_init_loss(model, (x, y))  # no loss_fn: the model's own loss
+    assert r.loss == pytest.approx(own, rel=1e-6)
+    assert nnsanity.assert_loss_decreases(recipes.GPT(), (x, y)).passed
+    # the user's own loss_fn, on the (logits, loss) outputs; the full logits need the targets
+    r = nnsanity.assert_init_loss(recipes.GPT(), (x, y), lambda out, t: F.cross_entropy(
+        out[0].flatten(0, 1), t.flatten()))  # fmt: skip
+    assert r.loss == pytest.approx(own, rel=1e-6)
+    assert nnsanity.assert_causal(recipes.GPT(), (x, y)).passed  # the pair, for full logits
+    assert nnsanity.assert_batch_independence(recipes.GPT(), (x, y)).passed
+
+
+def test_a_model_that_takes_the_targets_is_still_caught_mixing_the_batch_or_the_future():
+    x, y = recipes.gpt_batch()
+    with pytest.raises(nnsanity.SanityError):
+        nnsanity.assert_batch_independence(BatchMixingGPT(), (x, y))
+
+    class Acausal(recipes.GPT):
+        def forward(self, idx, targets=None):
+            return super().forward(idx.flip(1), targets)
+
+    with pytest.raises(nnsanity.SanityError):
+        nnsanity.assert_causal(Acausal(), (x, y))
+
+
+def test_the_checks_that_change_the_inputs_never_change_the_targets():
+    x, y = recipes.gpt_batch()
+    model = RecordingGPT()
+    nnsanity.measure_batch_independence(model, (x, y))
+    nnsanity.measure_causal(model, (x, y))
+    nnsanity.measure_uses_inputs(model, (x, y))
+    assert model.seen and all(t is not None and torch.equal(t, y) for t in model.seen)
