@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from nnsanity._arguments import (
     SAFE_LR,
@@ -145,6 +146,39 @@ def _check_finite(x: Any, root: str, role: dict[Path, Role] | None = None) -> No
                 f"{describe(path, root)} holds {int(bad.sum())} NaN/Inf value(s) (first at index "
                 f"{where}); the check would measure garbage. Clean or impute the data first."
             )
+
+
+class _GraphBreaks(TorchFunctionMode):
+    """Records the operations that take a tensor with a graph and give back one without (an
+    ``argmax``, a comparison, ``.detach()``, a cast to an integer type) or a plain number
+    (``.item()``, ``.tolist()``), and those run under ``torch.no_grad()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if any(t.requires_grad for t in tensors_in((args, kwargs))):
+            if not torch.is_grad_enabled():
+                step = "an operation under torch.no_grad()"
+            else:
+                produced = tensors_in(out)
+                if produced and any(t.requires_grad for t in produced):
+                    return out
+                name = getattr(func, "__name__", repr(func))
+                step = f"{name}()" if name in ("item", "tolist", "numpy") or produced else ""
+            if step and step not in self.found:
+                self.found.append(step)
+        return out
+
+
+def _breaks(fn: Callable[[], Any]) -> list[str]:
+    """The graph-breaking steps that running ``fn`` takes (see ``_GraphBreaks``)."""
+    mode = _GraphBreaks()
+    with contextlib.suppress(Exception), mode, torch.enable_grad():
+        fn()
+    return mode.found
 
 
 class Harness:
@@ -382,6 +416,42 @@ class Harness:
             ) from e
         return self._scalar(loss, "loss_fn")
 
+    def graph_loss(self, outputs: Any) -> torch.Tensor:
+        """``loss(outputs)`` for a backward pass: a ValueError that names the step that broke
+        the graph (loss_fn's or the model's forward) when the loss has none, instead of
+        torch's "element 0 of tensors does not require grad" at ``backward()``."""
+        loss = self.loss(outputs)
+        if loss.requires_grad or not torch.is_grad_enabled():
+            return loss
+        model = type(self.model).__name__
+        with_graph = any(t.requires_grad for t in tensors_in(outputs))
+        if with_graph and not self.self_loss:
+            culprit, steps = "loss_fn", _breaks(lambda: self.loss_fn(outputs, self.targets))  # type: ignore[misc]
+            told = "although the model's outputs have one"
+        else:
+            culprit, steps = f"{model}.forward", _breaks(self.forward)
+            told = "although its logits have one" if with_graph else "and neither do its outputs"
+        where = f" (at {', '.join(steps[:3])})" if steps else ""
+        raise ValueError(
+            f"{culprit} breaks the autograd graph{where}: the loss has no graph "
+            f"(requires_grad=False) {told}, so no gradient can reach {model}'s parameters. "
+            "Compute the loss from the outputs with differentiable operations: the logits, not "
+            "their argmax or a comparison; no .detach(), .item(), torch.tensor(...) or "
+            "torch.no_grad() on the way."
+        )
+
+    def _explain_no_graph(self, e: RuntimeError) -> None:
+        """The user's step backpropagated a loss without a graph: name the step that broke it
+        where the harness's own loss finds it, else the step itself."""
+        if self.loss_fn is not None or self.self_loss:
+            self.graph_loss(self.forward())  # raises naming loss_fn or the forward, if either
+        raise ValueError(
+            f"step= called backward() on a loss with no autograd graph ({first_line(e)}): "
+            "something in the step breaks the graph between the model's outputs and the loss "
+            "(an argmax, .detach(), .item(), torch.tensor(...) or torch.no_grad()). Compute the "
+            "loss from the outputs with differentiable operations."
+        ) from e
+
     @staticmethod
     def _scalar(loss: Any, what: str) -> torch.Tensor:
         if not isinstance(loss, torch.Tensor):
@@ -437,7 +507,7 @@ class Harness:
         for p in self.model.parameters():
             p.grad = None
         with autograd():
-            loss = self.loss(self.forward())
+            loss = self.graph_loss(self.forward())
             loss.backward()
         return float(loss.detach())
 
@@ -455,13 +525,19 @@ class Harness:
 
             def call() -> Any:
                 with autograd():
-                    return step(batch)
+                    try:
+                        return step(batch)
+                    except RuntimeError as e:
+                        if "does not require grad" not in str(e):
+                            raise
+                        self._explain_no_graph(e)
+                        raise
 
             runner: Callable[[], Any] = call
             if inputs is None:
                 runner = self.recorder = Recorder(
                     self.model, call, step,
-                    lambda: loss_gradient(self.model, lambda: self.loss(self.forward())),
+                    lambda: loss_gradient(self.model, lambda: self.graph_loss(self.forward())),
                 )  # fmt: skip
 
             def run_user() -> float:
@@ -494,7 +570,7 @@ class Harness:
         def run_default() -> float:
             with autograd():
                 opt.zero_grad(set_to_none=True)
-                loss = self.loss(self.forward(inputs))
+                loss = self.graph_loss(self.forward(inputs))
                 loss.backward()
                 opt.step()
             return float(loss.detach())

@@ -295,3 +295,68 @@ def test_the_checks_that_change_the_inputs_never_change_the_targets():
     nnsanity.measure_causal(model, (x, y))
     nnsanity.measure_uses_inputs(model, (x, y))
     assert model.seen and all(t is not None and torch.equal(t, y) for t in model.seen)
+
+
+# -- a loss without a graph --------------------------------------------------------------------
+
+
+def _no_grad_loss(out, y):
+    with torch.no_grad():
+        return F.cross_entropy(out, y)
+
+
+GRAPHLESS_LOSSES = {
+    "argmax()": lambda out, y: F.mse_loss(out.argmax(1).float(), y.float()),
+    "item()": lambda out, y: torch.tensor(F.cross_entropy(out, y).item()),
+    "detach()": lambda out, y: F.cross_entropy(out.detach(), y),
+    "torch.no_grad()": _no_grad_loss,
+}
+TRAINING_CHECKS = {  # assert_ name: measure_ name
+    "loss_decreases": "loss_decrease", "can_overfit": "overfit", "params_update": "params_update",
+    "finite": "finite", "uses_inputs": "uses_inputs", "update_ratio": "update_ratio",
+    "gradient_ratio": "gradient_ratio", "no_dying_units": "dying_units",
+    "loss_stable": "loss_stability", "params_registered": "params_registered",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("step", list(GRAPHLESS_LOSSES))
+@pytest.mark.parametrize("check", list(TRAINING_CHECKS))
+def test_a_loss_without_a_graph_is_a_clear_error_naming_the_step_that_breaks_it(check, step):
+    batch = zoo.classification_batch()
+    with pytest.raises(ValueError, match=rf"loss_fn breaks the autograd graph \(at .*{step[:-2]}"):
+        getattr(nnsanity, f"assert_{check}")(zoo.mlp(), batch, GRAPHLESS_LOSSES[step])
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("check", list(TRAINING_CHECKS.values()))
+def test_the_same_checks_pass_with_the_loss_computed_on_the_logits(check):
+    measure = getattr(nnsanity, f"measure_{check}")
+    assert measure(zoo.mlp(), zoo.classification_batch(), F.cross_entropy).passed
+
+
+def test_a_forward_that_breaks_the_graph_is_named_and_so_is_a_users_step():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = zoo.mlp()
+
+        def forward(self, x):
+            return self.net(x).detach()
+
+    class OwnLossAsNumber(Detached):
+        def forward(self, x, targets=None):
+            z = self.net(x)
+            return z, torch.tensor(F.cross_entropy(z, targets).item())
+
+    batch = zoo.classification_batch()
+    with pytest.raises(ValueError, match=r"Detached.forward breaks .*\(at detach\(\)\).*neither"):
+        nnsanity.assert_loss_decreases(Detached(), batch, F.cross_entropy)
+    with pytest.raises(ValueError, match=r"OwnLossAsNumber.forward breaks .*\(at item\(\)\)"):
+        nnsanity.assert_loss_decreases(OwnLossAsNumber(), batch)
+    model = zoo.mlp()
+    step = zoo.user_step(model, loss_fn=lambda out, y: F.cross_entropy(out.detach(), y))
+    with pytest.raises(ValueError, match=r"step= called backward\(\) on a loss with no autograd"):
+        nnsanity.assert_loss_decreases(model, batch, F.cross_entropy, step=step)
+    model = zoo.mlp()
+    step = zoo.user_step(model)
+    assert nnsanity.assert_loss_decreases(model, batch, F.cross_entropy, step=step).passed

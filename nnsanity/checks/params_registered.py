@@ -195,7 +195,7 @@ def measure_params_registered(
     with h.isolated(train=True), _kept_identities(h.model):
         before = _named_params(h.model, loss_fn)
         with autograd():
-            loss = h.loss(h.forward())
+            loss = h.graph_loss(h.forward())
         after = _named_params(h.model, loss_fn)
         inputs = {id(t) for t in tensors_in((h.inputs, h.targets))}
         leaves = [t for t in _leaves(loss) if id(t) not in inputs]

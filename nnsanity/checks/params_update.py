@@ -236,7 +236,7 @@ def _alive_without_dropout(
             for p in h.model.parameters():
                 p.grad = None
             seed_torch(h.seed)
-            h.loss(h.forward()).backward()
+            h.graph_loss(h.forward()).backward()
         params = dict(h.model.named_parameters())
         live = {n for n in zero if (g := params[n].grad) is not None and bool(g.any())}
     for name, count, _ in dead:
