@@ -360,3 +360,55 @@ def test_a_forward_that_breaks_the_graph_is_named_and_so_is_a_users_step():
     model = zoo.mlp()
     step = zoo.user_step(model)
     assert nnsanity.assert_loss_decreases(model, batch, F.cross_entropy, step=step).passed
+
+
+# -- step_factory: a fresh step (and optimizer) for each check ----------------------------------
+
+STEP_CHECKS = [
+    "loss_decrease", "overfit", "params_update", "params_registered", "update_ratio",
+    "uses_inputs", "dying_units", "loss_stability", "learns_signal",
+]  # fmt: skip
+
+
+def test_a_shared_steps_optimizer_state_leaks_into_the_next_check_and_a_factorys_does_not():
+    batch, model = zoo.classification_batch(), zoo.mlp()
+    alone = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step=zoo.user_step(model))
+    shared = zoo.user_step(model)
+    nnsanity.measure_loss_decrease(model, batch, F.cross_entropy, step=shared, steps=5)
+    after = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step=shared)
+    assert after.layers != alone.layers  # Adam's moments from the check before moved the step
+    made = []
+
+    def factory(m):
+        made.append(m)
+        return zoo.user_step(m)
+
+    nnsanity.measure_loss_decrease(model, batch, F.cross_entropy, step_factory=factory, steps=5)
+    after = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step_factory=factory)
+    assert after.layers == alone.layers
+    assert made == [model, model]
+
+
+@pytest.mark.parametrize("check", STEP_CHECKS)
+def test_every_check_that_takes_a_step_takes_a_step_factory(check):
+    measure = getattr(nnsanity, f"measure_{check}")
+    kw = {"holdout": zoo.classification_batch(seed=1)} if check == "learns_signal" else {}
+    model, made = zoo.mlp(), []
+
+    def call(**more):
+        return measure(model, zoo.classification_batch(), F.cross_entropy, **kw, **more)
+
+    def factory(m):
+        made.append(m)
+        return zoo.user_step(m)
+
+    call(step_factory=factory)
+    assert made == [model]
+    with pytest.raises(ValueError, match=r"either step_factory= .* or step=, not both"):
+        call(step=zoo.user_step(model), step_factory=factory)
+    with pytest.raises(ValueError, match=r"either step_factory= .* or optimizer=, not both"):
+        call(optimizer=torch.optim.SGD, step_factory=factory)
+    with pytest.raises(TypeError, match=r"step_factory must be callable as step_factory\(model\)"):
+        call(step_factory=3)
+    with pytest.raises(TypeError, match=r"step_factory\(model\) must return a step callable"):
+        call(step_factory=lambda m: None)
