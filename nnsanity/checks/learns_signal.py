@@ -21,7 +21,16 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    FIT_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -122,6 +131,7 @@ def measure_learns_signal(
     holdout: Any,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 5,
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
@@ -133,6 +143,7 @@ def measure_learns_signal(
     steps = check_int(steps, "steps", minimum=1)
     min_z = check_number(min_z, "min_z", low=0, what="a number >= 0")
     permutations = check_int(permutations, "permutations", minimum=2)
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
         default_lr=FIT_LR,
@@ -204,6 +215,7 @@ def assert_learns_signal(
     holdout: Any,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 5,
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
@@ -244,11 +256,15 @@ def assert_learns_signal(
     leaked into the inputs passes), that the model generalises well, or anything about data
     the two batches do not represent.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_learns_signal(
-        model, batch, loss_fn, holdout=holdout, optimizer=optimizer, step=step, steps=steps,
+        model, batch, loss_fn, holdout=holdout, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps,
         min_z=min_z, permutations=permutations, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:
