@@ -76,6 +76,9 @@ _LAZY = {
     "assert_update_ratio": "nnsanity.checks.update_ratio",
     "measure_update_ratio": "nnsanity.checks.update_ratio",
     "UpdateRatioResult": "nnsanity.checks.update_ratio",
+    "assert_no_target_leak": "nnsanity.checks.target_leak",
+    "measure_target_leak": "nnsanity.checks.target_leak",
+    "TargetLeakResult": "nnsanity.checks.target_leak",
     "Cause": "nnsanity._diagnosis",
     "Operation": "nnsanity._diagnosis",
     "Place": "nnsanity._diagnosis",
@@ -182,6 +185,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.reproducible import ReproducibilityResult as ReproducibilityResult
     from nnsanity.checks.reproducible import assert_reproducible as assert_reproducible
     from nnsanity.checks.reproducible import measure_reproducibility as measure_reproducibility
+    from nnsanity.checks.target_leak import TargetLeakResult as TargetLeakResult
+    from nnsanity.checks.target_leak import assert_no_target_leak as assert_no_target_leak
+    from nnsanity.checks.target_leak import measure_target_leak as measure_target_leak
     from nnsanity.checks.update_ratio import UpdateRatioResult as UpdateRatioResult
     from nnsanity.checks.update_ratio import assert_update_ratio as assert_update_ratio
     from nnsanity.checks.update_ratio import measure_update_ratio as measure_update_ratio
