@@ -115,3 +115,108 @@ def gpt_step(model: nn.Module, lr: float = 1e-3):
         return loss
 
     return step
+
+
+# -- word_language_model: the LSTM ---------------------------------------------------------------
+
+
+class WordLSTM(nn.Module):
+    """``RNNModel("LSTM")`` of word_language_model at toy size: time-first ``(T, B)`` tokens in,
+    ``(log_probs, hidden)`` out, the log-probabilities flattened to ``(T * B, vocab)`` as the
+    example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument, zeros when
+    not given (``init_hidden``)."""
+
+    def __init__(self, d: int = 32, layers: int = 2, dropout: float = 0.2, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(VOCAB, d)
+        self.rnn = nn.LSTM(d, d, layers, dropout=dropout)
+        self.decoder = nn.Linear(d, VOCAB)
+        self.layers, self.d = layers, d
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def init_hidden(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = next(self.parameters())
+        return w.new_zeros(self.layers, b, self.d), w.new_zeros(self.layers, b, self.d)
+
+    def forward(self, data: torch.Tensor, hidden=None):
+        hidden = self.init_hidden(data.shape[1]) if hidden is None else hidden
+        out, hidden = self.rnn(self.drop(self.encoder(data)), hidden)
+        decoded = self.decoder(self.drop(out)).view(-1, VOCAB)
+        return F.log_softmax(decoded, dim=1), hidden
+
+
+def repackage_hidden(h):
+    """The example's: wrap hidden states in new tensors, to detach them from their history."""
+    if isinstance(h, torch.Tensor):
+        return h.detach()
+    return tuple(repackage_hidden(v) for v in h)
+
+
+def word_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``get_batch``'s ``(data, target)``: data (T, B), target flattened to (T * B,)."""
+    source = rule_tokens(seed).t().contiguous()  # (T + 1, B): batchify's layout
+    return source[:-1], source[1:].reshape(-1)
+
+
+def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
+    """word_language_model ``main.py``'s ``train()`` step: the hidden state carried from batch
+    to batch and repackaged (detached) before each; NLL loss; clip at 0.25; hand-written SGD
+    at lr 20 (the example's default)."""
+    state = {"hidden": None}
+
+    def step(batch):
+        data, targets = batch
+        if state["hidden"] is None or state["hidden"][0].shape[1] != data.shape[1]:
+            state["hidden"] = model.init_hidden(data.shape[1])
+        hidden = repackage_hidden(state["hidden"])
+        model.zero_grad()
+        output, state["hidden"] = model(data, hidden)
+        loss = F.nll_loss(output, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(p.grad, alpha=-lr)
+        return loss
+
+    return step
+
+
+class StatefulLSTM(nn.Module):
+    """An LSTM LM that keeps its hidden state on the module, carried from call to call: the
+    outputs of a batch depend on the batches before it. ``detach=False`` also keeps the
+    graph, so the second backward runs into the first call's freed graph."""
+
+    def __init__(self, detach: bool = True, d: int = 32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder, self.decoder = nn.Embedding(VOCAB, d), nn.Linear(d, VOCAB)
+        self.rnn = nn.LSTM(d, d, batch_first=True)
+        self.detach, self.hidden = detach, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden
+        if hidden is not None and self.detach:
+            hidden = tuple(h.detach() for h in hidden)
+        if hidden is not None and hidden[0].shape[1] != x.shape[0]:
+            hidden = None
+        out, self.hidden = self.rnn(self.encoder(x), hidden)
+        return self.decoder(out)
+
+
+def stateless_lstm(seed: int = 0) -> StatefulLSTM:
+    """The healthy twin of ``StatefulLSTM``: the same network, its state never kept."""
+
+    class Stateless(StatefulLSTM):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.rnn(self.encoder(x))[0])
+
+    return Stateless(seed=seed)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -412,3 +412,35 @@ def test_every_check_that_takes_a_step_takes_a_step_factory(check):
         call(step_factory=3)
     with pytest.raises(TypeError, match=r"step_factory\(model\) must return a step callable"):
         call(step_factory=lambda m: None)
+
+
+# -- a state carried between calls (a hidden state kept on the module) --------------------------
+
+CARRIED_CHECKS = {
+    "batch_independence": lambda m, b: nnsanity.measure_batch_independence(m, b),
+    "causal": lambda m, b: nnsanity.measure_causal(m, b[0]),
+    "eval_mode": lambda m, b: nnsanity.measure_eval_mode(m, b),
+}
+
+
+@pytest.mark.parametrize("check", list(CARRIED_CHECKS))
+def test_a_hidden_state_carried_on_the_module_is_named_as_the_first_cause(check):
+    batch, model = recipes.gpt_batch(), recipes.StatefulLSTM()
+    r = CARRIED_CHECKS[check](model, batch)
+    assert not r.passed
+    assert r.cause.id == "carried_state" and r.cause.where == "hidden"
+    assert r.carried_state == ("hidden",)
+    assert model.hidden is None  # the check leaves the module's state as it found it
+    twin = CARRIED_CHECKS[check](recipes.stateless_lstm(), batch)
+    assert twin.passed and twin.carried_state == ()
+
+
+@pytest.mark.parametrize(
+    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "loss_stable"]
+)
+def test_a_carried_state_never_detached_is_a_clear_error_naming_it(check):
+    batch, assert_check = recipes.gpt_batch(), getattr(nnsanity, f"assert_{check}")
+    with pytest.raises(ValueError, match=r"StatefulLSTM.hidden holds a tensor with the autograd "
+                       r"graph of an earlier call .*Detach the state"):  # fmt: skip
+        assert_check(recipes.StatefulLSTM(detach=False), batch, recipes.lm_loss)
+    assert assert_check(recipes.stateless_lstm(), batch, recipes.lm_loss).passed

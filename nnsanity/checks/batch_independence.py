@@ -177,8 +177,10 @@ def measure_batch_independence(
             sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
         failing = [i for i, d in zip(checked, dependence, strict=True) if d > bound]
         where = _localise(h, b, failing[0], bound) if failing else None
+        carried = h.carried_state() if failing else ()
     r = BatchIndependenceResult(
         seed=h.seed,
+        carried_state=carried,
         max_dependence=bound,
         samples=checked,
         batch_size=b,
