@@ -126,6 +126,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.reproducible import ReproducibilityResult as ReproducibilityResult
     from nnsanity.checks.reproducible import assert_reproducible as assert_reproducible
     from nnsanity.checks.reproducible import measure_reproducibility as measure_reproducibility
+    from nnsanity.checks.target_leak import TargetLeakResult as TargetLeakResult
+    from nnsanity.checks.target_leak import assert_no_target_leak as assert_no_target_leak
+    from nnsanity.checks.target_leak import measure_target_leak as measure_target_leak
     from nnsanity.checks.update_ratio import UpdateRatioResult as UpdateRatioResult
     from nnsanity.checks.update_ratio import assert_update_ratio as assert_update_ratio
     from nnsanity.checks.update_ratio import measure_update_ratio as measure_update_ratio

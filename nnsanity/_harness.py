@@ -250,11 +250,12 @@ class Harness:
             self.model.train(train)
             yield
 
-    def forward(self, inputs: Any = None) -> Any:
+    def forward(self, inputs: Any = None, *, labels: Any = None) -> Any:
         """Call the model on ``inputs`` (default: the batch's), turning a shape, index or type
-        error inside it into a ValueError that names the inputs."""
+        error inside it into a ValueError that names the inputs. ``labels`` replaces the labels
+        that travel in the call (``call_labels``), when the model takes them."""
         inputs = self.inputs if inputs is None else inputs
-        extra = self._call_labels
+        extra = self._call_labels if labels is None else labels
         try:
             if self._style == "kwargs":
                 out = self.model(**inputs, **extra)
@@ -284,6 +285,12 @@ class Harness:
                 "(a tensor, a tuple or a dict of them)."
             )
         return out
+
+    @property
+    def call_labels(self) -> dict[str, Any]:
+        """The labels passed to the model with the inputs (a model computing its own loss, or
+        an encoder-decoder building its decoder inputs from them); empty when none are."""
+        return dict(self._call_labels)
 
     def logits(self, outputs: Any) -> torch.Tensor:
         """The output tensor the checks judge; see ``_structures.select_output``."""

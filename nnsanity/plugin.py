@@ -221,6 +221,11 @@ class CheckItem(pytest.Function):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        """Where the suite class is (not the plugin's runner), for skip and failure lines."""
+        path, line, _ = self.parent.reportinfo()  # type: ignore[union-attr]
+        return path, line, f"{self.parent.name}.{self.name}"  # type: ignore[union-attr]
+
 
 class _Runner:
     def __init__(self, suite: type[SanitySuite], check: str) -> None:

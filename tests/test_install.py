@@ -55,6 +55,9 @@ SCRIPT = textwrap.dedent(
         "assert_causal": lambda: nnsanity.assert_causal(
             torch.nn.Linear(4, 4), torch.randn(2, 5, 4)
         ),
+        "assert_no_target_leak": lambda: nnsanity.assert_no_target_leak(
+            tagger, tags, lambda z, y: F.cross_entropy(z.transpose(1, 2), y)
+        ),
         "assert_reproducible": lambda: nnsanity.assert_reproducible(lambda: torch.randn(3)),
         "assert_eval_mode": lambda: nnsanity.assert_eval_mode(model, batch),
         "assert_params_registered": lambda: nnsanity.assert_params_registered(model, batch, loss),
