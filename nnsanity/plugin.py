@@ -144,6 +144,9 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    if report.skipped and isinstance(item, CheckItem) and isinstance(report.longrepr, tuple):
+        path, line, _ = item.reportinfo()  # a check that does not apply: the suite's line
+        report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
     if report.failed and call.excinfo is not None and call.excinfo.errisinstance(SanityError):
         report.sections.append(
             ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_rerun_flags(item.config)}")

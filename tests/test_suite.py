@@ -4,6 +4,8 @@ that shows the check's message, -k, markers, xdist, and the Markdown, JSON and t
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +261,12 @@ def test_options_reach_the_check():
     with pytest.raises(SanityError, match="up to 1e-09 allowed"):
         strict().run("update_ratio")
     assert _AsValue().run("update_ratio").passed
+
+
+def test_the_readme_s_first_example_is_a_suite_whose_every_applicable_check_passes(pytester):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
+    assert "(SanitySuite):" in first, "the README shows the one-class way first"
+    pytester.makepyfile(test_sanity=first)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=len(NAMES) - 4, skipped=4)  # causal, padding x2, holdout
