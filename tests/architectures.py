@@ -23,7 +23,10 @@ from nnsanity.catalogue import CATALOGUE, Subject, get
 
 # Checks every zoo model passes with defaults, asserted (with more detail) in their own test
 # files; the README's compatibility table shows them beside ALL_CHECKS.
-EVERY_MODEL = ("update_ratio", "activation_growth", "no_dying_units", "loss_stable", "input_scale")
+EVERY_MODEL = (
+    "update_ratio", "activation_growth", "no_dying_units", "loss_stable", "input_scale",
+    "no_target_leak",
+)  # fmt: skip
 # The catalogue's checks that need nothing a zoo model lacks: the padding checks and
 # learns_signal have their own zoos (padding_zoo.py, learnable.py).
 ALL_CHECKS = tuple(

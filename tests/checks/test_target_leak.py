@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
-from architectures import _gpt2, _lm_batch, _t5, _t5_batch
+from architectures import ZOO, _gpt2, _lm_batch, _t5, _t5_batch, run_check
 from causes import cause_ids, first_cause
 from state_oracle import assert_restores
 from torch import nn
@@ -185,3 +185,9 @@ def test_a_negative_bound_is_a_clear_error():
     x = ids()
     with pytest.raises(ValueError, match="max_dependence"):
         measure_target_leak(zoo.TinyCausalLM(vocab=V), (x, x), shifted, max_dependence=-1)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_model_passes_with_defaults(name):
+    arch = ZOO[name]
+    assert run_check("target_leak", arch, arch.build(), arch.batch()).passed

@@ -1,0 +1,222 @@
+"""Small models written the way three public projects write theirs, each with its own step.
+
+- ``GPT``: karpathy/nanoGPT's ``model.py`` convention, ``model(idx, targets) -> (logits, loss)``,
+  full logits only when the targets are given; ``gpt_step`` is ``train.py``'s step (AdamW,
+  betas (0.9, 0.95), weight decay 0.1, gradient clipping at 1.0).
+- ``WordTransformer``: pytorch/examples ``word_language_model``'s ``TransformerModel``:
+  time-first ``(T, B)`` token batches, ``nn.TransformerEncoder`` with its default
+  ``batch_first=False``, a causal mask, log-probabilities out; ``word_step`` is ``main.py``'s
+  (plain SGD written by hand, gradient clipping at 0.25).
+- ``WordLSTM``: the same example's ``RNNModel``: ``model(data, hidden) -> (log_probs, hidden)``,
+  the hidden state carried from batch to batch by the step and detached before each one
+  (``repackage_hidden``).
+
+Tiny sizes, so a sweep over seeds stays fast. The data are sequences with a rule to learn.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+VOCAB, T, B = 24, 12, 8
+
+
+def rule_tokens(seed: int = 0, n: int = B, t: int = T + 1) -> torch.Tensor:
+    """(n, t) token rows that count up by a per-row stride, from a random start: the next
+    token follows from the last two, a rule a small LM learns in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, VOCAB, (n, 1), generator=g)
+    stride = torch.randint(1, 4, (n, 1), generator=g)
+    return (start + stride * torch.arange(t)) % VOCAB
+
+
+# -- nanoGPT -----------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.heads = nn.Linear(d, 3 * d), nn.Linear(d, d), heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (
+            z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+            for z in self.qkv(x).split(c, dim=2)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(d), CausalSelfAttention(d, heads)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """nanoGPT's GPT at toy size: tied embeddings, N(0, 0.02) init, the loss inside."""
+
+    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.wte, self.wpe = nn.Embedding(VOCAB, d), nn.Embedding(T, d)
+        self.h = nn.ModuleList(GPTBlock(d, heads) for _ in range(layers))
+        self.ln_f, self.lm_head = nn.LayerNorm(d), nn.Linear(d, VOCAB, bias=False)
+        self.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
+        if targets is None:  # inference: only the last position's logits
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
+        return logits, loss
+
+
+def gpt_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    data = rule_tokens(seed)
+    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+def gpt_step(model: nn.Module, lr: float = 1e-3):
+    """nanoGPT ``train.py``'s step: AdamW, clip at 1.0, zero_grad(set_to_none=True) after."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step(batch):
+        x, y = batch
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+# -- word_language_model: the LSTM ---------------------------------------------------------------
+
+
+class WordLSTM(nn.Module):
+    """``RNNModel("LSTM")`` of word_language_model at toy size: time-first ``(T, B)`` tokens in,
+    ``(log_probs, hidden)`` out, the log-probabilities flattened to ``(T * B, vocab)`` as the
+    example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument, zeros when
+    not given (``init_hidden``)."""
+
+    def __init__(self, d: int = 32, layers: int = 2, dropout: float = 0.2, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(VOCAB, d)
+        self.rnn = nn.LSTM(d, d, layers, dropout=dropout)
+        self.decoder = nn.Linear(d, VOCAB)
+        self.layers, self.d = layers, d
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def init_hidden(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = next(self.parameters())
+        return w.new_zeros(self.layers, b, self.d), w.new_zeros(self.layers, b, self.d)
+
+    def forward(self, data: torch.Tensor, hidden=None):
+        hidden = self.init_hidden(data.shape[1]) if hidden is None else hidden
+        out, hidden = self.rnn(self.drop(self.encoder(data)), hidden)
+        decoded = self.decoder(self.drop(out)).view(-1, VOCAB)
+        return F.log_softmax(decoded, dim=1), hidden
+
+
+def repackage_hidden(h):
+    """The example's: wrap hidden states in new tensors, to detach them from their history."""
+    if isinstance(h, torch.Tensor):
+        return h.detach()
+    return tuple(repackage_hidden(v) for v in h)
+
+
+def word_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``get_batch``'s ``(data, target)``: data (T, B), target flattened to (T * B,)."""
+    source = rule_tokens(seed).t().contiguous()  # (T + 1, B): batchify's layout
+    return source[:-1], source[1:].reshape(-1)
+
+
+def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
+    """word_language_model ``main.py``'s ``train()`` step: the hidden state carried from batch
+    to batch and repackaged (detached) before each; NLL loss; clip at 0.25; hand-written SGD
+    at lr 20 (the example's default)."""
+    state = {"hidden": None}
+
+    def step(batch):
+        data, targets = batch
+        if state["hidden"] is None or state["hidden"][0].shape[1] != data.shape[1]:
+            state["hidden"] = model.init_hidden(data.shape[1])
+        hidden = repackage_hidden(state["hidden"])
+        model.zero_grad()
+        output, state["hidden"] = model(data, hidden)
+        loss = F.nll_loss(output, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(p.grad, alpha=-lr)
+        return loss
+
+    return step
+
+
+class StatefulLSTM(nn.Module):
+    """An LSTM LM that keeps its hidden state on the module, carried from call to call: the
+    outputs of a batch depend on the batches before it. ``detach=False`` also keeps the
+    graph, so the second backward runs into the first call's freed graph."""
+
+    def __init__(self, detach: bool = True, d: int = 32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder, self.decoder = nn.Embedding(VOCAB, d), nn.Linear(d, VOCAB)
+        self.rnn = nn.LSTM(d, d, batch_first=True)
+        self.detach, self.hidden = detach, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden
+        if hidden is not None and self.detach:
+            hidden = tuple(h.detach() for h in hidden)
+        if hidden is not None and hidden[0].shape[1] != x.shape[0]:
+            hidden = None
+        out, self.hidden = self.rnn(self.encoder(x), hidden)
+        return self.decoder(out)
+
+
+def stateless_lstm(seed: int = 0) -> StatefulLSTM:
+    """The healthy twin of ``StatefulLSTM``: the same network, its state never kept."""
+
+    class Stateless(StatefulLSTM):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.rnn(self.encoder(x))[0])
+
+    return Stateless(seed=seed)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
