@@ -39,7 +39,8 @@ Need = Literal["loss", "holdout", "padding", "step", "sequence"]
 class Subject:
     """What a check is run on: the model and batch, and what the suite says about them.
 
-    ``optimizer`` and ``step`` are the checks' ``optimizer=`` and ``step=``; ``padding`` their
+    ``optimizer``, ``step`` and ``step_factory`` are the checks' arguments of those names;
+    ``padding`` their
     ``padding=``; ``inputs`` the causality check's sequence inputs (None: the batch's inputs,
     its labels dropped); ``autoregressive`` None means "find out from the model".
     """
@@ -49,6 +50,7 @@ class Subject:
     loss_fn: Callable[[Any, Any], Any] | None = None
     optimizer: Callable[..., Any] | None = None
     step: Callable[[Any], Any] | None = None
+    step_factory: Callable[[Any], Any] | None = None
     holdout: Any = None
     padding: Any = None
     inputs: Any = None
@@ -74,7 +76,8 @@ class Check:
     category: Category
     needs: frozenset[Need] = frozenset()
     # the arguments, where the generic rule (model, batch, the loss if the check takes one, and
-    # whichever of the suite's optimizer, step, holdout and padding it takes) does not fit
+    # whichever of the suite's optimizer, step, step_factory, holdout and padding it takes) does
+    # not fit
     custom_arguments: Callable[[Subject], Arguments] | None = None
 
     @property
@@ -113,7 +116,7 @@ class Check:
             args += (subject.loss_fn,)
         kwargs = {
             name: getattr(subject, name)
-            for name in ("optimizer", "step", "holdout", "padding")
+            for name in ("optimizer", "step", "step_factory", "holdout", "padding")
             if name in params and getattr(subject, name) is not None
         }
         return args, kwargs

@@ -26,8 +26,10 @@ class SanitySuite:
     - ``loss_fn``: a loss (``loss_fn = F.cross_entropy``) or a method ``loss_fn(self, outputs,
       targets)``; None (the default) for a model that computes its own loss from a mapping
       batch with its labels inside;
-    - ``optimizer`` and ``step``: the checks' ``optimizer=`` (a factory of the parameters) and
-      ``step=`` (your training step), as values or methods of those names;
+    - ``optimizer``, ``step``, ``step_factory``: the checks' ``optimizer=`` (a factory of the
+      parameters), ``step=`` (your training step) or ``step_factory=`` (``step_factory(model)
+      -> step``: your step for the check's fresh model, with its own optimizer), as values or
+      methods of those names;
     - ``holdout()``: a second batch of the same distribution (for ``learns_signal``);
     - ``padding``: the checks' ``padding=`` (a bool mask or the pad id) where the batch does
       not mark its padding itself;
@@ -49,6 +51,7 @@ class SanitySuite:
     loss_fn: Any = None
     optimizer: Any = None
     step: Any = None
+    step_factory: Any = None
     padding: Any = None
     autoregressive: ClassVar[bool | None] = None
 
@@ -81,8 +84,8 @@ class SanitySuite:
         return tuple(c for c in CATALOGUE if c.name in chosen)
 
     def _value(self, name: str) -> Any:
-        """``loss_fn``/``optimizer``/``step``: a method of that name bound to the suite, else the
-        value itself (``loss_fn = F.cross_entropy`` must not be bound as a method)."""
+        """``loss_fn``, ``optimizer``, ``step``, ``step_factory``: a method of that name bound to
+        the suite, else the value itself (``loss_fn = F.cross_entropy`` must not be bound)."""
         raw = inspect.getattr_static(self, name)
         if isinstance(raw, staticmethod):
             return raw.__func__
@@ -99,6 +102,7 @@ class SanitySuite:
             loss_fn=self._value("loss_fn"),
             optimizer=self._value("optimizer"),
             step=self._value("step"),
+            step_factory=self._value("step_factory"),
             holdout=self.holdout(),
             padding=self.padding,
             inputs=self.inputs(batch),

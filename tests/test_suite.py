@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnsanity import SanitySuite
+from nnsanity import SanityError, SanitySuite
 from nnsanity.catalogue import CATALOGUE
 from nnsanity.suite import NotApplicable
 
@@ -20,7 +20,7 @@ SUITES = """
 import pytest
 import torch
 import torch.nn.functional as F
-from nnsanity import SanitySuite
+from nnsanity import SanityError, SanitySuite
 
 
 def signal(n, seed):  # a learnable relation, shared by the batch and the holdout
@@ -256,7 +256,6 @@ def test_a_name_that_is_not_a_check_is_a_value_error_listing_the_checks(attribut
 
 def test_options_reach_the_check():
     strict = type("TestStrict", (_AsValue,), {"options": {"update_ratio": {"max_ratio": 1e-9}}})
-    from nnsanity import SanityError
 
     with pytest.raises(SanityError, match="up to 1e-09 allowed"):
         strict().run("update_ratio")
@@ -270,3 +269,36 @@ def test_the_readme_s_first_example_is_a_suite_whose_every_applicable_check_pass
     pytester.makepyfile(test_sanity=first)
     result = pytester.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(passed=len(NAMES) - 4, skipped=4)  # causal, padding x2, holdout
+
+
+class _WithStepFactory(_AsValue):
+    """A user's training step, built for each check's fresh model; ``skip_update`` plants the
+    bug of a step that never calls ``optimizer.step()``."""
+
+    skip_update = False
+
+    def step_factory(self, model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        self.built.append(model)
+
+        def step(batch):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(batch[0]), batch[1])
+            loss.backward()
+            if not self.skip_update:
+                opt.step()
+            return loss
+
+        return step
+
+
+def test_a_step_factory_builds_the_user_s_step_for_each_check_s_own_model():
+    healthy = _WithStepFactory()
+    healthy.built = []
+    assert healthy.run("params_update").passed
+    assert healthy.run("update_ratio").passed
+    assert len(healthy.built) == 2 and healthy.built[0] is not healthy.built[1]
+    broken = type("TestNoStep", (_WithStepFactory,), {"skip_update": True})()
+    broken.built = []
+    with pytest.raises(SanityError, match=r"optimizer\.step"):
+        broken.run("params_update")
