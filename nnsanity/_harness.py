@@ -525,7 +525,9 @@ class Harness:
         the loss *before* its update (a tensor or a float), so that bugs in the user's loop are
         what gets tested; on the batch itself (``inputs`` None) what it does to the optimizer is
         recorded (``forensics()``). Either step runs with autograd on, even inside
-        ``torch.no_grad()``.
+        ``torch.no_grad()``. The user's step gets a fresh copy of the batch at every call, as a
+        loader would give it: an in-place augmentation (timm's ``Mixup`` mixes ``x`` in place)
+        then neither compounds from step to step nor changes the caller's batch.
         """
         if self.step is not None:
             step, batch = self.step, self.user_batch(inputs)
@@ -533,7 +535,7 @@ class Harness:
             def call() -> Any:
                 with autograd():
                     try:
-                        return step(batch)
+                        return step(map_tensors(torch.clone, batch))
                     except RuntimeError as e:
                         if "does not require grad" not in str(e):
                             raise
