@@ -19,28 +19,21 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import nnsanity
+from nnsanity.catalogue import CATALOGUE, Subject, get
 
-ALL_CHECKS = (
-    "init_loss",
-    "finite",
-    "loss_decreases",
-    "can_overfit",
-    "params_update",
-    "gradient_ratio",
-    "batch_independence",
-    "uses_inputs",
-    "reproducible",
-    "causal",
-    "eval_mode",
-    "params_registered",
-)
 # Checks every zoo model passes with defaults, asserted (with more detail) in their own test
 # files; the README's compatibility table shows them beside ALL_CHECKS.
 EVERY_MODEL = (
-    "update_ratio", "activation_growth", "dying_units", "loss_stability", "input_scale",
-    "target_leak",
+    "update_ratio", "activation_growth", "no_dying_units", "loss_stable", "input_scale",
+    "no_target_leak",
 )  # fmt: skip
+# The catalogue's checks that need nothing a zoo model lacks: the padding checks and
+# learns_signal have their own zoos (padding_zoo.py, learnable.py).
+ALL_CHECKS = tuple(
+    c.name
+    for c in CATALOGUE
+    if c.needs <= {"loss", "step", "sequence"} and c.name not in EVERY_MODEL
+)
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
 
@@ -496,39 +489,12 @@ ZOO: dict[str, Arch] = {
 
 def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any:
     """The check as a new user calls it: the model, the batch, the loss (if any), defaults."""
-    loss_fn = arch.loss_fn
-    if check == "batch_independence":
-        return nnsanity.measure_batch_independence(model, batch)
-    if check == "causal":
-        assert arch.causal_inputs is not None
-        return nnsanity.measure_causal(model, arch.causal_inputs(batch))
-    if check == "eval_mode":
-        return nnsanity.measure_eval_mode(model, batch)
-    if check == "reproducible":
-        model.train()  # dropout on: the forward pass draws random numbers where it has any
-
-        def forward() -> Any:
-            with torch.no_grad():
-                if isinstance(batch, dict):
-                    return model(**batch)
-                inputs = batch[0]
-                return model(inputs)
-
-        return nnsanity.measure_reproducibility(forward)
-    measure: dict[str, Any] = {
-        "init_loss": nnsanity.measure_init_loss,
-        "finite": nnsanity.measure_finite,
-        "loss_decreases": nnsanity.measure_loss_decrease,
-        "can_overfit": nnsanity.measure_overfit,
-        "params_update": nnsanity.measure_params_update,
-        "gradient_ratio": nnsanity.measure_gradient_ratio,
-        "uses_inputs": nnsanity.measure_uses_inputs,
-        "params_registered": nnsanity.measure_params_registered,
-        "update_ratio": nnsanity.measure_update_ratio,
-        "dying_units": nnsanity.measure_dying_units,
-        "loss_stability": nnsanity.measure_loss_stability,
-        "target_leak": nnsanity.measure_target_leak,
-    }
-    if check in ("activation_growth", "input_scale"):  # no loss involved
-        return getattr(nnsanity, f"measure_{check}")(model, batch)
-    return measure[check](model, batch, loss_fn)
+    inputs = arch.causal_inputs(batch) if arch.causal_inputs is not None else None
+    subject = Subject(
+        model=model,
+        batch=batch,
+        loss_fn=arch.loss_fn,
+        inputs=inputs,
+        autoregressive=arch.causal_inputs is not None,
+    )
+    return get(check).measure(subject)
