@@ -143,9 +143,15 @@ def _needs_loss(s: Subject) -> str | None:
         return None
     if isinstance(s.batch, Mapping) and any(k in s.batch for k in LABEL_KEYS):
         return None  # the model computes its own loss from the labels inside
+    if isinstance(s.batch, (tuple, list)) and len(s.batch) == 2:
+        from nnsanity._harness import _call_style, target_parameter
+
+        if target_parameter(s.model, s.batch[0], _call_style(s.model, s.batch[0], None)):
+            return None  # forward(x, targets) computes the loss (nanoGPT, torchvision detectors)
     return (
         "a loss: set loss_fn (e.g. loss_fn = F.cross_entropy), or give a model that computes "
-        f"its own loss a mapping batch with one of {list(LABEL_KEYS[:3])} inside"
+        f"its own loss a mapping batch with one of {list(LABEL_KEYS[:3])} inside, or an "
+        "(inputs, targets) batch if its forward takes the targets"
     )
 
 
