@@ -507,7 +507,7 @@ def test_a_seq2seq_transformer_with_its_default_batch_first_false_needs_no_batch
 def test_log_probabilities_compared_with_flattened_targets_are_read_as_log_probabilities():
     batch = recipes.word_batch()
     r = nnsanity.assert_init_loss(recipes.WordTransformer(), batch, recipes.word_loss)
-    assert r.output_kind == "log-probabilities" and r.n_classes == recipes.VOCAB
+    assert r.output_kind == "log-probabilities" and r.n_classes == recipes.WORDS
     loud = recipes.WordTransformer()
     with torch.no_grad():
         loud.decoder.weight.mul_(30)  # the final layer far too large: confident at init
