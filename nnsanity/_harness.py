@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import math
 import statistics
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -288,7 +289,8 @@ class Harness:
         if isinstance(batch, Mapping):
             labels = {k: v for k, v in batch.items() if k in LABEL_KEYS}
             inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
-            if needs_loss and not labels:
+            # A model computing its own loss may need no labels (CLIP's return_loss=True).
+            if needs_loss and not labels and loss_fn is not None:
                 raise ValueError(
                     f"the batch is a mapping with no labels (keys: {list(batch)}); put the "
                     f"targets under one of {list(LABEL_KEYS[:3])}, or pass (inputs, targets)."
@@ -483,10 +485,12 @@ class Harness:
         if self.self_loss:
             loss = own_loss(outputs)
             if not isinstance(loss, torch.Tensor):
+                labels = "" if self.targets else f" (the batch holds none of {LABEL_KEYS[:3]})"
                 raise ValueError(
                     f"loss_fn is None but the model returned no loss ({summarize(outputs)}); "
                     "a model that computes its own loss returns it as outputs.loss, or as the "
-                    "first or last entry of a tuple ((logits, loss)). Pass loss_fn."
+                    "first or last entry of a tuple ((logits, loss)), when given its "
+                    f"labels{labels}. Pass loss_fn, or the labels in the batch."
                 )
             return self._scalar(loss, "the model's loss")
         assert self.loss_fn is not None
@@ -577,8 +581,10 @@ class Harness:
             logits = self.logits(self.forward())
         producer = next((m for m, o in seen if o is logits and m is not self.model), None)
         seen.clear()
-        if producer is None or logits.shape != replacement.shape:
+        if logits.shape != replacement.shape:
             return None
+        if producer is None:  # made after the last module (a soft-cap, a bias): find the op
+            return self._self_loss_with_op(logits, replacement)
 
         def swap(module: torch.nn.Module, args: Any, out: Any) -> torch.Tensor:
             return replacement
@@ -588,6 +594,25 @@ class Harness:
             return self.loss(self.forward())
         finally:
             handle.remove()
+
+    def _self_loss_with_op(
+        self, logits: torch.Tensor, replacement: torch.Tensor
+    ) -> torch.Tensor | None:
+        """As ``_self_loss_with``, where the logits come from an operation after the last
+        module (Gemma2's tanh soft-cap after ``lm_head``, BART's ``+ final_logits_bias``): the
+        torch call whose result is the output's logits is found by its place in the forward's
+        sequence of calls, which a rerun on the same inputs repeats, and returns
+        ``replacement`` instead."""
+        mode = _CallSwap()
+        with mode:
+            found = self.logits(self.forward())
+        mode.target = next((i for i, ref in mode.results if ref() is found), None)
+        mode.results.clear()
+        if mode.target is None or found.shape != logits.shape:
+            return None
+        mode.replacement, mode.calls = replacement, 0
+        with mode:
+            return self.loss(self.forward())
 
     # -- training -----------------------------------------------------------------------------
 
@@ -608,7 +633,9 @@ class Harness:
         the loss *before* its update (a tensor or a float), so that bugs in the user's loop are
         what gets tested; on the batch itself (``inputs`` None) what it does to the optimizer is
         recorded (``forensics()``). Either step runs with autograd on, even inside
-        ``torch.no_grad()``.
+        ``torch.no_grad()``. The user's step gets a fresh copy of the batch at every call, as a
+        loader would give it: an in-place augmentation (timm's ``Mixup`` mixes ``x`` in place)
+        then neither compounds from step to step nor changes the caller's batch.
         """
         if self.step is not None:
             step, batch = self.step, self.user_batch(inputs)
@@ -616,7 +643,7 @@ class Harness:
             def call() -> Any:
                 with autograd():
                     try:
-                        return step(batch)
+                        return step(map_tensors(torch.clone, batch))
                     except RuntimeError as e:
                         if "does not require grad" not in str(e):
                             raise
@@ -699,6 +726,28 @@ class Harness:
             lambda p, t: fn(p, t) if self.roles.get(p) == "data" else t,
             self.inputs if inputs is None else inputs,
         )
+
+
+class _CallSwap(torch.overrides.TorchFunctionMode):
+    """Numbers the torch calls of a forward; records their tensor results (weakly: only the
+    output's own survive), or makes call ``target`` return ``replacement``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.results: list[tuple[int, weakref.ref[torch.Tensor]]] = []
+        self.target: int | None = None
+        self.replacement: torch.Tensor | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        k, self.calls = self.calls, self.calls + 1
+        if self.target is None:
+            if isinstance(out, torch.Tensor):
+                self.results.append((k, weakref.ref(out)))
+        elif k == self.target:
+            return self.replacement
+        return out
 
 
 @contextlib.contextmanager
