@@ -401,16 +401,27 @@ class Harness:
         ) from e
 
     def carried_state(self) -> tuple[str, ...]:
-        """The attributes of the model that hold a tensor (not a parameter or buffer) whose
-        value one more call on the same batch changes: a state carried from call to call, such
-        as an LSTM's hidden state kept on the module, which makes an output depend on the calls
-        before it. Two seeded forward passes in the current mode; the state is put back."""
+        """The attributes (and buffers, BatchNorm's statistics aside) of the model that hold a
+        tensor whose value one more call on the same batch changes: a state carried from call
+        to call, such as an LSTM's hidden state kept on the module, which makes an output
+        depend on the calls before it. Two seeded forward passes in the current mode; the state
+        is put back."""
+
+        norms = {
+            name
+            for name, m in self.model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+        }  # running statistics are BatchNorm's to update (assert_eval_mode judges them)
 
         def snapshot() -> dict[str, list[torch.Tensor]]:
-            return {
+            found = {
                 name: [t.detach().clone() for t in ts]
                 for name, ts in state_attributes(self.model).items()
             }
+            for name, t in self.model.named_buffers():
+                if name.rpartition(".")[0] not in norms:
+                    found[name] = [t.detach().clone()]
+            return found
 
         with preserved_module(self.model), torch.no_grad():
             seed_torch(self.seed)
