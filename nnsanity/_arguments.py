@@ -17,6 +17,7 @@ import torch
 LossFn = Callable[[Any, Any], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 Step = Callable[[Any], Any]
+StepFactory = Callable[[torch.nn.Module], Step]
 
 
 def check_model(model: Any) -> torch.nn.Module:
@@ -106,6 +107,32 @@ def check_training(optimizer: Any, step: Any) -> None:
             "pass either optimizer= (nnsanity runs the step) or step= (your own "
             "training step, which owns its optimizer), not both."
         )
+
+
+def resolve_step(model: Any, optimizer: Any, step: Any, step_factory: Any) -> Step | None:
+    """The user's step for one check: ``step`` itself, or a fresh one from
+    ``step_factory(model)`` (a new optimizer each check, so no optimizer state, such as Adam's
+    moments or a scheduler's count, leaks from one check of a test file into the next)."""
+    if step_factory is None:
+        return step  # type: ignore[no-any-return]
+    if not callable(step_factory):
+        raise TypeError(
+            "step_factory must be callable as step_factory(model) -> step, got "
+            f"{type(step_factory).__name__}."
+        )
+    if step is not None or optimizer is not None:
+        given = "step=" if step is not None else "optimizer="
+        raise ValueError(
+            f"pass either step_factory= (a fresh step for each check) or {given}, not both: "
+            "step_factory(model) builds the step, and with it the optimizer."
+        )
+    made = step_factory(check_model(model))
+    if not callable(made):
+        raise TypeError(
+            f"step_factory(model) must return a step callable as step(batch) -> loss, got "
+            f"{type(made).__name__}."
+        )
+    return made  # type: ignore[no-any-return]
 
 
 # Adam at 3e-4 is Karpathy's "safe and forgiving" default, for the checks that ask whether

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from nnsanity._arguments import (
     SAFE_LR,
@@ -53,6 +54,10 @@ N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise i
 
 CallStyle = Literal["single", "kwargs", "args"]
 
+# Names of a forward parameter that takes the targets (nanoGPT's and minGPT's
+# ``forward(idx, targets=None) -> (logits, loss)``, Hugging Face's ``labels``).
+TARGET_PARAMETERS = ("targets", "target", "labels", "label", "y")
+
 
 def _binds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
     try:
@@ -78,6 +83,43 @@ def _call_style(model: torch.nn.Module, inputs: Any, unpack: bool | None) -> Cal
     if isinstance(inputs, (tuple, list)) and not hasattr(inputs, "_fields") and spread:
         return "args"
     return "single"
+
+
+def target_parameter(model: torch.nn.Module, inputs: Any, style: CallStyle) -> str | None:
+    """The name of the forward parameter that takes the targets of an ``(inputs, targets)``
+    batch, if it has one: a parameter named in ``TARGET_PARAMETERS`` that the inputs do not
+    already fill, by which the call ``model(inputs, targets=y)`` binds."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature (a builtin)
+        return None
+    for name in TARGET_PARAMETERS:
+        p = params.get(name)
+        if p is None or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if style == "kwargs":
+            if name not in inputs and _binds(model.forward, **inputs, **{name: None}):
+                return name
+        elif style == "args":
+            if _binds(model.forward, *inputs, **{name: None}):
+                return name
+        elif _binds(model.forward, inputs, **{name: None}):
+            return name
+    return None
+
+
+def own_loss(outputs: Any) -> Any:
+    """The loss a model returned with its outputs: ``outputs.loss`` (or ``["loss"]``), or the
+    scalar at either end of a tuple, ``(loss, logits)`` (Hugging Face's ``return_dict=False``)
+    or ``(logits, loss)`` (nanoGPT, minGPT); None if there is none."""
+    if isinstance(outputs, Mapping):
+        return outputs.get("loss")
+    if isinstance(outputs, (tuple, list)) and outputs:
+        for end in (outputs[0], outputs[-1]):
+            if isinstance(end, torch.Tensor) and end.numel() == 1 and end.is_floating_point():
+                return end
+        return None
+    return getattr(outputs, "loss", None)
 
 
 def _shape(x: Any) -> str:
@@ -106,6 +148,39 @@ def _check_finite(x: Any, root: str, role: dict[Path, Role] | None = None) -> No
             )
 
 
+class _GraphBreaks(TorchFunctionMode):
+    """Records the operations that take a tensor with a graph and give back one without (an
+    ``argmax``, a comparison, ``.detach()``, a cast to an integer type) or a plain number
+    (``.item()``, ``.tolist()``), and those run under ``torch.no_grad()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if any(t.requires_grad for t in tensors_in((args, kwargs))):
+            if not torch.is_grad_enabled():
+                step = "an operation under torch.no_grad()"
+            else:
+                produced = tensors_in(out)
+                if produced and any(t.requires_grad for t in produced):
+                    return out
+                name = getattr(func, "__name__", repr(func))
+                step = f"{name}()" if name in ("item", "tolist", "numpy") or produced else ""
+            if step and step not in self.found:
+                self.found.append(step)
+        return out
+
+
+def _breaks(fn: Callable[[], Any]) -> list[str]:
+    """The graph-breaking steps that running ``fn`` takes (see ``_GraphBreaks``)."""
+    mode = _GraphBreaks()
+    with contextlib.suppress(Exception), mode, torch.enable_grad():
+        fn()
+    return mode.found
+
+
 class Harness:
     """The model, batch and loss of one check call, validated and on the model's device.
 
@@ -114,6 +189,15 @@ class Harness:
     ``loss_fn=None`` the model computes its own loss from the whole mapping
     (``model(**batch).loss``, the Hugging Face convention). ``inputs_only``: ``batch`` is the
     inputs alone (for checks of the model's outputs, such as causality).
+
+    A model whose forward takes the targets (a parameter named ``targets``, ``target``,
+    ``labels``, ``label`` or ``y`` that the inputs leave free; nanoGPT's
+    ``model(idx, targets) -> (logits, loss)``) is called as ``model(inputs, targets=targets)``
+    on an ``(inputs, targets)`` batch, by every check: such a model may return its full logits
+    only when given the targets. With ``loss_fn=None`` its own loss is used (``outputs.loss``,
+    or the scalar at either end of a returned tuple), else ``loss_fn(outputs, targets)``. The
+    targets are never perturbed: checks change the inputs alone. This holds for
+    ``inputs_only`` checks too: such a model's ``(inputs, targets)`` is read as that pair.
     """
 
     def __init__(
@@ -152,7 +236,16 @@ class Harness:
             )
         self.output = output
         self.loss_fn = loss_fn
-        inputs, targets, self._form = self._split(batch, loss_fn, needs_loss, inputs_only)
+        takes_targets = (
+            isinstance(batch, (tuple, list))
+            and len(batch) == 2
+            and target_parameter(model, batch[0], _call_style(model, batch[0], unpack)) is not None
+        )
+        # For the checks of the outputs alone (causality), an (inputs, targets) pair is still
+        # read as one when the model takes the targets: its full outputs may need them.
+        inputs, targets, self._form = self._split(
+            batch, loss_fn, needs_loss and not takes_targets, inputs_only and not takes_targets
+        )
         self._batch_type = type(batch)
         self.self_loss = needs_loss and loss_fn is None
         device = next(iter(model.parameters())).device
@@ -179,6 +272,9 @@ class Harness:
         )
         takes = self._style == "kwargs" and _binds(model.forward, **self.inputs, **labels)
         self._call_labels = labels if self.self_loss or (not needs_loss and takes) else {}
+        name = target_parameter(model, self.inputs, self._style) if takes_targets else None
+        if name is not None:  # the nanoGPT convention: every call carries the targets
+            self._call_labels = {name: self.targets}
 
     # -- reading the batch --------------------------------------------------------------------
 
@@ -204,8 +300,9 @@ class Harness:
             if needs_loss and loss_fn is None:
                 raise TypeError(
                     "loss_fn is None, which needs a mapping batch with its labels inside for a "
-                    "model that computes its own loss (model(**batch).loss); pass loss_fn= for "
-                    "an (inputs, targets) batch."
+                    "model that computes its own loss (model(**batch).loss), or a model whose "
+                    "forward takes the targets (forward(x, targets=None) -> (logits, loss)); "
+                    "pass loss_fn= for an (inputs, targets) batch."
                 )
             return batch[0], batch[1], "pair"
         got = (
@@ -260,7 +357,7 @@ class Harness:
             if self._style == "kwargs":
                 out = self.model(**inputs, **extra)
             elif self._style == "args":
-                out = self.model(*inputs)
+                out = self.model(*inputs, **extra)
             elif extra:
                 out = self.model(inputs, **extra)
             else:
@@ -274,6 +371,8 @@ class Harness:
             call = {"kwargs": "model(**inputs)", "args": "model(*inputs)"}.get(
                 self._style, "model(inputs)"
             )
+            if extra and self._form == "pair":
+                call = call[:-1] + f", {next(iter(extra))}=targets)"
             raise ValueError(
                 f"{type(self.model).__name__} failed when called as {call} on "
                 f"{summarize(inputs)}: {hint}{first_line(e)}. Check that the batch matches what "
@@ -299,13 +398,12 @@ class Harness:
     def loss(self, outputs: Any, targets: Any = None) -> torch.Tensor:
         """The scalar loss of ``outputs``: ``loss_fn(outputs, targets)``, or the model's own."""
         if self.self_loss:
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
-            if loss is None and isinstance(outputs, (tuple, list)) and outputs:
-                loss = outputs[0]
+            loss = own_loss(outputs)
             if not isinstance(loss, torch.Tensor):
                 raise ValueError(
                     f"loss_fn is None but the model returned no loss ({summarize(outputs)}); "
-                    "a model that computes its own loss returns it as outputs.loss. Pass loss_fn."
+                    "a model that computes its own loss returns it as outputs.loss, or as the "
+                    "first or last entry of a tuple ((logits, loss)). Pass loss_fn."
                 )
             return self._scalar(loss, "the model's loss")
         assert self.loss_fn is not None
@@ -324,6 +422,42 @@ class Harness:
                 f"{first_line(e)}. Check the target shape and dtype the loss expects."
             ) from e
         return self._scalar(loss, "loss_fn")
+
+    def graph_loss(self, outputs: Any) -> torch.Tensor:
+        """``loss(outputs)`` for a backward pass: a ValueError that names the step that broke
+        the graph (loss_fn's or the model's forward) when the loss has none, instead of
+        torch's "element 0 of tensors does not require grad" at ``backward()``."""
+        loss = self.loss(outputs)
+        if loss.requires_grad or not torch.is_grad_enabled():
+            return loss
+        model = type(self.model).__name__
+        with_graph = any(t.requires_grad for t in tensors_in(outputs))
+        if with_graph and not self.self_loss:
+            culprit, steps = "loss_fn", _breaks(lambda: self.loss_fn(outputs, self.targets))  # type: ignore[misc]
+            told = "although the model's outputs have one"
+        else:
+            culprit, steps = f"{model}.forward", _breaks(self.forward)
+            told = "although its logits have one" if with_graph else "and neither do its outputs"
+        where = f" (at {', '.join(steps[:3])})" if steps else ""
+        raise ValueError(
+            f"{culprit} breaks the autograd graph{where}: the loss has no graph "
+            f"(requires_grad=False) {told}, so no gradient can reach {model}'s parameters. "
+            "Compute the loss from the outputs with differentiable operations: the logits, not "
+            "their argmax or a comparison; no .detach(), .item(), torch.tensor(...) or "
+            "torch.no_grad() on the way."
+        )
+
+    def _explain_no_graph(self, e: RuntimeError) -> None:
+        """The user's step backpropagated a loss without a graph: name the step that broke it
+        where the harness's own loss finds it, else the step itself."""
+        if self.loss_fn is not None or self.self_loss:
+            self.graph_loss(self.forward())  # raises naming loss_fn or the forward, if either
+        raise ValueError(
+            f"step= called backward() on a loss with no autograd graph ({first_line(e)}): "
+            "something in the step breaks the graph between the model's outputs and the loss "
+            "(an argmax, .detach(), .item(), torch.tensor(...) or torch.no_grad()). Compute the "
+            "loss from the outputs with differentiable operations."
+        ) from e
 
     @staticmethod
     def _scalar(loss: Any, what: str) -> torch.Tensor:
@@ -380,7 +514,7 @@ class Harness:
         for p in self.model.parameters():
             p.grad = None
         with autograd():
-            loss = self.loss(self.forward())
+            loss = self.graph_loss(self.forward())
             loss.backward()
         return float(loss.detach())
 
@@ -391,20 +525,28 @@ class Harness:
         the loss *before* its update (a tensor or a float), so that bugs in the user's loop are
         what gets tested; on the batch itself (``inputs`` None) what it does to the optimizer is
         recorded (``forensics()``). Either step runs with autograd on, even inside
-        ``torch.no_grad()``.
+        ``torch.no_grad()``. The user's step gets a fresh copy of the batch at every call, as a
+        loader would give it: an in-place augmentation (timm's ``Mixup`` mixes ``x`` in place)
+        then neither compounds from step to step nor changes the caller's batch.
         """
         if self.step is not None:
             step, batch = self.step, self.user_batch(inputs)
 
             def call() -> Any:
                 with autograd():
-                    return step(batch)
+                    try:
+                        return step(map_tensors(torch.clone, batch))
+                    except RuntimeError as e:
+                        if "does not require grad" not in str(e):
+                            raise
+                        self._explain_no_graph(e)
+                        raise
 
             runner: Callable[[], Any] = call
             if inputs is None:
                 runner = self.recorder = Recorder(
                     self.model, call, step,
-                    lambda: loss_gradient(self.model, lambda: self.loss(self.forward())),
+                    lambda: loss_gradient(self.model, lambda: self.graph_loss(self.forward())),
                 )  # fmt: skip
 
             def run_user() -> float:
@@ -437,7 +579,7 @@ class Harness:
         def run_default() -> float:
             with autograd():
                 opt.zero_grad(set_to_none=True)
-                loss = self.loss(self.forward(inputs))
+                loss = self.graph_loss(self.forward(inputs))
                 loss.backward()
                 opt.step()
             return float(loss.detach())

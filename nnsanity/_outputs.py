@@ -94,7 +94,9 @@ class Outputs:
     def __init__(self, h: Harness, outputs: Any) -> None:
         self.h, self.outputs = h, outputs
         self.logits = h.logits(outputs).detach()
-        targets = None if h.self_loss else h.targets
+        # A model that computes its own loss from a label mapping may shift the labels inside;
+        # targets passed as a tensor (the nanoGPT convention) line up with the logits.
+        targets = h.targets if isinstance(h.targets, torch.Tensor) else None
         self.dim = class_dim(self.logits, targets)
         self.kind = kind_of(self.logits, self.dim, targets)
 
@@ -193,7 +195,9 @@ class Outputs:
         log-frequencies of the batch's labels (two forward passes; the model may shift its
         labels, as a causal LM does, so the frequencies are pooled over positions)."""
         candidates = [z0.to(self.logits.dtype)]
-        labels = self.h.targets.get("labels") if isinstance(self.h.targets, dict) else None
+        labels = self.h.targets
+        if isinstance(labels, dict):
+            labels = labels.get("labels")
         c = self.logits.shape[-1]
         if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and c >= 2:
             valid = labels[(labels >= 0) & (labels < c)]

@@ -63,7 +63,7 @@ def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         with deterministic_mode(h.model), autograd():
             seed_torch(h.seed)
-            loss = h.loss(h.forward())
+            loss = h.graph_loss(h.forward())
             grads = torch.autograd.grad(loss, [o for _, _, o in calls], allow_unused=True)
     finally:
         for handle in handles:

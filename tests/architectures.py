@@ -37,7 +37,10 @@ ALL_CHECKS = (
 )
 # Checks every zoo model passes with defaults, asserted (with more detail) in their own test
 # files; the README's compatibility table shows them beside ALL_CHECKS.
-EVERY_MODEL = ("update_ratio", "activation_growth", "dying_units", "loss_stability", "input_scale")
+EVERY_MODEL = (
+    "update_ratio", "activation_growth", "dying_units", "loss_stability", "input_scale",
+    "target_leak",
+)  # fmt: skip
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
 
@@ -423,6 +426,7 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
         "update_ratio": nnsanity.measure_update_ratio,
         "dying_units": nnsanity.measure_dying_units,
         "loss_stability": nnsanity.measure_loss_stability,
+        "target_leak": nnsanity.measure_target_leak,
     }
     if check in ("activation_growth", "input_scale"):  # no loss involved
         return getattr(nnsanity, f"measure_{check}")(model, batch)

@@ -1,152 +1,222 @@
-"""Public projects' own recipes, rebuilt for the checks' calibration on real optimizers.
+"""Small models written the way three public projects write theirs, each with its own step.
 
-- ``MnistNet``: pytorch/examples' ``mnist/main.py`` CNN (conv32-conv64-maxpool-dropout-fc128-
-  dropout-fc10, log-softmax scored by ``F.nll_loss``), with ``digits(n, seed)``: MNIST-like
-  28x28 digits (each class a fixed smooth stroke template, drawn at a random shift of up to 3
-  pixels with pixel noise, standardised with MNIST's mean and std as the example does), learnable
-  by that CNN and not by a lookup of pixels.
-- ``step_factory(kind)``: the step of ``main.py`` (Adadelta at lr 1.0; its ``StepLR`` steps once
-  an epoch, so never within a check) and the optimizers people train such models with: Adagrad,
-  SGD with Nesterov momentum, AdamW, each at its usual learning rate.
+- ``GPT``: karpathy/nanoGPT's ``model.py`` convention, ``model(idx, targets) -> (logits, loss)``,
+  full logits only when the targets are given; ``gpt_step`` is ``train.py``'s step (AdamW,
+  betas (0.9, 0.95), weight decay 0.1, gradient clipping at 1.0).
+- ``WordTransformer``: pytorch/examples ``word_language_model``'s ``TransformerModel``:
+  time-first ``(T, B)`` token batches, ``nn.TransformerEncoder`` with its default
+  ``batch_first=False``, a causal mask, log-probabilities out; ``word_step`` is ``main.py``'s
+  (plain SGD written by hand, gradient clipping at 0.25).
+- ``WordLSTM``: the same example's ``RNNModel``: ``model(data, hidden) -> (log_probs, hidden)``,
+  the hidden state carried from batch to batch by the step and detached before each one
+  (``repackage_hidden``).
+
+Tiny sizes, so a sweep over seeds stays fast. The data are sequences with a rule to learn.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-TASK = 4321  # one set of templates for every batch: a relation shared by train and holdout
-CLASSES = 10
-SIDE = 28
-SHIFT = 3
+VOCAB, T, B = 24, 12, 8
 
 
-class MnistNet(nn.Module):
-    """pytorch/examples' mnist ``Net``, unchanged."""
+def rule_tokens(seed: int = 0, n: int = B, t: int = T + 1) -> torch.Tensor:
+    """(n, t) token rows that count up by a per-row stride, from a random start: the next
+    token follows from the last two, a rule a small LM learns in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, VOCAB, (n, 1), generator=g)
+    stride = torch.randint(1, 4, (n, 1), generator=g)
+    return (start + stride * torch.arange(t)) % VOCAB
 
-    def __init__(self) -> None:
+
+# -- nanoGPT -----------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
+        self.qkv, self.proj, self.heads = nn.Linear(d, 3 * d), nn.Linear(d, d), heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-        x = F.relu(self.fc1(torch.flatten(self.dropout1(x), 1)))
-        return F.log_softmax(self.fc2(self.dropout2(x)), dim=1)
+        b, t, c = x.shape
+        q, k, v = (
+            z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+            for z in self.qkv(x).split(c, dim=2)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
 
-def mnist_net(seed: int) -> MnistNet:
-    torch.manual_seed(seed)
-    return MnistNet()
-
-
-def _templates() -> torch.Tensor:
-    """One smooth stroke pattern per class: a blurred random walk of ink on a 28x28 canvas."""
-    g = torch.Generator().manual_seed(TASK)
-    canvas = torch.zeros(CLASSES, 1, SIDE, SIDE)
-    for c in range(CLASSES):
-        r, q = 14.0, 14.0
-        for _ in range(60):
-            r = min(max(r + float(torch.randn((), generator=g)) * 1.5, 6), 21)
-            q = min(max(q + float(torch.randn((), generator=g)) * 1.5, 6), 21)
-            canvas[c, 0, int(r), int(q)] = 1.0
-    blur = torch.ones(1, 1, 3, 3) / 9
-    return F.conv2d(canvas, blur, padding=1).clamp(0, 1) * 3 / 1.5
-
-
-def digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` digits ``(n, 1, 28, 28)`` standardised as the example does, with labels ``(n,)``."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, CLASSES, (n,), generator=g)
-    shifts = torch.randint(-SHIFT, SHIFT + 1, (n, 2), generator=g)
-    base = _templates()[y]
-    x = torch.stack([torch.roll(b, (int(s[0]), int(s[1])), (1, 2)) for b, s in zip(base, shifts)])
-    x = (x + 0.1 * torch.rand(x.shape, generator=g)).clamp(0, 1)
-    return (x - 0.1307) / 0.3081, y
-
-
-OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
-    "adadelta": lambda m: torch.optim.Adadelta(m.parameters(), lr=1.0),  # main.py's own
-    "adagrad": lambda m: torch.optim.Adagrad(m.parameters(), lr=1e-3),
-    "sgd_momentum": lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True),
-    "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01),
-}
-
-
-def step_factory(kind: str) -> Callable[[nn.Module], Callable[[tuple], torch.Tensor]]:
-    """``(model) -> step(batch) -> loss`` with a fresh optimizer of ``kind`` for each model."""
-
-    def make(model: nn.Module) -> Callable[[tuple], torch.Tensor]:
-        opt = OPTIMIZERS[kind](model)
-
-        def step(batch: tuple) -> torch.Tensor:
-            x, y = batch
-            opt.zero_grad()
-            loss = F.nll_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return step
-
-    return make
-
-
-class PositionalEncoding(nn.Module):
-    """The sinusoidal table of "Attention is all you need" added to a ``(B, T, D)`` input;
-    ``bug="first_row"`` adds its first row to every position (``pe[:, :1]``), the indexing slip
-    that leaves a Transformer blind to order."""
-
-    def __init__(self, d: int, max_len: int = 64, bug: str | None = None) -> None:
+class GPTBlock(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
         super().__init__()
-        pos = torch.arange(max_len)[:, None]
-        div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
-        pe = torch.zeros(1, max_len, d)
-        pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
-        self.register_buffer("pe", pe)
-        self.bug = bug
+        self.ln_1, self.attn = nn.LayerNorm(d), CausalSelfAttention(d, heads)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (self.pe[:, :1] if self.bug == "first_row" else self.pe[:, : x.size(1)])
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
 
 
-ORDER_VOCAB, ORDER_T, ORDER_D = 32, 12, 32
+class GPT(nn.Module):
+    """nanoGPT's GPT at toy size: tied embeddings, N(0, 0.02) init, the loss inside."""
 
-
-class OrderTransformer(nn.Module):
-    """A Transformer encoder classifier of token sequences (mean-pooled), its positions from
-    ``PositionalEncoding``."""
-
-    def __init__(self, bug: str | None = None) -> None:
+    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, seed: int = 0) -> None:
         super().__init__()
-        self.embed = nn.Embedding(ORDER_VOCAB, ORDER_D)
-        self.pos_encoding = PositionalEncoding(ORDER_D, bug=bug)
-        layer = nn.TransformerEncoderLayer(ORDER_D, 4, 64, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(ORDER_D, 2)
+        torch.manual_seed(seed)
+        self.wte, self.wpe = nn.Embedding(VOCAB, d), nn.Embedding(T, d)
+        self.h = nn.ModuleList(GPTBlock(d, heads) for _ in range(layers))
+        self.ln_f, self.lm_head = nn.LayerNorm(d), nn.Linear(d, VOCAB, bias=False)
+        self.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.pos_encoding(self.embed(ids))).mean(1))
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
+        if targets is None:  # inference: only the last position's logits
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
+        return logits, loss
 
 
-def order_transformer(seed: int, bug: str | None = None) -> OrderTransformer:
-    torch.manual_seed(seed)
-    return OrderTransformer(bug)
+def gpt_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    data = rule_tokens(seed)
+    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
 
-def ascending_or_descending(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` rows of 12 distinct tokens ``(n, 12)``, sorted ascending (label 0) or descending
-    (1): the same tokens either way, so only their order tells the label."""
-    g = torch.Generator().manual_seed(seed)
-    rows = [torch.randperm(ORDER_VOCAB, generator=g)[:ORDER_T].sort().values for _ in range(n)]
-    y = torch.randint(0, 2, (n,), generator=g)
-    x = torch.stack(rows)
-    return torch.where(y[:, None].bool(), x.flip(1), x), y
+def gpt_step(model: nn.Module, lr: float = 1e-3):
+    """nanoGPT ``train.py``'s step: AdamW, clip at 1.0, zero_grad(set_to_none=True) after."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step(batch):
+        x, y = batch
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+# -- word_language_model: the LSTM ---------------------------------------------------------------
+
+
+class WordLSTM(nn.Module):
+    """``RNNModel("LSTM")`` of word_language_model at toy size: time-first ``(T, B)`` tokens in,
+    ``(log_probs, hidden)`` out, the log-probabilities flattened to ``(T * B, vocab)`` as the
+    example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument, zeros when
+    not given (``init_hidden``)."""
+
+    def __init__(self, d: int = 32, layers: int = 2, dropout: float = 0.2, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(VOCAB, d)
+        self.rnn = nn.LSTM(d, d, layers, dropout=dropout)
+        self.decoder = nn.Linear(d, VOCAB)
+        self.layers, self.d = layers, d
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def init_hidden(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = next(self.parameters())
+        return w.new_zeros(self.layers, b, self.d), w.new_zeros(self.layers, b, self.d)
+
+    def forward(self, data: torch.Tensor, hidden=None):
+        hidden = self.init_hidden(data.shape[1]) if hidden is None else hidden
+        out, hidden = self.rnn(self.drop(self.encoder(data)), hidden)
+        decoded = self.decoder(self.drop(out)).view(-1, VOCAB)
+        return F.log_softmax(decoded, dim=1), hidden
+
+
+def repackage_hidden(h):
+    """The example's: wrap hidden states in new tensors, to detach them from their history."""
+    if isinstance(h, torch.Tensor):
+        return h.detach()
+    return tuple(repackage_hidden(v) for v in h)
+
+
+def word_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``get_batch``'s ``(data, target)``: data (T, B), target flattened to (T * B,)."""
+    source = rule_tokens(seed).t().contiguous()  # (T + 1, B): batchify's layout
+    return source[:-1], source[1:].reshape(-1)
+
+
+def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
+    """word_language_model ``main.py``'s ``train()`` step: the hidden state carried from batch
+    to batch and repackaged (detached) before each; NLL loss; clip at 0.25; hand-written SGD
+    at lr 20 (the example's default)."""
+    state = {"hidden": None}
+
+    def step(batch):
+        data, targets = batch
+        if state["hidden"] is None or state["hidden"][0].shape[1] != data.shape[1]:
+            state["hidden"] = model.init_hidden(data.shape[1])
+        hidden = repackage_hidden(state["hidden"])
+        model.zero_grad()
+        output, state["hidden"] = model(data, hidden)
+        loss = F.nll_loss(output, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(p.grad, alpha=-lr)
+        return loss
+
+    return step
+
+
+class StatefulLSTM(nn.Module):
+    """An LSTM LM that keeps its hidden state on the module, carried from call to call: the
+    outputs of a batch depend on the batches before it. ``detach=False`` also keeps the
+    graph, so the second backward runs into the first call's freed graph."""
+
+    def __init__(self, detach: bool = True, d: int = 32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.encoder, self.decoder = nn.Embedding(VOCAB, d), nn.Linear(d, VOCAB)
+        self.rnn = nn.LSTM(d, d, batch_first=True)
+        self.detach, self.hidden = detach, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden
+        if hidden is not None and self.detach:
+            hidden = tuple(h.detach() for h in hidden)
+        if hidden is not None and hidden[0].shape[1] != x.shape[0]:
+            hidden = None
+        out, self.hidden = self.rnn(self.encoder(x), hidden)
+        return self.decoder(out)
+
+
+def stateless_lstm(seed: int = 0) -> StatefulLSTM:
+    """The healthy twin of ``StatefulLSTM``: the same network, its state never kept."""
+
+    class Stateless(StatefulLSTM):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.rnn(self.encoder(x))[0])
+
+    return Stateless(seed=seed)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -7,6 +7,7 @@ import dataclasses
 from collections import UserDict
 
 import pytest
+import recipes
 import torch
 import zoo
 from torch import nn
@@ -144,8 +145,11 @@ def test_the_hugging_face_convention_the_model_computes_its_own_loss_from_labels
     r = nnsanity.assert_init_loss(OwnLoss(), batch)
     assert r.zero_output_loss == pytest.approx(float(torch.log(torch.tensor(3.0))), rel=1e-5)
     assert nnsanity.assert_loss_decreases(OwnLoss(), batch).passed
+    # An (inputs, targets) pair reaches the model's labels parameter (the nanoGPT convention);
+    # a model that takes no targets still needs loss_fn.
+    assert nnsanity.assert_init_loss(OwnLoss(), (token_inputs(), LABELS)).passed
     with pytest.raises(TypeError, match="loss_fn is None, which needs a mapping batch"):
-        nnsanity.assert_init_loss(OwnLoss(), (token_inputs(), LABELS))
+        nnsanity.assert_init_loss(DictModel(), (token_inputs(), LABELS))
 
 
 def test_a_mapping_batch_without_labels_says_where_to_put_them():
@@ -225,3 +229,186 @@ def test_a_real_batch_encoding_reaches_a_hugging_face_model_as_keywords():
     r = nnsanity.assert_batch_independence(arch.build(), batch)
     assert r.passed and r.method == "perturbation"  # token ids: no gradient to follow
     assert nnsanity.assert_init_loss(arch.build(), batch).n_classes == 3
+
+
+# -- models that take the targets: model(idx, targets) -> (logits, loss) (nanoGPT) -------------
+
+
+class BatchMixingGPT(recipes.GPT):
+    """A GPT whose hidden states mix the batch (a mean over dim 0 added: a wrong reduction)."""
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = x + x.mean(0, keepdim=True)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return (logits, loss) if targets is not None else (logits[:, [-1]], None)
+
+
+class RecordingGPT(recipes.GPT):
+    """A healthy GPT that records the targets of every call it gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, idx, targets=None):
+        self.seen.append(targets)
+        return super().forward(idx, targets)
+
+
+def test_a_model_that_takes_the_targets_is_given_them_and_its_own_loss_is_used():
+    x, y = recipes.gpt_batch()
+    model = recipes.GPT()
+    with torch.no_grad():
+        own = float(model(x, y)[1])
+    r = nnsanity.assert_init_loss(model, (x, y))  # no loss_fn: the model's own loss
+    assert r.loss == pytest.approx(own, rel=1e-6)
+    assert nnsanity.assert_loss_decreases(recipes.GPT(), (x, y)).passed
+    # the user's own loss_fn, on the (logits, loss) outputs; the full logits need the targets
+    r = nnsanity.assert_init_loss(recipes.GPT(), (x, y), lambda out, t: F.cross_entropy(
+        out[0].flatten(0, 1), t.flatten()))  # fmt: skip
+    assert r.loss == pytest.approx(own, rel=1e-6)
+    assert nnsanity.assert_causal(recipes.GPT(), (x, y)).passed  # the pair, for full logits
+    assert nnsanity.assert_batch_independence(recipes.GPT(), (x, y)).passed
+
+
+def test_a_model_that_takes_the_targets_is_still_caught_mixing_the_batch_or_the_future():
+    x, y = recipes.gpt_batch()
+    with pytest.raises(nnsanity.SanityError):
+        nnsanity.assert_batch_independence(BatchMixingGPT(), (x, y))
+
+    class Acausal(recipes.GPT):
+        def forward(self, idx, targets=None):
+            return super().forward(idx.flip(1), targets)
+
+    with pytest.raises(nnsanity.SanityError):
+        nnsanity.assert_causal(Acausal(), (x, y))
+
+
+def test_the_checks_that_change_the_inputs_never_change_the_targets():
+    x, y = recipes.gpt_batch()
+    model = RecordingGPT()
+    nnsanity.measure_batch_independence(model, (x, y))
+    nnsanity.measure_causal(model, (x, y))
+    nnsanity.measure_uses_inputs(model, (x, y))
+    assert model.seen and all(t is not None and torch.equal(t, y) for t in model.seen)
+
+
+# -- a loss without a graph --------------------------------------------------------------------
+
+
+def _no_grad_loss(out, y):
+    with torch.no_grad():
+        return F.cross_entropy(out, y)
+
+
+GRAPHLESS_LOSSES = {
+    "argmax()": lambda out, y: F.mse_loss(out.argmax(1).float(), y.float()),
+    "item()": lambda out, y: torch.tensor(F.cross_entropy(out, y).item()),
+    "detach()": lambda out, y: F.cross_entropy(out.detach(), y),
+    "torch.no_grad()": _no_grad_loss,
+}
+TRAINING_CHECKS = {  # assert_ name: measure_ name
+    "loss_decreases": "loss_decrease", "can_overfit": "overfit", "params_update": "params_update",
+    "finite": "finite", "uses_inputs": "uses_inputs", "update_ratio": "update_ratio",
+    "gradient_ratio": "gradient_ratio", "no_dying_units": "dying_units",
+    "loss_stable": "loss_stability", "params_registered": "params_registered",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("step", list(GRAPHLESS_LOSSES))
+@pytest.mark.parametrize("check", list(TRAINING_CHECKS))
+def test_a_loss_without_a_graph_is_a_clear_error_naming_the_step_that_breaks_it(check, step):
+    batch = zoo.classification_batch()
+    with pytest.raises(ValueError, match=rf"loss_fn breaks the autograd graph \(at .*{step[:-2]}"):
+        getattr(nnsanity, f"assert_{check}")(zoo.mlp(), batch, GRAPHLESS_LOSSES[step])
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("check", list(TRAINING_CHECKS.values()))
+def test_the_same_checks_pass_with_the_loss_computed_on_the_logits(check):
+    measure = getattr(nnsanity, f"measure_{check}")
+    assert measure(zoo.mlp(), zoo.classification_batch(), F.cross_entropy).passed
+
+
+def test_a_forward_that_breaks_the_graph_is_named_and_so_is_a_users_step():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = zoo.mlp()
+
+        def forward(self, x):
+            return self.net(x).detach()
+
+    class OwnLossAsNumber(Detached):
+        def forward(self, x, targets=None):
+            z = self.net(x)
+            return z, torch.tensor(F.cross_entropy(z, targets).item())
+
+    batch = zoo.classification_batch()
+    with pytest.raises(ValueError, match=r"Detached.forward breaks .*\(at detach\(\)\).*neither"):
+        nnsanity.assert_loss_decreases(Detached(), batch, F.cross_entropy)
+    with pytest.raises(ValueError, match=r"OwnLossAsNumber.forward breaks .*\(at item\(\)\)"):
+        nnsanity.assert_loss_decreases(OwnLossAsNumber(), batch)
+    model = zoo.mlp()
+    step = zoo.user_step(model, loss_fn=lambda out, y: F.cross_entropy(out.detach(), y))
+    with pytest.raises(ValueError, match=r"step= called backward\(\) on a loss with no autograd"):
+        nnsanity.assert_loss_decreases(model, batch, F.cross_entropy, step=step)
+    model = zoo.mlp()
+    step = zoo.user_step(model)
+    assert nnsanity.assert_loss_decreases(model, batch, F.cross_entropy, step=step).passed
+
+
+# -- step_factory: a fresh step (and optimizer) for each check ----------------------------------
+
+STEP_CHECKS = [
+    "loss_decrease", "overfit", "params_update", "params_registered", "update_ratio",
+    "uses_inputs", "dying_units", "loss_stability", "learns_signal",
+]  # fmt: skip
+
+
+def test_a_shared_steps_optimizer_state_leaks_into_the_next_check_and_a_factorys_does_not():
+    batch, model = zoo.classification_batch(), zoo.mlp()
+    alone = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step=zoo.user_step(model))
+    shared = zoo.user_step(model)
+    nnsanity.measure_loss_decrease(model, batch, F.cross_entropy, step=shared, steps=5)
+    after = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step=shared)
+    assert after.layers != alone.layers  # Adam's moments from the check before moved the step
+    made = []
+
+    def factory(m):
+        made.append(m)
+        return zoo.user_step(m)
+
+    nnsanity.measure_loss_decrease(model, batch, F.cross_entropy, step_factory=factory, steps=5)
+    after = nnsanity.measure_update_ratio(model, batch, F.cross_entropy, step_factory=factory)
+    assert after.layers == alone.layers
+    assert made == [model, model]
+
+
+@pytest.mark.parametrize("check", STEP_CHECKS)
+def test_every_check_that_takes_a_step_takes_a_step_factory(check):
+    measure = getattr(nnsanity, f"measure_{check}")
+    kw = {"holdout": zoo.classification_batch(seed=1)} if check == "learns_signal" else {}
+    model, made = zoo.mlp(), []
+
+    def call(**more):
+        return measure(model, zoo.classification_batch(), F.cross_entropy, **kw, **more)
+
+    def factory(m):
+        made.append(m)
+        return zoo.user_step(m)
+
+    call(step_factory=factory)
+    assert made == [model]
+    with pytest.raises(ValueError, match=r"either step_factory= .* or step=, not both"):
+        call(step=zoo.user_step(model), step_factory=factory)
+    with pytest.raises(ValueError, match=r"either step_factory= .* or optimizer=, not both"):
+        call(optimizer=torch.optim.SGD, step_factory=factory)
+    with pytest.raises(TypeError, match=r"step_factory must be callable as step_factory\(model\)"):
+        call(step_factory=3)
+    with pytest.raises(TypeError, match=r"step_factory\(model\) must return a step callable"):
+        call(step_factory=lambda m: None)

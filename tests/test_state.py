@@ -165,3 +165,33 @@ def test_a_model_built_under_inference_mode_is_rejected_with_a_clear_error():
         model = zoo.mlp()
     with pytest.raises(ValueError, match=r"created under torch\.inference_mode\(\).*outside"):
         nnsanity.assert_loss_decreases(model, zoo.classification_batch(), F.cross_entropy)
+
+
+def _mixing_step(model):
+    """A step that augments its batch in place, as timm's Mixup does (x.mul_(lam).add_(...))."""
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step(batch):
+        x, y = batch
+        x.mul_(0.5).add_(x.flip(0), alpha=0.5)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def test_a_step_that_augments_in_place_sees_a_fresh_batch_and_leaves_the_callers_alone():
+    model, batch, _ = zoo.healthy("mlp")
+    kept = batch[0].clone()
+    seen = []
+
+    def step(b):
+        seen.append(b[0].clone())
+        return _mixing_step(model)(b)
+
+    nnsanity.measure_loss_decrease(model, batch, F.cross_entropy, step=step)
+    assert torch.equal(batch[0], kept)  # the caller's batch is untouched
+    assert all(torch.equal(s, kept) for s in seen)  # and no mixing compounds across steps

@@ -17,7 +17,16 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    SAFE_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -81,6 +90,7 @@ def measure_dying_units(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 3,
     max_dying_fraction: float = MAX_DYING_FRACTION,
     unpack: bool | None = None,
@@ -91,6 +101,7 @@ def measure_dying_units(
     max_dying_fraction = check_number(
         max_dying_fraction, "max_dying_fraction", low=0, high=1, what="a fraction"
     )
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
         default_lr=SAFE_LR,
@@ -138,6 +149,7 @@ def assert_no_dying_units(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 3,
     max_dying_fraction: float = MAX_DYING_FRACTION,
     unpack: bool | None = None,
@@ -166,11 +178,15 @@ def assert_no_dying_units(
     dead on all data (a dead unit on one batch may fire on another); units dead at initialisation
     are judged by :func:`nnsanity.assert_params_update`.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_dying_units(
-        model, batch, loss_fn, optimizer=optimizer, step=step, steps=steps,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps,
         max_dying_fraction=max_dying_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

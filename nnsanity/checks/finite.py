@@ -209,7 +209,7 @@ def measure_finite(
                 p.grad = None
             outputs = h.forward()
             if watch.first_bad is None:
-                loss = h.loss(outputs)
+                loss = h.graph_loss(outputs)
         if watch.first_bad is not None:
             stage, name, count, numel = watch.first_bad
             return found(

@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause
 from nnsanity._forensics import OFF_BY, StepForensics
 from nnsanity._harness import N_EVALS, Harness
@@ -75,6 +83,7 @@ def measure_loss_decrease(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 100,
     min_decrease: float = 0.01,
     unpack: bool | None = None,
@@ -88,6 +97,7 @@ def measure_loss_decrease(
     min_decrease = check_number(
         min_decrease, "min_decrease", low=0, high=1, high_open=True, what="a fraction"
     )
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     with h.isolated():
         initial, sd = h.evaluate()
@@ -187,6 +197,7 @@ def assert_loss_decreases(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 100,
     min_decrease: float = 0.01,
     unpack: bool | None = None,
@@ -209,11 +220,15 @@ def assert_loss_decreases(
     can fit the batch (:func:`nnsanity.assert_can_overfit`), uses its inputs
     (:func:`nnsanity.assert_uses_inputs`) or generalises.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_loss_decrease(
-        model, batch, loss_fn, optimizer=optimizer, step=step, steps=steps,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps,
         min_decrease=min_decrease, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

@@ -98,7 +98,7 @@ def measure_loss_masking(
                     "inputs', pass padding= (a bool mask of the output's padded positions, e.g. "
                     "labels == -100); output= picks another output."
                 )
-            loss = h.loss(outputs)
+            loss = h.graph_loss(outputs)
             (grad,) = torch.autograd.grad(loss, [logits], allow_unused=True)
     if grad is None:
         raise ValueError(

@@ -16,7 +16,16 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    SAFE_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -79,6 +88,7 @@ def measure_loss_stability(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 5,
     max_rise: float = MAX_RISE,
     unpack: bool | None = None,
@@ -88,6 +98,7 @@ def measure_loss_stability(
     so far. See :func:`assert_loss_stable`. Never raises ``SanityError``."""
     steps = check_int(steps, "steps", minimum=2)
     max_rise = check_number(max_rise, "max_rise", low=0, what="a number >= 0")
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
         default_lr=SAFE_LR,
@@ -128,6 +139,7 @@ def assert_loss_stable(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 5,
     max_rise: float = MAX_RISE,
     unpack: bool | None = None,
@@ -157,11 +169,15 @@ def assert_loss_stable(
     Does not prove: training stays stable later (after warm-up, at a larger batch), nor that the
     loss decreases enough (:func:`nnsanity.assert_loss_decreases`).
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_loss_stability(
-        model, batch, loss_fn, optimizer=optimizer, step=step, steps=steps, max_rise=max_rise,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps, max_rise=max_rise,
         unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

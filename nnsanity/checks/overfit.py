@@ -16,7 +16,16 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    FIT_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, GENERIC, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -128,6 +137,7 @@ def measure_overfit(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     max_steps: int = 5000,
     target: float | None = None,
     output: Any = None,
@@ -139,6 +149,7 @@ def measure_overfit(
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     if target is not None:
         target = check_number(target, "target", what="a finite number (a loss value)")
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, output=output,
         unpack=unpack, default_lr=FIT_LR,
@@ -228,6 +239,7 @@ def assert_can_overfit(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     max_steps: int = 5000,
     target: float | None = None,
     output: Any = None,
@@ -265,11 +277,15 @@ def assert_can_overfit(
     generalises, uses its inputs (:func:`nnsanity.assert_uses_inputs`), or trains well on many
     batches.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_overfit(
-        model, batch, loss_fn, optimizer=optimizer, step=step, max_steps=max_steps,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, max_steps=max_steps,
         target=target, output=output, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

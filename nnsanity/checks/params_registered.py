@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from nnsanity._arguments import LossFn, OptimizerFactory, Step
+from nnsanity._arguments import (
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
@@ -187,15 +193,17 @@ def measure_params_registered(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     unpack: bool | None = None,
     seed: int = 0,
 ) -> ParamsRegisteredResult:
     """Walk the loss's graph to its leaves and compare them; see the assert."""
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     with h.isolated(train=True), _kept_identities(h.model):
         before = _named_params(h.model, loss_fn)
         with autograd():
-            loss = h.loss(h.forward())
+            loss = h.graph_loss(h.forward())
         after = _named_params(h.model, loss_fn)
         inputs = {id(t) for t in tensors_in((h.inputs, h.targets))}
         leaves = [t for t in _leaves(loss) if id(t) not in inputs]
@@ -252,6 +260,7 @@ def assert_params_registered(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     unpack: bool | None = None,
     seed: int = 0,
     msg: Msg = None,
@@ -282,11 +291,21 @@ def assert_params_registered(
     ``torch.utils.checkpoint`` with ``use_reentrant=True`` are not in the graph until backward
     and go unchecked. With ``step=``, only the first optimizer the step calls is compared.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_params_registered(
-        model, batch, loss_fn, optimizer=optimizer, step=step, unpack=unpack, seed=seed
+        model,
+        batch,
+        loss_fn,
+        optimizer=optimizer,
+        step=step,
+        step_factory=step_factory,
+        unpack=unpack,
+        seed=seed,
     )
     if not r.passed:
         fail(_explain(r), r, msg)

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONTRADICTED, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -124,6 +132,7 @@ def measure_params_update(
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 3,
     max_dead_fraction: float = 0.5,
     unpack: bool | None = None,
@@ -132,6 +141,7 @@ def measure_params_update(
     """Read the gradients, then take up to ``steps`` optimisation steps; see the assert."""
     steps = check_int(steps, "steps", minimum=1)
     max_dead_fraction = check_number(max_dead_fraction, "max_dead_fraction", low=0, high=1)
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     patterns = _patterns(frozen, h.model)
     with h.isolated():
@@ -236,7 +246,7 @@ def _alive_without_dropout(
             for p in h.model.parameters():
                 p.grad = None
             seed_torch(h.seed)
-            h.loss(h.forward()).backward()
+            h.graph_loss(h.forward()).backward()
         params = dict(h.model.named_parameters())
         live = {n for n in zero if (g := params[n].grad) is not None and bool(g.any())}
     for name, count, _ in dead:
@@ -253,6 +263,7 @@ def assert_params_update(
     frozen: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 3,
     max_dead_fraction: float = 0.5,
     unpack: bool | None = None,
@@ -282,11 +293,15 @@ def assert_params_update(
     Does not prove: the updates have a sensible size or direction (see the loss-decrease and
     overfitting checks), or that a unit dead on this batch is dead on all data.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_params_update(
-        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step, steps=steps,
+        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps,
         max_dead_fraction=max_dead_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

@@ -30,7 +30,15 @@ from typing import Any
 
 import torch
 
-from nnsanity._arguments import SAFE_LR, LossFn, OptimizerFactory, Step, check_number
+from nnsanity._arguments import (
+    SAFE_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONSISTENT, GENERIC, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -138,12 +146,14 @@ def measure_update_ratio(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     max_ratio: float = MAX_RATIO,
     unpack: bool | None = None,
     seed: int = 0,
 ) -> UpdateRatioResult:
     """Take one optimisation step and measure each weight matrix's update-to-weight ratio."""
     max_ratio = check_number(max_ratio, "max_ratio", low=0, low_open=True, what="a number > 0")
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack,
         default_lr=SAFE_LR,
@@ -210,6 +220,7 @@ def assert_update_ratio(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     max_ratio: float = MAX_RATIO,
     unpack: bool | None = None,
     seed: int = 0,
@@ -249,11 +260,15 @@ def assert_update_ratio(
     steps; SGD's first step is lr x gradient), nor that the learning rate is not too low (see
     :func:`nnsanity.assert_loss_decreases`).
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_update_ratio(
-        model, batch, loss_fn, optimizer=optimizer, step=step, max_ratio=max_ratio,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, max_ratio=max_ratio,
         unpack=unpack, seed=seed,
     )  # fmt: skip
     if not r.passed:

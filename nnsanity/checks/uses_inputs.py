@@ -20,7 +20,16 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import FIT_LR, LossFn, OptimizerFactory, Step, check_int, check_number
+from nnsanity._arguments import (
+    FIT_LR,
+    LossFn,
+    OptimizerFactory,
+    Step,
+    StepFactory,
+    check_int,
+    check_number,
+    resolve_step,
+)
 from nnsanity._diagnosis import CONTRADICTED, GENERIC, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
@@ -85,6 +94,7 @@ def measure_uses_inputs(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 200,
     min_gap: float = 0.05,
     output: Any = None,
@@ -96,6 +106,7 @@ def measure_uses_inputs(
     it by the required gap or ``steps`` steps have run. See :func:`assert_uses_inputs`."""
     steps = check_int(steps, "steps", minimum=1)
     min_gap = check_number(min_gap, "min_gap", low=0, high=1, high_open=True, what="a fraction")
+    step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(
         model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, output=output,
         unpack=unpack, perturb=perturb, default_lr=FIT_LR,
@@ -157,6 +168,7 @@ def assert_uses_inputs(
     *,
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
+    step_factory: StepFactory | None = None,
     steps: int = 200,
     min_gap: float = 0.05,
     output: Any = None,
@@ -184,11 +196,15 @@ def assert_uses_inputs(
     batch can be memorised whatever its labels: see ``assert_learns_signal``), or that inputs
     are not leaking the targets.
 
+    ``step_factory(model) -> step`` builds your step afresh for this check (with its own
+    optimizer: no state carried over from another check); pass it or ``step``, not both.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_uses_inputs(
-        model, batch, loss_fn, optimizer=optimizer, step=step, steps=steps, min_gap=min_gap,
+        model, batch, loss_fn, optimizer=optimizer, step=step,
+        step_factory=step_factory, steps=steps, min_gap=min_gap,
         output=output, unpack=unpack, perturb=perturb, seed=seed,
     )  # fmt: skip
     if not r.passed:

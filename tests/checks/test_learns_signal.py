@@ -3,8 +3,8 @@ same labels permuted; one batch alone can be memorised whatever its labels."""
 
 from __future__ import annotations
 
+import mnist_recipe as recipes
 import pytest
-import recipes
 import torch
 import zoo
 from architectures import ZOO

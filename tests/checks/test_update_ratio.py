@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+import mnist_recipe as recipes
 import pytest
-import recipes
 import torch
 import zoo
 from architectures import ZOO
