@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import math
 import statistics
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from nnsanity._arguments import (
     first_line,
 )
 from nnsanity._forensics import Recorder, StepForensics, loss_gradient
-from nnsanity._state import autograd, isolated, preserved_module
+from nnsanity._state import autograd, isolated, preserved_module, state_attributes
 from nnsanity._structures import (
     LABEL_KEYS,
     Path,
@@ -287,7 +288,8 @@ class Harness:
         if isinstance(batch, Mapping):
             labels = {k: v for k, v in batch.items() if k in LABEL_KEYS}
             inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
-            if needs_loss and not labels:
+            # A model computing its own loss may need no labels (CLIP's return_loss=True).
+            if needs_loss and not labels and loss_fn is not None:
                 raise ValueError(
                     f"the batch is a mapping with no labels (keys: {list(batch)}); put the "
                     f"targets under one of {list(LABEL_KEYS[:3])}, or pass (inputs, targets)."
@@ -341,11 +343,71 @@ class Harness:
 
     @contextlib.contextmanager
     def isolated(self, *, train: bool = True) -> Iterator[None]:
-        """The model in train (or eval) mode and the RNGs seeded; all restored on exit."""
+        """The model in train (or eval) mode and the RNGs seeded; all restored on exit (a
+        state the model keeps between calls too). A backward pass through the graph of an
+        earlier call becomes a ValueError naming the state that carried it."""
         with isolated(self.model):
             seed_torch(self.seed)
             self.model.train(train)
-            yield
+            try:
+                yield
+            except RuntimeError as e:
+                if "backward through the graph a second time" not in str(e):
+                    raise
+                self._explain_second_backward(e)
+
+    def _explain_second_backward(self, e: RuntimeError) -> None:
+        model = type(self.model).__name__
+        graphs = [
+            name
+            for name, ts in state_attributes(self.model).items()
+            if any(t.grad_fn is not None for t in ts)
+        ]
+        held = (
+            f"{model}.{' and '.join(graphs)} holds a tensor with the autograd graph of an "
+            "earlier call (a hidden state carried between calls and never detached)"
+            if graphs
+            else f"a tensor kept from an earlier call of {model} (or of the step) still holds "
+            "that call's autograd graph"
+        )
+        raise ValueError(
+            f"{held}, so backward() runs through a graph already freed ({first_line(e)}). "
+            "Detach the state before the next call (self.hidden = tuple(h.detach() for h in "
+            "hidden)), or reset it for every batch, or pass it explicitly "
+            "(out, hidden = model(x, hidden)) and detach it between batches."
+        ) from e
+
+    def carried_state(self) -> tuple[str, ...]:
+        """The attributes of the model that hold a tensor (not a parameter or buffer) whose
+        value one more call on the same batch changes: a state carried from call to call, such
+        as an LSTM's hidden state kept on the module, which makes an output depend on the calls
+        before it. Two seeded forward passes in the current mode; the state is put back."""
+
+        def snapshot() -> dict[str, list[torch.Tensor]]:
+            return {
+                name: [t.detach().clone() for t in ts]
+                for name, ts in state_attributes(self.model).items()
+            }
+
+        with preserved_module(self.model), torch.no_grad():
+            seed_torch(self.seed)
+            self.forward()
+            first = snapshot()
+            seed_torch(self.seed)
+            self.forward()
+            second = snapshot()
+        return tuple(
+            name
+            for name, ts in second.items()
+            if name in first
+            and (
+                len(ts) != len(first[name])
+                or any(
+                    a.shape != b.shape or not torch.equal(a, b)
+                    for a, b in zip(ts, first[name], strict=True)
+                )
+            )
+        )
 
     def forward(self, inputs: Any = None, *, labels: Any = None) -> Any:
         """Call the model on ``inputs`` (default: the batch's), turning a shape, index or type
@@ -400,10 +462,12 @@ class Harness:
         if self.self_loss:
             loss = own_loss(outputs)
             if not isinstance(loss, torch.Tensor):
+                labels = "" if self.targets else f" (the batch holds none of {LABEL_KEYS[:3]})"
                 raise ValueError(
                     f"loss_fn is None but the model returned no loss ({summarize(outputs)}); "
                     "a model that computes its own loss returns it as outputs.loss, or as the "
-                    "first or last entry of a tuple ((logits, loss)). Pass loss_fn."
+                    "first or last entry of a tuple ((logits, loss)), when given its "
+                    f"labels{labels}. Pass loss_fn, or the labels in the batch."
                 )
             return self._scalar(loss, "the model's loss")
         assert self.loss_fn is not None
@@ -494,8 +558,10 @@ class Harness:
             logits = self.logits(self.forward())
         producer = next((m for m, o in seen if o is logits and m is not self.model), None)
         seen.clear()
-        if producer is None or logits.shape != replacement.shape:
+        if logits.shape != replacement.shape:
             return None
+        if producer is None:  # made after the last module (a soft-cap, a bias): find the op
+            return self._self_loss_with_op(logits, replacement)
 
         def swap(module: torch.nn.Module, args: Any, out: Any) -> torch.Tensor:
             return replacement
@@ -505,6 +571,25 @@ class Harness:
             return self.loss(self.forward())
         finally:
             handle.remove()
+
+    def _self_loss_with_op(
+        self, logits: torch.Tensor, replacement: torch.Tensor
+    ) -> torch.Tensor | None:
+        """As ``_self_loss_with``, where the logits come from an operation after the last
+        module (Gemma2's tanh soft-cap after ``lm_head``, BART's ``+ final_logits_bias``): the
+        torch call whose result is the output's logits is found by its place in the forward's
+        sequence of calls, which a rerun on the same inputs repeats, and returns
+        ``replacement`` instead."""
+        mode = _CallSwap()
+        with mode:
+            found = self.logits(self.forward())
+        mode.target = next((i for i, ref in mode.results if ref() is found), None)
+        mode.results.clear()
+        if mode.target is None or found.shape != logits.shape:
+            return None
+        mode.replacement, mode.calls = replacement, 0
+        with mode:
+            return self.loss(self.forward())
 
     # -- training -----------------------------------------------------------------------------
 
@@ -618,6 +703,28 @@ class Harness:
             lambda p, t: fn(p, t) if self.roles.get(p) == "data" else t,
             self.inputs if inputs is None else inputs,
         )
+
+
+class _CallSwap(torch.overrides.TorchFunctionMode):
+    """Numbers the torch calls of a forward; records their tensor results (weakly: only the
+    output's own survive), or makes call ``target`` return ``replacement``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.results: list[tuple[int, weakref.ref[torch.Tensor]]] = []
+        self.target: int | None = None
+        self.replacement: torch.Tensor | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        k, self.calls = self.calls, self.calls + 1
+        if self.target is None:
+            if isinstance(out, torch.Tensor):
+                self.results.append((k, weakref.ref(out)))
+        elif k == self.target:
+            return self.replacement
+        return out
 
 
 @contextlib.contextmanager

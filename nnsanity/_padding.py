@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from nnsanity._structures import Path, describe, leaves, select_output, tensors_
 from nnsanity.seeding import seed_torch
 
 MASK_KEYS = ("attention_mask",)
+IGNORE_INDEX = -100  # the default ignore_index of F.cross_entropy and Hugging Face losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +210,34 @@ def _token_padding(h: Harness, padding: int | None) -> Padding:
         pad_id=int(pad),
         embeddings=(module,),
     )
+
+
+def target_padding(h: Harness, padding: Any) -> Padding | None:
+    """An encoder-decoder's padding on the output's side: ``labels == -100`` (the Hugging Face
+    data collators' ignored targets) when no ``padding=`` is given, the labels are a (B, T)
+    integer tensor holding -100 whose positions are the judged output's, and the inputs hold no
+    ``attention_mask`` of those positions (a decoder-only LM's mask is its targets' padding
+    too, and a buggy loss may leave the pad id, not -100, in them). Call inside
+    ``h.isolated(...)``: finding the output's positions takes a forward."""
+    targets = h.targets
+    if padding is not None or targets is None:
+        return None
+    labels = targets.get("labels") if isinstance(targets, Mapping) else targets
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dim() != 2:
+        return None
+    ignored = labels == IGNORE_INDEX
+    if labels.shape[0] != h.batch_size or not bool(ignored.any()) or bool(ignored.all()):
+        return None
+    config = getattr(h.model, "config", None)
+    found = _mask_in_inputs(h)
+    same = found is not None and tuple(found[1].shape) == tuple(labels.shape)
+    if same and not getattr(config, "is_encoder_decoder", False):
+        return None
+    with torch.no_grad():
+        logits = h.logits(h.forward())
+    if position_dim(logits.shape, *labels.shape) is None:
+        return None
+    return Padding(mask=ignored, source=f"labels == {IGNORE_INDEX} (the targets' padding)")
 
 
 def find_padding(

@@ -139,6 +139,99 @@ def _t5_batch() -> dict[str, torch.Tensor]:
     return {**batch, "labels": labels}
 
 
+def _whisper() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_source_positions=16, max_target_positions=32, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    return transformers.WhisperForConditionalGeneration(config)
+
+
+def _padded_labels(n: int, t: int, vocab: int, seed: int) -> torch.Tensor:
+    """Target token ids of unequal lengths, padded with -100 (as a data collator does)."""
+    labels = torch.randint(3, vocab, (n, t), generator=_generator(seed))
+    for i, length in enumerate([t, t - 3, t - 1, t - 5][:n]):
+        labels[i, length:] = -100
+    return labels
+
+
+def _whisper_batch() -> dict[str, torch.Tensor]:
+    # log-mel features: 8 bins x 32 frames (2 x max_source_positions, as Whisper requires)
+    features = torch.randn(4, 8, 32, generator=_generator())
+    return {"input_features": features, "labels": _padded_labels(4, 8, VOCAB, 3)}
+
+
+def _wav2vec2() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+    )  # fmt: skip  # HF's defaults otherwise: LayerDrop 0.1, SpecAugment, CTC summed
+    return transformers.Wav2Vec2ForCTC(config)
+
+
+def _wav2vec2_batch() -> dict[str, torch.Tensor]:
+    # 400 samples of raw audio -> 39 frames; character labels of up to 8, padded with -100
+    audio = torch.randn(4, 400, generator=_generator())
+    return {"input_values": audio, "labels": _padded_labels(4, 8, 12, 3)}
+
+
+def _bart() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+    )  # fmt: skip
+    return transformers.BartForConditionalGeneration(config)
+
+
+def _seq2seq_batch() -> dict[str, torch.Tensor]:
+    return {**_token_batch(pad_rows=True), "labels": _padded_labels(4, 8, VOCAB, 3)}
+
+
+def _gemma2() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+        sliding_window=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip  # final_logit_softcapping=30 (the default): tanh-capped after lm_head
+    return transformers.Gemma2ForCausalLM(config)
+
+
+def _clip() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    text = {
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "max_position_embeddings": T, "bos_token_id": 1,
+        "eos_token_id": 2, "pad_token_id": 0,
+    }  # fmt: skip
+    vision = {
+        "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 2,
+    }  # fmt: skip
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    return transformers.CLIPModel(config)
+
+
+def _clip_batch() -> dict[str, Any]:
+    # image-caption pairs: the loss is contrastive over the batch, asked for by return_loss
+    batch = _token_batch(n=8)
+    pixels = torch.randn(8, 3, 32, 32, generator=_generator(2))
+    return {**batch, "pixel_values": pixels, "return_loss": True}
+
+
 def _lm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
@@ -362,6 +455,14 @@ ZOO: dict[str, Arch] = {
     "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
     "bert_classifier": Arch(_bert, _bert_batch, None),
     "t5": Arch(_t5, _t5_batch, None),
+    "whisper": Arch(_whisper, _whisper_batch, None),
+    "wav2vec2_ctc": Arch(_wav2vec2, _wav2vec2_batch, None),
+    "bart": Arch(_bart, _seq2seq_batch, None),
+    "gemma2": Arch(_gemma2, _lm_batch, None, causal_inputs=_lm_inputs),
+    # batch independence does not apply to the default output, the (B, B) image-text logits,
+    # which compare every image with every caption of the batch by design (output="image_embeds"
+    # judges the embeddings instead: tests/checks/test_real_families.py)
+    "clip": Arch(_clip, _clip_batch, None, skip=("batch_independence",)),
     "torchvision_resnet18": Arch(_torchvision("resnet18"), _images, F.cross_entropy),
     "torchvision_mobilenet_v3_small": Arch(
         _torchvision("mobilenet_v3_small"), _images, F.cross_entropy

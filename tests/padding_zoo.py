@@ -117,6 +117,7 @@ Case = tuple[Callable[[], nn.Module], Callable[[], Any], Any, Callable[[], Any] 
 INVARIANT: dict[str, Case] = {
     "bert_classifier": (A._bert, A._bert_batch, None, None),
     "t5": (A._t5, A._t5_batch, None, None),
+    "bart": (A._bart, A._seq2seq_batch, None, None),
     "gpt2_right_padded": (A._gpt2, hf_batch, None, None),
     "llama_left_padded": (A._llama, lambda: hf_batch(left=True), None, None),
     "label_smoothing_lm_padded": (A._smoothed_lm, _smoothed_padded, A._smoothed_loss, None),
@@ -134,6 +135,13 @@ MASKED_LOSS = {
         "packed_tagger",
     )
 }
+# encoder-decoders with their targets padded with -100: the padding found from the labels
+for _name, _build, _batch in (
+    ("t5_targets_padded", A._t5, lambda: {**A._t5_batch(), "labels": _t5_padded_labels()}),
+    ("bart", A._bart, A._seq2seq_batch),
+    ("whisper", A._whisper, A._whisper_batch),
+):
+    MASKED_LOSS[_name] = (_build, _batch, None, None)
 MASKED_LOSS["t5_decoder_padding"] = (
     A._t5,
     lambda: {**A._t5_batch(), "labels": _t5_padded_labels()},

@@ -19,13 +19,18 @@ from nnsanity._arguments import LossFn, check_number
 from nnsanity._diagnosis import CONSISTENT, GENERIC, MEASURED, Cause, cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, up_to
-from nnsanity._padding import at_positions, check_padding, find_padding, position_dim
+from nnsanity._padding import (
+    IGNORE_INDEX,
+    at_positions,
+    check_padding,
+    find_padding,
+    position_dim,
+    target_padding,
+)
 from nnsanity._perturbation import MAX_DEPENDENCE
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
 from nnsanity._structures import LABEL_KEYS
-
-IGNORE_INDEX = -100  # the default ignore_index of F.cross_entropy and of Hugging Face losses
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +89,8 @@ def measure_loss_masking(
     pad_arg = check_padding(padding)
     h = Harness(model, batch, loss_fn, seed=seed, output=output, unpack=unpack)
     with h.isolated(train=True):
-        pad = find_padding(h, pad_arg, readers=False)  # nothing is changed at the padding
+        # nothing is changed at the padding; an encoder-decoder's is its targets'
+        pad = target_padding(h, pad_arg) or find_padding(h, pad_arg, readers=False)
         b, t = pad.shape
         with autograd():
             outputs = h.forward()
@@ -148,7 +154,10 @@ def assert_loss_masks_padding(
 
     The padding is found as by ``assert_ignores_padding``: ``padding=`` (a bool ``(B, T)``
     mask, True at padded positions, or the pad token id), else an ``attention_mask`` among the
-    inputs (0 = padding), else an ``nn.Embedding(padding_idx=p)`` (token id p). In one train-mode
+    inputs (0 = padding), else an ``nn.Embedding(padding_idx=p)`` (token id p); for an
+    encoder-decoder (labels holding -100 on the output's positions, and no ``attention_mask``
+    of those positions or a config saying ``is_encoder_decoder``), ``labels == -100``: the
+    source's mask is not the targets'. In one train-mode
     forward, the gradient of the loss with respect to the judged output (the logits: ``(B, T,
     ...)``, or ``(B, C, T)`` as ``F.cross_entropy`` takes them) must be at most
     ``max_dependence`` times the largest gradient at a real position, at every padded position

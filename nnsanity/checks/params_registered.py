@@ -182,6 +182,20 @@ def _named_params(model: torch.nn.Module, loss_fn: Any) -> dict[int, str]:
     return params
 
 
+def _of_inputs(t: torch.Tensor, batch: list[torch.Tensor]) -> bool:
+    """``t`` is one of the batch's tensors, or a view or copy of one: wav2vec2 sets
+    ``requires_grad=True`` on ``input_values[:, None]`` for gradient checkpointing. Gradients
+    with respect to the data are no parameter a model should register."""
+    for x in batch:
+        ptr = x.untyped_storage().data_ptr()
+        if t is x or (ptr != 0 and t.untyped_storage().data_ptr() == ptr):
+            return True
+        same = t.numel() == x.numel() and t.dtype == x.dtype and t.device == x.device
+        if same and torch.equal(t.detach().reshape(-1), x.detach().reshape(-1)):
+            return True
+    return False
+
+
 def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
@@ -205,8 +219,8 @@ def measure_params_registered(
         with autograd():
             loss = h.graph_loss(h.forward())
         after = _named_params(h.model, loss_fn)
-        inputs = {id(t) for t in tensors_in((h.inputs, h.targets))}
-        leaves = [t for t in _leaves(loss) if id(t) not in inputs]
+        batch = tensors_in((h.inputs, h.targets))
+        leaves = [t for t in _leaves(loss) if not _of_inputs(t, batch)]
         held = _where_held(h.model, loss_fn)
         opt: torch.optim.Optimizer | None = None
         described = None

@@ -6,7 +6,11 @@ a layer frozen or detached by mistake, dead ReLU units, a step that never update
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import math
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -60,6 +64,9 @@ class ParamsUpdateResult(CheckResult):
     # buffers matched by ``frozen`` (BatchNorm running statistics) that the user's step changed,
     # as (buffer name, relative change, whether its module was in train mode); only with step=
     frozen_buffers_changed: tuple[tuple[str, float, bool], ...] = ()
+    # requires_grad=False set by the model's own constructor (Whisper's sinusoidal
+    # embed_positions): frozen by design, so not by mistake
+    frozen_by_model: tuple[str, ...] = ()
     nonfinite_after: tuple[str, ...]  # NaN/Inf after the step
     # of the zero-gradient parameters and dead units, those alive with dropout (and other
     # train-only randomness) off: dropout zeroes them, they are not dead
@@ -103,6 +110,53 @@ def _patterns(frozen: Any, model: torch.nn.Module) -> tuple[str, ...]:
     return patterns
 
 
+_FREEZES = ("requires_grad_(False)", "requires_grad=False")
+
+
+@functools.cache
+def _frozen_in_init(cls: Any) -> frozenset[str]:
+    """The attributes that ``cls.__init__`` (or a base's) freezes: ``self.x.requires_grad_(False)``,
+    ``self.x = nn.Parameter(..., requires_grad=False)``, ``self.x.requires_grad = False``."""
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if klass.__module__.startswith("torch.") or init is None:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+        except (OSError, TypeError, SyntaxError):  # no source (a builtin, an exec'd class)
+            continue
+        for stmt in ast.walk(tree):
+            if not isinstance(stmt, (ast.Assign, ast.Expr, ast.AnnAssign)):
+                continue
+            text = ast.unparse(stmt).replace(" ", "")
+            if any(f in text for f in _FREEZES):
+                found |= {
+                    node.attr
+                    for node in ast.walk(stmt)
+                    if isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                }
+    return frozenset(found)
+
+
+def _frozen_by_model(model: torch.nn.Module, names: Iterable[str]) -> tuple[str, ...]:
+    """Of the frozen parameters ``names``, those the model's own code freezes when it is built:
+    a module's ``__init__`` freezes the attribute that leads to the parameter. A freeze loop in
+    the user's script (BERT with its classifier frozen) is not in any ``__init__``."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        parts = name.split(".")
+        for i in range(len(parts)):
+            owner = modules.get(".".join(parts[:i]))
+            if owner is not None and parts[i] in _frozen_in_init(owner.__class__):
+                out.append(name)
+                break
+    return tuple(out)
+
+
 def _dead_units(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Per Linear/Conv layer, which units get exactly zero gradient in weight row and bias.
 
@@ -114,7 +168,8 @@ def _dead_units(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if not isinstance(m, _UNIT_LAYERS + _TRANSPOSED):
             continue
         w, b = m.weight, m.bias
-        if not w.requires_grad or w.grad is None:
+        # a parametrised weight (weight_norm: wav2vec2's positional conv) is computed, no leaf
+        if not w.requires_grad or not w.is_leaf or w.grad is None:
             continue
         g = w.grad.detach().transpose(0, 1) if isinstance(m, _TRANSPOSED) else w.grad.detach()
         zero = (g.reshape(g.shape[0], -1) == 0).all(1)
@@ -171,7 +226,12 @@ def measure_params_update(
             taken += 1
             if held is not None and step is not None:  # the user's step chose the modes
                 drifted = _drifted(h.model, buffers, held)
-            waiting = set(grads) - nonzero or any(z.any() for z in dead.values())
+            # a layer that LayerDrop or stochastic depth skipped this step changes at the next
+            waiting = (
+                set(grads) - nonzero
+                or any(z.any() for z in dead.values())
+                or any(torch.equal(before[n], params[n]) for n in trainable)
+            )
             finite = all(bool(torch.isfinite(p).all()) for p in params.values())
             if taken == steps or not waiting or len(grads) < len(trainable) or not finite:
                 break
@@ -186,6 +246,8 @@ def measure_params_update(
             return tuple(n for n in among if cond(n))
 
         zeroed = pick(lambda n: n not in nonzero, grads)
+        frozen = pick(lambda n: n not in trainable, params)
+        by_model = _frozen_by_model(h.model, (n for n in frozen if n not in listed))
         dead_layers = tuple((n, int(z.sum()), z.numel()) for n, z in dead.items() if z.any())
         alive = _alive_without_dropout(h, zeroed, dead_layers) if zeroed or dead_layers else ()
         r = ParamsUpdateResult(
@@ -195,7 +257,8 @@ def measure_params_update(
             loss=loss,
             n_params=len(params),
             n_trainable=len(trainable),
-            frozen_by_mistake=pick(lambda n: n not in listed and n not in trainable, params),
+            frozen_by_mistake=pick(lambda n: n not in listed and n not in by_model, frozen),
+            frozen_by_model=by_model,
             not_frozen=pick(lambda n: n in listed, trainable),
             nonfinite_grad=pick(lambda n: not bool(torch.isfinite(grads[n]).all()), grads),
             no_grad=pick(lambda n: n not in grads, trainable),
@@ -273,8 +336,12 @@ def assert_params_update(
     """Check that every trainable parameter gets a non-zero finite gradient and is updated.
 
     Fails at once when a parameter has ``requires_grad=False`` without matching a glob in
-    ``frozen`` (or matches one yet is trainable), gets no gradient at all (``.detach()``,
-    ``no_grad``, never used: ``.grad`` stays None) or a non-finite one. A gradient that is
+    ``frozen`` (or matches one yet is trainable), unless the model's own constructor freezes
+    it (a statement of a module's ``__init__`` such as Whisper's
+    ``self.embed_positions.requires_grad_(False)``: a fixed table, frozen by design; listed in
+    ``frozen_by_model``; a freeze loop run on the built model is no such statement), gets no
+    gradient at all (``.detach()``, ``no_grad``, never used: ``.grad`` stays None) or a
+    non-finite one. A gradient that is
     exactly zero, and units of a Linear/Conv layer whose gradient is exactly zero, get up to
     ``steps`` (3) optimisation steps of ``optimizer`` (default Adam 3e-4) or of your
     ``step(batch) -> loss`` to come alive: a zero-initialised branch (timm's ``zero_init_last``

@@ -155,3 +155,28 @@ def test_leaves_model_and_global_state_unchanged_even_when_it_fails():
 def test_results_are_the_same_run_after_run():
     first = measure_loss_masking(P.PackedTagger(), P.tagged(), no_ignore_index)
     assert measure_loss_masking(P.PackedTagger(), P.tagged(), no_ignore_index) == first
+
+
+def _bart_with_decoder_inputs():
+    batch = A._seq2seq_batch()
+    labels = batch["labels"]
+    start = torch.full((labels.shape[0], 1), 2)  # BART's decoder_start_token_id
+    decoder_ids = torch.cat([start, labels[:, :-1].clamp(min=0)], 1)  # -100 -> pad 0
+    return {**batch, "decoder_input_ids": decoder_ids}
+
+
+def _seq2seq_loss(out, labels):
+    return F.cross_entropy(out.logits.flatten(0, 1), labels.flatten())
+
+
+def _pads_counted(out, labels):
+    """Planted bug: the -100s turned into the pad id 0 before the loss, which counts them."""
+    return F.cross_entropy(out.logits.flatten(0, 1), labels.clamp(min=0).flatten())
+
+
+def test_an_encoder_decoders_target_padding_is_found_from_labels_of_minus_100():
+    model, batch = A._bart(), _bart_with_decoder_inputs()
+    r = assert_loss_masks_padding(model, batch, _seq2seq_loss)
+    assert r.source.startswith("labels == -100") and r.judged > 0
+    with pytest.raises(SanityError, match="counts the padded positions"):
+        assert_loss_masks_padding(model, batch, _pads_counted)

@@ -124,3 +124,70 @@ def test_a_broadcast_loss_is_still_found_behind_near_constant_outputs():
     r = measure_uses_inputs(NearlyConstant(1), (x, y), F.mse_loss)
     assert r.unpaired is not None and "broadcast to (16, 16)" in r.unpaired
     assert not r.passed
+
+
+class Regressor(nn.Module):
+    """An MLP regressor; ``ignore`` plants the bug: the input multiplied by 0."""
+
+    def __init__(self, ignore=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.ignore = ignore
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x * 0 if self.ignore else x)
+
+
+def _small_targets():
+    """Targets 30x smaller than the outputs at init: the initial MSE is far above the
+    input-independent one (the targets' variance), as CTC's is at init (35 nats against 7.7
+    for its best shared output)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    return x, 0.03 * (x[:, :1] + 0.3 * torch.randn(32, 1, generator=g))
+
+
+def test_the_gap_is_a_fraction_of_the_input_independent_loss_not_of_the_initial_one():
+    r = assert_uses_inputs(Regressor(), _small_targets(), F.mse_loss)
+    # 5% of the initial loss would be more than the baseline itself: no model could pass
+    assert 0.05 * r.initial_loss > r.baseline_loss
+    assert r.required == pytest.approx(0.05 * r.baseline_loss)
+    with pytest.raises(SanityError, match="Model does no better with its inputs"):
+        assert_uses_inputs(Regressor(ignore=True), _small_targets(), F.mse_loss)
+
+
+class CTCNet(nn.Module):
+    """Speech-recognition style: conv + bidirectional GRU over (B, T, F) frames, per-frame
+    logits scored by CTC (blank 0); ``ignore`` zeroes the frames (the planted bug)."""
+
+    def __init__(self, ignore=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.ignore = ignore
+        self.conv = nn.Conv1d(8, 64, 3, padding=1)
+        self.rnn = nn.GRU(64, 64, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(128, 12)
+
+    def forward(self, x):
+        x = torch.zeros_like(x) if self.ignore else x
+        return self.out(self.rnn(F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2))[0])
+
+
+def ctc_loss(logits, labels):
+    n, t = logits.shape[:2]
+    lengths = torch.full((n,), t), torch.full((n,), labels.shape[1])
+    log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, B, C), as F.ctc_loss takes
+    return F.ctc_loss(log_probs, labels, *lengths, reduction="sum") / n
+
+
+def _utterances():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 20, 8, generator=g), torch.randint(1, 12, (8, 5), generator=g)
+
+
+def test_a_ctc_model_passes_and_one_that_ignores_its_frames_fails():
+    r = assert_uses_inputs(CTCNet(), _utterances(), ctc_loss)
+    assert r.initial_loss > 4 * r.baseline_loss  # 35 nats at init, 7.7 shared
+    with pytest.raises(SanityError, match="Model does no better with its inputs"):
+        assert_uses_inputs(CTCNet(ignore=True), _utterances(), ctc_loss)
