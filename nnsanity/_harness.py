@@ -561,8 +561,7 @@ class Harness:
             f"({', '.join(map(str, outputs))}; a torchvision-style detector), so there are no "
             "per-sample outputs (logits) to judge: this check does not apply to it. The checks "
             "of the loss (params_update, loss_decreases, can_overfit, ...) judge the sum of "
-            "the losses; pass output= (a callable outputs -> tensor) only if the model can "
-            "return its logits in this mode."
+            "the losses."
         )
 
     def loss(self, outputs: Any, targets: Any = None) -> torch.Tensor:

@@ -172,6 +172,13 @@ def measure_leak(h: Harness, bound: float) -> Leak:
         seed_torch(h.seed)
         with autograd():
             outputs = h.forward()
+            if not h.has_loss(outputs):  # a detector: detections in eval mode, losses in train
+                return Leak(
+                    applies=False,
+                    reason=f"{type(h.model).__name__} computes its loss only in train mode, "
+                    "where it returns its losses alone (a torchvision-style detector): no output "
+                    "scored by the loss to read",
+                )
             logits = h.logits(outputs)
             read = _scored_targets(h, logits, h.loss(outputs))
         if isinstance(read, str):

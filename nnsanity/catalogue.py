@@ -32,7 +32,9 @@ CATEGORIES: dict[Category, str] = {
 # a forward that takes the targets). holdout: a second batch of the same distribution.
 # padding: padded positions in the batch, or the suite's padding=. step: the check trains,
 # with the suite's optimizer and step when it has them. sequence: an autoregressive model.
-Need = Literal["loss", "holdout", "padding", "step", "sequence"]
+# outputs: outputs to judge beside the loss in train mode (a torchvision detector returns a
+# dict of its losses alone there).
+Need = Literal["loss", "holdout", "padding", "step", "sequence", "outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,11 +193,37 @@ def _needs_sequence(s: Subject) -> str | None:
     )
 
 
+def _needs_outputs(s: Subject) -> str | None:
+    """One forward pass in train mode (model and RNGs restored): a dict of losses alone leaves
+    nothing for a check of the outputs to judge. A batch the model rejects is left to the
+    check, whose error names it."""
+    import torch
+
+    from nnsanity._harness import Harness, is_loss_dict
+    from nnsanity._state import preserved_module
+    from nnsanity.seeding import preserved_rng
+
+    try:
+        h = Harness(s.model, s.batch, s.loss_fn, seed=0, needs_loss=False)
+        with preserved_module(h.model), preserved_rng(), torch.no_grad():
+            h.model.train()
+            outputs = h.forward()
+    except (TypeError, ValueError):
+        return None
+    if not is_loss_dict(outputs):
+        return None
+    return (
+        f"outputs to judge (logits): {type(s.model).__name__} returns only its losses in train "
+        f"mode ({', '.join(map(str, outputs))}; a torchvision-style detector)"
+    )
+
+
 _PREDICATES: dict[Need, Callable[[Subject], str | None]] = {
     "loss": _needs_loss,
     "holdout": _needs_holdout,
     "padding": _needs_padding,
     "sequence": _needs_sequence,
+    "outputs": _needs_outputs,
 }
 
 
@@ -249,7 +277,7 @@ def _check(name: str, measured: str, category: Category, *needs: Need, **kw: Any
 
 # In the README table's order. A new check: one row here.
 CATALOGUE: tuple[Check, ...] = (
-    _check("init_loss", "init_loss", "init", "loss"),
+    _check("init_loss", "init_loss", "init", "loss", "outputs"),
     _check("input_scale", "input_scale", "init"),
     _check("activation_growth", "activation_growth", "init"),
     _check("gradient_ratio", "gradient_ratio", "init", "loss"),

@@ -32,7 +32,7 @@ EVERY_MODEL = (
 ALL_CHECKS = tuple(
     c.name
     for c in CATALOGUE
-    if c.needs <= {"loss", "step", "sequence"} and c.name not in EVERY_MODEL
+    if c.needs <= {"loss", "step", "sequence", "outputs"} and c.name not in EVERY_MODEL
 )
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
@@ -264,6 +264,53 @@ def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     return build
 
 
+def fasterrcnn(box_head: nn.Module | None = None) -> nn.Module:
+    """torchvision's Faster R-CNN (RPN, RoIAlign, two-MLP box head, class-specific box
+    regression) around a 2-conv BatchNorm backbone, 3 classes (background and 2), 64x64 images:
+    in train mode ``model(images, targets)`` returns its 4 losses as a dict, in eval mode a list
+    of detections per image. ``box_head`` replaces the two-MLP head (a planted bug's)."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+    )  # fmt: skip
+    backbone.out_channels = 32  # type: ignore[assignment]
+    anchors = AnchorGenerator(sizes=((8, 16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=4, sampling_ratio=2),
+        box_head=box_head or TwoMLPHead(32 * 4 * 4, 64),
+        box_predictor=FastRCNNPredictor(64, 3),
+        min_size=64, max_size=64,
+        rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=32, box_batch_size_per_image=32,
+    )  # fmt: skip
+
+
+def detection_batch(seed: int = 1) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """torchvision's detection batch: a list of 2 images (3, 64, 64) in [0, 1], a list of 2
+    targets of 2 boxes each (``boxes`` (2, 4) as x1, y1, x2, y2 in pixels, ``labels`` in 1..2).
+    A box is brighter than the background, so the images carry what the boxes say."""
+    g = _generator(seed)
+    images, targets = [], []
+    for _ in range(2):
+        xy = torch.randint(0, 32, (2, 2), generator=g).float()
+        boxes = torch.cat([xy, xy + torch.randint(12, 30, (2, 2), generator=g).float()], 1)
+        image = 0.3 * torch.rand(3, 64, 64, generator=g)
+        for x1, y1, x2, y2 in boxes.long().tolist():
+            image[:, y1:y2, x1:x2] += 0.5
+        images.append(image.clamp(0, 1))
+        targets.append({"boxes": boxes, "labels": torch.randint(1, 3, (2,), generator=g)})
+    return images, targets
+
+
 # -- patterns people post ----------------------------------------------------------------------
 
 
@@ -467,6 +514,9 @@ ZOO: dict[str, Arch] = {
     "torchvision_mobilenet_v3_small": Arch(
         _torchvision("mobilenet_v3_small"), _images, F.cross_entropy
     ),
+    # torchvision's detectors: losses in train mode, detections in eval mode; the loss is
+    # their sum. init_loss judges logits, which such a model never returns with its loss.
+    "torchvision_fasterrcnn": Arch(fasterrcnn, detection_batch, None, skip=("init_loss",)),
     "timm_resnet18": Arch(_timm("resnet18"), _images, F.cross_entropy),  # zero_init_last
     "timm_vit_tiny": Arch(_timm("vit_tiny_patch16_224", img_size=32), _images, F.cross_entropy),
     # LayerScale (init_values=1e-5, as BEiT/EVA/CaiT/DeiT-III): every sample's output at init

@@ -19,7 +19,7 @@ import torch
 
 from nnsanity._arguments import check_bool, check_number
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
-from nnsanity._harness import Harness
+from nnsanity._harness import Harness, is_loss_dict
 from nnsanity._localisation import Property, along, locate
 from nnsanity._messages import Explanation, Msg, fail, indices
 from nnsanity._perturbation import (
@@ -31,7 +31,7 @@ from nnsanity._perturbation import (
 )
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
-from nnsanity._structures import select_output, tensors_in
+from nnsanity._structures import select_output, summarize, tensors_in
 from nnsanity.seeding import seed_torch
 
 
@@ -114,6 +114,60 @@ def _gradient_chart(
     return chart
 
 
+def _per_sample_chart(
+    h: Harness, b: int, samples: Sequence[int], g: torch.Generator
+) -> list[torch.Tensor]:
+    """As ``_gradient_chart``, for inputs that are a list of per-sample tensors and outputs a
+    list of as many per-sample results (a torchvision detector's images and detections): the
+    gradient of a random projection of ``outputs[i]``'s float tensors with respect to every
+    ``inputs[j]``, relative to ``inputs[i]``'s. A sample without differentiable outputs (no
+    detections) depends on nothing measurable: its row is 0."""
+    name = type(h.model).__name__
+    if not all(t.is_floating_point() for t in h.inputs):
+        raise ValueError(
+            f"the inputs are a list of {b} per-sample tensors, not all floating point; batch "
+            "independence reads a per-sample list by gradients only. Pass float inputs."
+        )
+    with autograd():
+        wrt = [t.detach().clone().requires_grad_(True) for t in h.inputs]
+        outputs = h.forward(wrt)
+        if is_loss_dict(outputs):
+            raise ValueError(h.losses_only(outputs))
+        if not isinstance(outputs, (list, tuple)) or len(outputs) != b:
+            raise ValueError(
+                f"the inputs are a list of {b} per-sample tensors, but {name} returned "
+                f"{summarize(outputs)}, not a list of {b} per-sample outputs; batch independence "
+                "needs one output per sample."
+            )
+        chart, measured = [], False
+        for i in samples:
+            found = [t for t in tensors_in(outputs[i]) if t.is_floating_point() and t.requires_grad]
+            row = torch.zeros(b, dtype=torch.float64)
+            if found and any(t.numel() for t in found):
+                objective = torch.stack(
+                    [
+                        (t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(t)).sum()
+                        for t in found
+                    ]
+                ).sum()
+                grads = torch.autograd.grad(objective, wrt, retain_graph=True, allow_unused=True)
+                size = torch.tensor(
+                    [0.0 if gr is None else float(gr.detach().abs().amax()) for gr in grads],
+                    dtype=torch.float64,
+                )
+                own = float(size[i])
+                measured = measured or bool(size.any())
+                row = size / own if own > 0 else torch.where(size > 0, math.inf, 0.0)
+            chart.append(row)
+    if not measured:
+        raise ValueError(
+            f"no checked sample's outputs from {name} carry a gradient to the inputs (empty "
+            "detections, or outputs cut from the graph), so their dependence on the other "
+            "samples cannot be read; pass samples= whose outputs are not empty."
+        )
+    return chart
+
+
 def _perturbation_chart(
     h: Harness,
     b: int,
@@ -168,20 +222,27 @@ def measure_batch_independence(
     h = Harness(
         model, batch, seed=seed, output=output, unpack=unpack, perturb=perturb, needs_loss=False
     )
-    d = h.batch_dim(batch_dim)
-    first = next(t for _, t in h.data_leaves() if t.dim() > d)
-    b, lead = int(first.shape[d]), tuple(int(n) for n in first.shape[: d + 1])
+    if h.per_sample:
+        d, b = 0, h.batch_size
+        lead: tuple[int, ...] = (b,)
+    else:
+        d = h.batch_dim(batch_dim)
+        first = next(t for _, t in h.data_leaves() if t.dim() > d)
+        b, lead = int(first.shape[d]), tuple(int(n) for n in first.shape[: d + 1])
     if b < 2:
         raise ValueError(f"batch independence needs a batch of at least 2 samples, got {b}.")
     checked = index_option(samples, b, "samples", [0, b // 2, b - 1])
     g = torch.Generator().manual_seed(h.seed)
     with h.isolated(train=train_mode):
         data = [t for _, t in h.data_leaves() if _along(t, d, b)]
-        chart = (
-            _gradient_chart(h, b, checked, g, d, lead)
-            if all(t.is_floating_point() for t in data)
-            else None
-        )
+        if h.per_sample:
+            chart: list[torch.Tensor] | None = _per_sample_chart(h, b, checked, g)
+        else:
+            chart = (
+                _gradient_chart(h, b, checked, g, d, lead)
+                if all(t.is_floating_point() for t in data)
+                else None
+            )
         method: Literal["gradient", "perturbation"] = (
             "gradient" if chart is not None else "perturbation"
         )
@@ -194,7 +255,8 @@ def measure_batch_independence(
             dependence.append(float(row.max()))
             sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
         failing = [i for i, d in zip(checked, dependence, strict=True) if d > bound]
-        where = _localise(h, b, failing[0], bound, d) if failing else None
+        # the modules of a per-sample list model see a batch it builds itself: not localised
+        where = _localise(h, b, failing[0], bound, d) if failing and not h.per_sample else None
         carried = h.carried_state() if failing else ()
     r = BatchIndependenceResult(
         seed=h.seed,

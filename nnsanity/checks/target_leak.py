@@ -134,8 +134,9 @@ def assert_no_target_leak(
     targets; it is not trained.
 
     Applies to losses that score class or token outputs (cross-entropy, NLL, with or without
-    label smoothing); for others, or when no input holds the targets, it passes with
-    ``applies=False`` and the reason. An autoencoder, whose target is its input by design, is
+    label smoothing); for others, when no input holds the targets, or for a model whose loss
+    exists only in train mode, as a dict of losses alone (a torchvision detector), it passes
+    with ``applies=False`` and the reason. An autoencoder, whose target is its input by design, is
     not a leak: do not run the check on it.
 
     Proves: no scored output depends on an input entry holding its target, for this batch.
