@@ -137,9 +137,11 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
     By default: float tensors are data, bool tensors structure; a tensor whose name (its mapping
     key or field) contains a word of ``STRUCTURE_WORDS`` (``attention_mask``, ``lengths``,
     ``position_ids``, ``token_type_ids``) is structure; other integer tensors (token ids) are
-    data when they are named or come first, structure when they follow another tensor in a tuple
-    or list (``(x, lengths)``). ``perturb`` lists the data instead: keys, indices or whole paths;
-    everything else is structure.
+    data when they are named or come first; following another tensor in a tuple or list, a 1-D
+    one is structure (per-sample lengths: ``(x, lengths)``) and one of 2 or more dims is data
+    (a decoder's tokens: ``(src, tgt_in)``) unless it holds only 0s and 1s (an unnamed mask) or
+    each row counts 0, 1, 2, ... (positions). ``perturb`` lists the data instead: keys, indices
+    or whole paths; everything else is structure.
     """
     found = list(leaves(x))
     if perturb is not None:
@@ -156,8 +158,19 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
         elif t.is_floating_point() or t.is_complex() or name is not None or i == 0:
             out[path] = "data"
         else:
-            out[path] = "structure"
+            out[path] = "data" if _tokens(t) else "structure"
     return out
+
+
+def _tokens(t: torch.Tensor) -> bool:
+    """An unnamed integer tensor that reads as token ids: 2-D or more, not a 0/1 mask, and not
+    positions (every row 0, 1, 2, ...)."""
+    if t.dim() < 2 or t.numel() == 0:
+        return False
+    if bool(((t == 0) | (t == 1)).all()):
+        return False
+    positions = torch.arange(t.shape[-1], device=t.device)
+    return not bool((t == positions).all())
 
 
 def check_perturb(x: Any, perturb: Any) -> list[Any] | None:

@@ -457,6 +457,44 @@ def _sentences() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, VOCAB, (8, T), generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
+class GRUSeq2Seq(nn.Module):
+    """A GRU encoder-decoder over token ids, called as ``model((src, tgt_in))``: the decoder
+    reads the targets shifted right (teacher forcing) and the encoder's last state, the context
+    vector, is added to each of its states. ``batch_first=False`` plants the classic bug: the
+    decoder reads (B, T, D) as (T, B, D), mixing the samples through ``tgt_in`` only (the
+    context stays per sample), so only a change of ``tgt_in`` shows it."""
+
+    def __init__(self, vocab: int = 24, d: int = 32, batch_first: bool = True) -> None:
+        super().__init__()
+        self.src_emb, self.tgt_emb = nn.Embedding(vocab, d), nn.Embedding(vocab, d)
+        self.encoder = nn.GRU(d, d, batch_first=True)
+        self.decoder = nn.GRU(d, d, batch_first=batch_first)
+        self.out = nn.Linear(d, vocab)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        src, tgt_in = inputs
+        _, h = self.encoder(self.src_emb(src))
+        states, _ = self.decoder(self.tgt_emb(tgt_in))
+        return self.out(torch.tanh(states + h[-1][:, None]))  # (B, T_tgt, vocab)
+
+
+def _gru_seq2seq() -> nn.Module:
+    torch.manual_seed(0)
+    return GRUSeq2Seq()
+
+
+def _translation_pairs() -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    g = _generator()
+    src = torch.randint(3, 24, (8, 10), generator=g)
+    tgt = torch.randint(3, 24, (8, 7), generator=g)
+    tgt_in = torch.cat([torch.full((8, 1), 1), tgt[:, :-1]], 1)  # BOS = 1, shifted right
+    return (src, tgt_in), tgt
+
+
+def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
 ZOO: dict[str, Arch] = {
     "gpt2": Arch(_gpt2, _lm_batch, None, causal_inputs=_lm_inputs),
     "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
@@ -488,6 +526,7 @@ ZOO: dict[str, Arch] = {
     "logits_and_aux_loss": Arch(_moe, _vectors, _moe_loss),
     "dropout_batchnorm_cnn": Arch(_dropout_cnn, _images, F.cross_entropy),
     "transformer_classifier": Arch(_transformer_classifier, _sentences, F.cross_entropy),
+    "gru_seq2seq": Arch(_gru_seq2seq, _translation_pairs, _token_loss),
     "label_smoothing_lm": Arch(
         _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
     ),

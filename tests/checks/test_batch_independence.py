@@ -176,3 +176,23 @@ def test_checks_leave_global_state_and_the_model_as_they_found_them(model_factor
     assert_restores(lambda: check(model), model)
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_seq2seq_decoder_without_batch_first_is_caught_through_its_target_tokens():
+    import architectures as A
+
+    torch.manual_seed(0)
+    buggy = A.GRUSeq2Seq(batch_first=False)  # only tgt_in, the tuple's second tensor, mixes
+    with pytest.raises(SanityError, match=r"combines samples|across the batch"):
+        assert_batch_independence(buggy, A._translation_pairs())
+    assert_batch_independence(A._gru_seq2seq(), A._translation_pairs())
+
+
+def test_in_a_tuple_2d_token_ids_are_data_and_lengths_masks_positions_structure():
+    from nnsanity._structures import roles
+
+    ids = torch.randint(3, 20, (4, 6))
+    lengths, mask = torch.tensor([6, 4, 5, 2]), (torch.arange(6) < 4).long().expand(4, 6)
+    positions = torch.arange(6).expand(4, 6)
+    got = roles((ids, ids.clone(), lengths, mask, positions))
+    assert list(got.values()) == ["data", "data", "structure", "structure", "structure"]
