@@ -30,7 +30,13 @@ LABEL_KEYS = (
 )
 # Words in an input's name that make it structure (a mask, lengths, positions, segment or type
 # ids, a cache): it says how to read the data, so a check that perturbs data keeps it as it is.
-STRUCTURE_WORDS = ("mask", "length", "lens", "position", "token_type", "segment", "cache", "offset")
+STRUCTURE_WORDS = (
+    "mask", "length", "lens", "position", "token_type", "segment", "cache", "offset",
+    "edge_index",  # a graph's wiring (PyTorch Geometric): changing it rewires the graph
+)  # fmt: skip
+# Whole names that make an input structure: PyTorch Geometric's graph id of every node, and the
+# offsets of its graphs.
+STRUCTURE_NAMES = ("batch", "ptr")
 
 
 def _is_namedtuple(x: Any) -> bool:
@@ -136,7 +142,8 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
 
     By default: float tensors are data, bool tensors structure; a tensor whose name (its mapping
     key or field) contains a word of ``STRUCTURE_WORDS`` (``attention_mask``, ``lengths``,
-    ``position_ids``, ``token_type_ids``) is structure; other integer tensors (token ids) are
+    ``position_ids``, ``token_type_ids``, ``edge_index``) or who is named ``batch`` or ``ptr``
+    (PyTorch Geometric's graph ids and offsets) is structure; other integer tensors (token ids) are
     data when they are named or come first; following another tensor in a tuple or list, a 1-D
     one is structure (per-sample lengths: ``(x, lengths)``) and one of 2 or more dims is data
     (a decoder's tokens: ``(src, tgt_in)``) unless it holds only 0s and 1s (an unnamed mask) or
@@ -153,7 +160,10 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
     out = {}
     for i, (path, t) in enumerate(found):
         name = _name(path)
-        if t.dtype == torch.bool or (name and any(w in name.lower() for w in STRUCTURE_WORDS)):
+        worded = name and (
+            any(w in name.lower() for w in STRUCTURE_WORDS) or name in STRUCTURE_NAMES
+        )
+        if t.dtype == torch.bool or worded:
             out[path] = "structure"
         elif t.is_floating_point() or t.is_complex() or name is not None or i == 0:
             out[path] = "data"

@@ -495,6 +495,60 @@ def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
+class GCN(nn.Module):
+    """Kipf & Welling's graph convolution in plain torch, on a PyTorch Geometric style batch:
+    ``model(x=(N, F) node rows, edge_index=(2, E), batch=(N,) graph ids)``; two layers of
+    D^-1/2 (A + I) D^-1/2 X W, then mean pooling per graph: (G, classes) logits."""
+
+    def __init__(self, d_in: int = 8, d: int = 32, classes: int = 3) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Linear(d_in, d), nn.Linear(d, d)])
+        self.head = nn.Linear(d, classes)
+
+    def propagate(self, h: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        loops = torch.arange(n, device=h.device).expand(2, n)
+        src, dst = torch.cat([edge_index, loops], 1)
+        degree = torch.zeros(n, device=h.device).index_add_(
+            0, dst, torch.ones_like(dst, dtype=h.dtype)
+        )
+        norm = (degree[src] * degree[dst]).rsqrt()[:, None]
+        return torch.zeros_like(h).index_add_(0, dst, h[src] * norm)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.relu(self.propagate(conv(x), edge_index))
+        g = int(batch.max()) + 1
+        pooled = torch.zeros(g, x.shape[1], device=x.device).index_add_(0, batch, x)
+        counts = torch.bincount(batch, minlength=g).clamp(min=1)[:, None]
+        return self.head(pooled / counts)
+
+
+def _gcn() -> nn.Module:
+    torch.manual_seed(0)
+    return GCN()
+
+
+def _graph_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """8 random graphs of 4-10 nodes (58 in all), undirected ring-plus-chords edges, collated
+    as PyG does: node rows stacked, edge ids offset, ``batch`` the graph of each node."""
+    g = _generator()
+    sizes = [7, 4, 9, 6, 10, 8, 5, 9]
+    edges, ids, start = [], [], 0
+    for k, n in enumerate(sizes):
+        ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+        chords = torch.randint(0, n, (2, 2), generator=g)
+        both = torch.cat([ring, chords], 1)
+        edges.append(torch.cat([both, both.flip(0)], 1) + start)
+        ids.append(torch.full((n,), k))
+        start += n
+    x = torch.randn(start, 8, generator=g)
+    inputs = {"x": x, "edge_index": torch.cat(edges, 1), "batch": torch.cat(ids)}
+    return inputs, torch.randint(0, 3, (len(sizes),), generator=g)
+
+
 ZOO: dict[str, Arch] = {
     "gpt2": Arch(_gpt2, _lm_batch, None, causal_inputs=_lm_inputs),
     "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
@@ -527,6 +581,7 @@ ZOO: dict[str, Arch] = {
     "dropout_batchnorm_cnn": Arch(_dropout_cnn, _images, F.cross_entropy),
     "transformer_classifier": Arch(_transformer_classifier, _sentences, F.cross_entropy),
     "gru_seq2seq": Arch(_gru_seq2seq, _translation_pairs, _token_loss),
+    "gcn_graph_batch": Arch(_gcn, _graph_batch, F.cross_entropy),
     "label_smoothing_lm": Arch(
         _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
     ),
@@ -551,7 +606,7 @@ def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any
                 if isinstance(batch, dict):
                     return model(**batch)
                 inputs = batch[0]
-                return model(inputs)
+                return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
         return nnsanity.measure_reproducibility(forward)
     measure: dict[str, Any] = {
