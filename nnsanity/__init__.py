@@ -11,74 +11,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from nnsanity._version import __version__ as __version__
+from nnsanity.catalogue import public_names
 from nnsanity.errors import SanityError as SanityError
 
-# Public name -> module. The only list to edit when adding a public name: checks import torch,
-# so they load on first use (PEP 562) and `import nnsanity` stays cheap for the pytest plugin.
+# Public name -> module: every check's from the catalogue (nnsanity/catalogue.py, the one list
+# of checks), then the rest. Checks import torch, so they load on first use (PEP 562) and
+# `import nnsanity` stays cheap for the pytest plugin.
 _LAZY = {
-    "assert_batch_independence": "nnsanity.checks.batch_independence",
-    "measure_batch_independence": "nnsanity.checks.batch_independence",
-    "BatchIndependenceResult": "nnsanity.checks.batch_independence",
-    "assert_can_overfit": "nnsanity.checks.overfit",
-    "measure_overfit": "nnsanity.checks.overfit",
-    "OverfitResult": "nnsanity.checks.overfit",
-    "assert_causal": "nnsanity.checks.causal",
-    "measure_causal": "nnsanity.checks.causal",
-    "CausalResult": "nnsanity.checks.causal",
-    "assert_eval_mode": "nnsanity.checks.eval_mode",
-    "measure_eval_mode": "nnsanity.checks.eval_mode",
-    "EvalModeResult": "nnsanity.checks.eval_mode",
-    "assert_finite": "nnsanity.checks.finite",
-    "measure_finite": "nnsanity.checks.finite",
-    "FiniteResult": "nnsanity.checks.finite",
-    "assert_gradient_ratio": "nnsanity.checks.gradient_ratio",
-    "measure_gradient_ratio": "nnsanity.checks.gradient_ratio",
-    "GradientRatioResult": "nnsanity.checks.gradient_ratio",
-    "assert_ignores_padding": "nnsanity.checks.padding_invariance",
-    "measure_padding_invariance": "nnsanity.checks.padding_invariance",
-    "PaddingInvarianceResult": "nnsanity.checks.padding_invariance",
-    "assert_init_loss": "nnsanity.checks.init_loss",
-    "measure_init_loss": "nnsanity.checks.init_loss",
-    "InitLossResult": "nnsanity.checks.init_loss",
-    "assert_loss_decreases": "nnsanity.checks.loss_decrease",
-    "measure_loss_decrease": "nnsanity.checks.loss_decrease",
-    "LossDecreaseResult": "nnsanity.checks.loss_decrease",
-    "assert_loss_masks_padding": "nnsanity.checks.loss_masking",
-    "measure_loss_masking": "nnsanity.checks.loss_masking",
-    "LossMaskingResult": "nnsanity.checks.loss_masking",
-    "assert_params_registered": "nnsanity.checks.params_registered",
-    "measure_params_registered": "nnsanity.checks.params_registered",
-    "ParamsRegisteredResult": "nnsanity.checks.params_registered",
-    "assert_params_update": "nnsanity.checks.params_update",
-    "measure_params_update": "nnsanity.checks.params_update",
-    "ParamsUpdateResult": "nnsanity.checks.params_update",
-    "assert_reproducible": "nnsanity.checks.reproducible",
-    "measure_reproducibility": "nnsanity.checks.reproducible",
-    "ReproducibilityResult": "nnsanity.checks.reproducible",
-    "assert_uses_inputs": "nnsanity.checks.uses_inputs",
-    "measure_uses_inputs": "nnsanity.checks.uses_inputs",
-    "UsesInputsResult": "nnsanity.checks.uses_inputs",
-    "assert_activation_growth": "nnsanity.checks.activation_growth",
-    "measure_activation_growth": "nnsanity.checks.activation_growth",
-    "ActivationGrowthResult": "nnsanity.checks.activation_growth",
-    "assert_no_dying_units": "nnsanity.checks.dying_units",
-    "measure_dying_units": "nnsanity.checks.dying_units",
-    "DyingUnitsResult": "nnsanity.checks.dying_units",
-    "assert_input_scale": "nnsanity.checks.input_scale",
-    "measure_input_scale": "nnsanity.checks.input_scale",
-    "InputScaleResult": "nnsanity.checks.input_scale",
-    "assert_learns_signal": "nnsanity.checks.learns_signal",
-    "measure_learns_signal": "nnsanity.checks.learns_signal",
-    "LearnsSignalResult": "nnsanity.checks.learns_signal",
-    "assert_loss_stable": "nnsanity.checks.loss_stability",
-    "measure_loss_stability": "nnsanity.checks.loss_stability",
-    "LossStabilityResult": "nnsanity.checks.loss_stability",
-    "assert_update_ratio": "nnsanity.checks.update_ratio",
-    "measure_update_ratio": "nnsanity.checks.update_ratio",
-    "UpdateRatioResult": "nnsanity.checks.update_ratio",
-    "assert_no_target_leak": "nnsanity.checks.target_leak",
-    "measure_target_leak": "nnsanity.checks.target_leak",
-    "TargetLeakResult": "nnsanity.checks.target_leak",
+    **public_names(),
     "Cause": "nnsanity._diagnosis",
     "Operation": "nnsanity._diagnosis",
     "Place": "nnsanity._diagnosis",
@@ -89,6 +29,7 @@ _LAZY = {
     "LayerGradient": "nnsanity.gradient_norms",
     "layer_gradient_norms": "nnsanity.gradient_norms",
     "seeded": "nnsanity.seeding",
+    "SanitySuite": "nnsanity.suite",
 }
 
 __all__ = sorted([*_LAZY, "SanityError", "__version__"])
@@ -200,3 +141,4 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.monitor import Alert as Alert
     from nnsanity.monitor import TrainingMonitor as TrainingMonitor
     from nnsanity.seeding import seeded as seeded
+    from nnsanity.suite import SanitySuite as SanitySuite

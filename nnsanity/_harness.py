@@ -33,7 +33,7 @@ from nnsanity._arguments import (
     first_line,
 )
 from nnsanity._forensics import Recorder, StepForensics, loss_gradient
-from nnsanity._state import autograd, isolated, preserved_module
+from nnsanity._state import autograd, isolated, preserved_module, state_attributes
 from nnsanity._structures import (
     LABEL_KEYS,
     Path,
@@ -343,11 +343,71 @@ class Harness:
 
     @contextlib.contextmanager
     def isolated(self, *, train: bool = True) -> Iterator[None]:
-        """The model in train (or eval) mode and the RNGs seeded; all restored on exit."""
+        """The model in train (or eval) mode and the RNGs seeded; all restored on exit (a
+        state the model keeps between calls too). A backward pass through the graph of an
+        earlier call becomes a ValueError naming the state that carried it."""
         with isolated(self.model):
             seed_torch(self.seed)
             self.model.train(train)
-            yield
+            try:
+                yield
+            except RuntimeError as e:
+                if "backward through the graph a second time" not in str(e):
+                    raise
+                self._explain_second_backward(e)
+
+    def _explain_second_backward(self, e: RuntimeError) -> None:
+        model = type(self.model).__name__
+        graphs = [
+            name
+            for name, ts in state_attributes(self.model).items()
+            if any(t.grad_fn is not None for t in ts)
+        ]
+        held = (
+            f"{model}.{' and '.join(graphs)} holds a tensor with the autograd graph of an "
+            "earlier call (a hidden state carried between calls and never detached)"
+            if graphs
+            else f"a tensor kept from an earlier call of {model} (or of the step) still holds "
+            "that call's autograd graph"
+        )
+        raise ValueError(
+            f"{held}, so backward() runs through a graph already freed ({first_line(e)}). "
+            "Detach the state before the next call (self.hidden = tuple(h.detach() for h in "
+            "hidden)), or reset it for every batch, or pass it explicitly "
+            "(out, hidden = model(x, hidden)) and detach it between batches."
+        ) from e
+
+    def carried_state(self) -> tuple[str, ...]:
+        """The attributes of the model that hold a tensor (not a parameter or buffer) whose
+        value one more call on the same batch changes: a state carried from call to call, such
+        as an LSTM's hidden state kept on the module, which makes an output depend on the calls
+        before it. Two seeded forward passes in the current mode; the state is put back."""
+
+        def snapshot() -> dict[str, list[torch.Tensor]]:
+            return {
+                name: [t.detach().clone() for t in ts]
+                for name, ts in state_attributes(self.model).items()
+            }
+
+        with preserved_module(self.model), torch.no_grad():
+            seed_torch(self.seed)
+            self.forward()
+            first = snapshot()
+            seed_torch(self.seed)
+            self.forward()
+            second = snapshot()
+        return tuple(
+            name
+            for name, ts in second.items()
+            if name in first
+            and (
+                len(ts) != len(first[name])
+                or any(
+                    a.shape != b.shape or not torch.equal(a, b)
+                    for a, b in zip(ts, first[name], strict=True)
+                )
+            )
+        )
 
     def forward(self, inputs: Any = None, *, labels: Any = None) -> Any:
         """Call the model on ``inputs`` (default: the batch's), turning a shape, index or type

@@ -37,13 +37,17 @@ _PROBE_SEED = 0  # the synthetic outputs of the pairing probe: fixed, so the ver
 
 def class_dim(logits: torch.Tensor, targets: Any) -> int | None:
     """The class dimension of ``logits`` for integer class ``targets`` (F.cross_entropy's
-    (N, C) or (N, C, d1, ...), or (..., C) against (...)), else None."""
+    (N, C) or (N, C, d1, ...), or (..., C) against (...), or (..., C) against the flattened
+    targets a loss that flattens the outputs compares with, word_language_model's (T, B, C)
+    against (T * B,)), else None."""
     if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or logits.dim() < 2:
         return None
     if logits.shape[:-1] == targets.shape:
         return logits.dim() - 1
     if logits.shape[:1] + logits.shape[2:] == targets.shape:
         return 1
+    if targets.dim() == 1 and logits.shape[:-1].numel() == targets.numel():
+        return logits.dim() - 1
     return None
 
 
@@ -53,21 +57,34 @@ def kind_of(logits: torch.Tensor, dim: int | None, targets: Any = None) -> Kind:
     BCEWithLogitsLoss or MSE), outputs all in [0, 1] for targets in [0, 1] are probabilities
     (a sigmoid's). Anything else counts as logits (or plain values)."""
     z = logits.detach().double()
+    tol = 1e-4  # float32 (and float16) rounding of a softmax, not a different kind
     if dim is None:
-        same = isinstance(targets, torch.Tensor) and targets.shape == logits.shape
-        in_unit = bool(((z >= 0) & (z <= 1)).all())
-        if same and targets.is_floating_point() and in_unit:
-            t = targets.detach().double()
-            return "probabilities" if bool(((t >= 0) & (t <= 1)).all()) else "logits"
-        return "logits"
+        return _kind_without_class_dim(z, targets, tol)
     if logits.shape[dim] < 2:
         return "logits"
-    tol = 1e-4  # float32 (and float16) rounding of a softmax, not a different kind
     if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(dim) - 1).abs() <= tol).all()):
         return "probabilities"
-    if bool((z <= tol).all()) and bool((z.logsumexp(dim).abs() <= tol).all()):
+    if _log_probabilities(z, dim, tol):
         return "log-probabilities"
     return "logits"
+
+
+def _kind_without_class_dim(z: torch.Tensor, targets: Any, tol: float) -> Kind:
+    same = isinstance(targets, torch.Tensor) and targets.shape == z.shape
+    in_unit = bool(((z >= 0) & (z <= 1)).all())
+    if same and targets.is_floating_point() and in_unit:
+        t = targets.detach().double()
+        return "probabilities" if bool(((t >= 0) & (t <= 1)).all()) else "logits"
+    # A log_softmax over the last dim says what it is whatever the targets' shape: only
+    # log-probabilities have a logsumexp of 0 over a dim of >= 2 entries, all <= 0.
+    last = z.dim() - 1
+    if z.dim() and z.shape[last] >= 2 and _log_probabilities(z, last, tol):
+        return "log-probabilities"
+    return "logits"
+
+
+def _log_probabilities(z: torch.Tensor, dim: int, tol: float) -> bool:
+    return bool((z <= tol).all()) and bool((z.logsumexp(dim).abs() <= tol).all())
 
 
 def as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
@@ -82,6 +99,9 @@ def as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
 def perfect_logits(logits: torch.Tensor, targets: torch.Tensor, dim: int) -> torch.Tensor:
     """±PERFECT_MARGIN logits for each target's class (ignored targets, such as -100, get 0)."""
     c = logits.shape[dim]
+    expected = logits.shape[:dim] + logits.shape[dim + 1 :]
+    if targets.shape != expected:  # flattened targets, for a loss that flattens the outputs
+        targets = targets.reshape(expected)
     valid = (targets >= 0) & (targets < c)
     onehot = torch.nn.functional.one_hot(targets.clamp(0, c - 1), c).to(logits.dtype)
     signs = (2 * onehot - 1) * valid.unsqueeze(-1).to(logits.dtype)

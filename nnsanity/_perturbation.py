@@ -8,6 +8,7 @@ masks, and compare the outputs index by index along that dimension.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -66,9 +67,13 @@ def perturbed(h: Harness, dim: int, which: torch.Tensor, g: torch.Generator) -> 
     return h.map_data(change)
 
 
-def outputs_along(h: Harness, x: Any, dim: int, n: int) -> list[torch.Tensor]:
+def outputs_along(
+    h: Harness, x: Any, dim: int, n: int, lead: tuple[int, ...] = ()
+) -> list[torch.Tensor]:
     """The model's output tensors of size ``n`` along ``dim``, as float64 for exact differences
-    (only the one ``output=`` picks, when given).
+    (only the one ``output=`` picks, when given). ``lead``, the inputs' sizes up to and with
+    ``dim`` (``(T, B)`` for time-first inputs), also reads an output whose first dim is their
+    product as flattened from them (word_language_model's ``(T * B, vocab)``).
 
     The RNGs are reseeded first, so every pass draws the same dropout masks.
     """
@@ -80,6 +85,9 @@ def outputs_along(h: Harness, x: Any, dim: int, n: int) -> list[torch.Tensor]:
         if h.output is not None
         else [t for _, t in leaves(outputs)]
     )
+    if len(lead) == dim + 1 and dim > 0:
+        size = math.prod(lead)
+        found = [o.unflatten(0, lead) if o.dim() and o.shape[0] == size else o for o in found]
     rows = [
         o.detach().to(torch.float64)
         for o in found

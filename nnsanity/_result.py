@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from nnsanity._diagnosis import Cause, rank
+from nnsanity._diagnosis import MEASURED, Cause, rank
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,6 +21,9 @@ class CheckResult:
 
     seed: int
     causes: tuple[Cause, ...] = ()
+    # attributes of the model holding a tensor that changed from one call on the batch to the
+    # next (a hidden state kept on the module); measured by the checks a carried state fails
+    carried_state: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -46,7 +49,25 @@ def diagnosed(result: R, diagnose: Callable[[R], Iterable[Cause]]) -> R:
     if result.passed:
         return result
     found = list(diagnose(result))
+    if result.carried_state:
+        found = [carried_state_cause(result.carried_state), *found]
     forensics = getattr(result, "forensics", None)
     if forensics is not None:
         found = [*forensics.causes(), *found]
     return dataclasses.replace(result, causes=rank(found))
+
+
+def carried_state_cause(names: tuple[str, ...]) -> Cause:
+    """A state kept on the module between calls: measured, and it explains any output that
+    changes with what the model saw before, so it goes first."""
+    return Cause(
+        id="carried_state",
+        summary=f"a state carried between calls: {', '.join(names)} holds a tensor that "
+        "changed from one call on the same batch to the next (a hidden state kept on the "
+        "module), so each output depends on the calls before it",
+        remedy="pass the state explicitly (out, hidden = model(x, hidden)), detached between "
+        "batches, or reset it for every batch",
+        evidence=tuple(f"{n} changed between two identical calls" for n in names),
+        where=names[0],
+        support=MEASURED + 1.0,
+    )

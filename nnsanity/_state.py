@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -38,6 +39,23 @@ def _tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from model.named_buffers()
 
 
+def state_attributes(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The tensors a module keeps as plain attributes (not parameters or buffers), by name
+    (``"hidden"``, ``"encoder.cache"``): where a hidden state carried between calls lives.
+    An attribute counts when it holds a tensor, or a tuple or list of tensors (an LSTM's
+    ``(h, c)``); parameters in it (an RNN's ``_flat_weights``) do not."""
+    found = {}
+    for prefix, m in model.named_modules():
+        for key, value in vars(m).items():
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            if not items or not all(isinstance(t, torch.Tensor) for t in items):
+                continue
+            if any(isinstance(t, torch.nn.Parameter) for t in items):
+                continue
+            found[f"{prefix}.{key}" if prefix else key] = tuple(items)
+    return found
+
+
 @contextlib.contextmanager
 def preserved_module(model: torch.nn.Module) -> Iterator[None]:
     """Restore a module's parameters, buffers, gradients and train/eval modes on exit.
@@ -54,6 +72,10 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
         }
     modes = {name: m.training for name, m in model.named_modules()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    # A state kept on the module between calls (a hidden state) is put back as it was, by
+    # reference, as are the attributes that held none and came to hold one.
+    kept = {name: vars(m).copy() for name, m in model.named_modules()}
+    held = set(state_attributes(model))
     try:
         yield
     finally:
@@ -66,6 +88,23 @@ def preserved_module(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(requires.get(n, p.requires_grad))
         for name, m in model.named_modules():
             m.training = modes.get(name, m.training)
+        _restore_state(model, kept, held | set(state_attributes(model)))
+
+
+def _restore_state(
+    model: torch.nn.Module, kept: dict[str, dict[str, Any]], names: set[str]
+) -> None:
+    """Put back the attributes ``names`` (``"prefix.key"``) as they were in ``kept``."""
+    modules = dict(model.named_modules())
+    for name in names:
+        prefix, _, key = name.rpartition(".")
+        m, before = modules.get(prefix), kept.get(prefix, {})
+        if m is None:
+            continue
+        if key in before:
+            object.__setattr__(m, key, before[key])
+        elif key in vars(m):
+            delattr(m, key)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The pytest plugin: the seed and device options, their fixtures, the header and the rerun hint.
+"""The pytest plugin: the seed and device options, their fixtures, the header and the rerun
+hint; the collection of ``SanitySuite`` classes and their reports for CI.
 
 Loaded by every pytest run in an environment where nnsanity is installed, so it imports no
 torch or numpy at module level (torch comes in when a fixture is first used). The reproduction
@@ -8,8 +9,11 @@ adds its flags to the rerun hint through the ``pytest_nnsanity_rerun_flags`` hoo
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,6 +22,9 @@ from nnsanity.errors import SanityError
 
 if TYPE_CHECKING:
     import torch
+
+    from nnsanity import _reports
+    from nnsanity.suite import SanitySuite
 
 SEED = pytest.StashKey[int]()
 
@@ -60,6 +67,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "device",
         "torch device for the nnsanity_device fixture, e.g. cpu, cuda, cuda:1 (default: cpu)",
     )
+    add_option(
+        parser,
+        "md",
+        "append a Markdown table of the SanitySuite results to this file (one row per suite, "
+        "one column per check), e.g. $GITHUB_STEP_SUMMARY",
+    )
+    add_option(
+        parser, "json", "write every SanitySuite result, its measured values and bounds, as JSON"
+    )
 
 
 def _resolve_seed(config: pytest.Config) -> int:
@@ -90,6 +106,11 @@ def _resolve_seed(config: pytest.Config) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SEED] = _resolve_seed(config)
+    config.addinivalue_line(
+        "markers", "nnsanity(check, category): a SanitySuite's check (set by the plugin)"
+    )
+    if not hasattr(config, "workerinput"):  # the controller gathers the workers' reports
+        config.pluginmanager.register(_SuiteReport(config), "nnsanity-suite-report")
     if getattr(config, "cache", None) is not None and not hasattr(config, "workerinput"):
         config.cache.set("nnsanity/seed", config.stash[SEED])
 
@@ -123,6 +144,9 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    if report.skipped and isinstance(item, CheckItem) and isinstance(report.longrepr, tuple):
+        path, line, _ = item.reportinfo()  # a check that does not apply: the suite's line
+        report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
     if report.failed and call.excinfo is not None and call.excinfo.errisinstance(SanityError):
         report.sections.append(
             ("nnsanity", f"rerun with: pytest '{item.nodeid}' {_rerun_flags(item.config)}")
@@ -150,3 +174,137 @@ def nnsanity_device(pytestconfig: pytest.Config) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"--nnsanity-device={name} asked for CUDA, but torch sees no CUDA device")
     return device
+
+
+# -- SanitySuite classes: one test per check ---------------------------------------------------
+
+_CHECK = "nnsanity_check"  # user_properties keys: the check (set at collection) and its outcome
+_OUTCOME = "nnsanity_outcome"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> pytest.Class | None:
+    if not isinstance(obj, type):
+        return None
+    from nnsanity.suite import SanitySuite  # no torch: the checks load when a test runs
+
+    if issubclass(obj, SanitySuite) and obj is not SanitySuite and collector.istestclass(obj, name):
+        return SuiteClass.from_parent(collector, name=name, obj=obj)
+    return None
+
+
+class SuiteClass(pytest.Class):
+    """A ``SanitySuite`` subclass: one :class:`CheckItem` per check it selects."""
+
+    def collect(self) -> list[CheckItem]:
+        try:
+            checks = self.obj.selected()
+        except ValueError as e:
+            raise self.CollectError(f"{self.obj.__name__}: {e}") from None
+        items = []
+        for check in checks:
+            item = CheckItem.from_parent(
+                self, name=check.name, callobj=_Runner(self.obj, check.name).run
+            )
+            item.add_marker(pytest.mark.nnsanity(check=check.name, category=check.category))
+            if check.name in self.obj.skip:
+                item.add_marker(pytest.mark.skip(reason=self.obj.skip[check.name]))
+            item.user_properties.append((_CHECK, check.name))
+            items.append(item)
+        return items
+
+
+class CheckItem(pytest.Function):
+    """One check of a suite; a failed check shows its own message, not a traceback."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
+        if excinfo.errisinstance(SanityError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        """Where the suite class is (not the plugin's runner), for skip and failure lines."""
+        path, line, _ = self.parent.reportinfo()  # type: ignore[union-attr]
+        return path, line, f"{self.parent.name}.{self.name}"  # type: ignore[union-attr]
+
+
+class _Runner:
+    def __init__(self, suite: type[SanitySuite], check: str) -> None:
+        self.suite, self.check = suite, check
+
+    def run(self, nnsanity_seed: int, request: pytest.FixtureRequest) -> None:
+        __tracebackhide__ = True
+        from nnsanity.suite import NotApplicable
+
+        start = time.perf_counter()
+        props = request.node.user_properties
+        try:
+            result = self.suite().run(self.check, seed=nnsanity_seed)
+        except NotApplicable as e:
+            pytest.skip(str(e))
+        except SanityError as e:
+            props.append((_OUTCOME, _encode(e.result, time.perf_counter() - start)))
+            raise
+        props.append((_OUTCOME, _encode(result, time.perf_counter() - start)))
+
+
+def _encode(result: Any, seconds: float) -> str:
+    # a string, so xdist carries it to the controller whatever the result holds
+    data = result.to_dict() if hasattr(result, "to_dict") else None
+    return json.dumps({"seconds": seconds, "result": data}, default=repr)
+
+
+class _SuiteReport:
+    """Gathers the suites' outcomes from the test reports (the workers' too, under xdist) and
+    writes the Markdown, the JSON and the terminal summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.outcomes: dict[str, _reports.Outcome] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from nnsanity import _reports
+
+        props = dict(report.user_properties)
+        if _CHECK not in props or (report.when != "call" and report.passed):
+            return
+        suite = report.nodeid.rsplit("::", 1)[0]
+        measured = json.loads(str(props[_OUTCOME])) if _OUTCOME in props else {}
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            verdict: _reports.Verdict = "skip"
+            reason = reason.removeprefix("Skipped: ")
+        elif report.failed:
+            verdict = "fail" if measured.get("result") is not None else "error"
+            reason = "" if verdict == "fail" else str(report.longrepr).strip().splitlines()[-1]
+        else:
+            verdict, reason = "pass", ""
+        self.outcomes[report.nodeid] = _reports.Outcome(
+            suite=suite,
+            check=str(props[_CHECK]),
+            verdict=verdict,
+            seconds=measured.get("seconds"),
+            reason=reason,
+            result=measured.get("result"),
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.outcomes:
+            return
+        from nnsanity import _reports
+        from nnsanity.catalogue import CATALOGUE
+
+        outcomes = list(self.outcomes.values())
+        terminalreporter.write_sep("-", "nnsanity suites")
+        for line in _reports.summary(outcomes):
+            terminalreporter.write_line(line)
+        md, js = option(self.config, "md"), option(self.config, "json")
+        if md:
+            with Path(md).open("a") as f:
+                f.write(_reports.markdown(outcomes, [c.name for c in CATALOGUE]))
+            terminalreporter.write_line(f"nnsanity: Markdown table appended to {md}")
+        if js:
+            Path(js).write_text(_reports.to_json(outcomes, self.config.stash[SEED]))
+            terminalreporter.write_line(f"nnsanity: results written to {js}")

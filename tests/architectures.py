@@ -19,28 +19,21 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import nnsanity
+from nnsanity.catalogue import CATALOGUE, Subject, get
 
-ALL_CHECKS = (
-    "init_loss",
-    "finite",
-    "loss_decreases",
-    "can_overfit",
-    "params_update",
-    "gradient_ratio",
-    "batch_independence",
-    "uses_inputs",
-    "reproducible",
-    "causal",
-    "eval_mode",
-    "params_registered",
-)
 # Checks every zoo model passes with defaults, asserted (with more detail) in their own test
 # files; the README's compatibility table shows them beside ALL_CHECKS.
 EVERY_MODEL = (
-    "update_ratio", "activation_growth", "dying_units", "loss_stability", "input_scale",
-    "target_leak",
+    "update_ratio", "activation_growth", "no_dying_units", "loss_stable", "input_scale",
+    "no_target_leak",
 )  # fmt: skip
+# The catalogue's checks that need nothing a zoo model lacks: the padding checks and
+# learns_signal have their own zoos (padding_zoo.py, learnable.py).
+ALL_CHECKS = tuple(
+    c.name
+    for c in CATALOGUE
+    if c.needs <= {"loss", "step", "sequence"} and c.name not in EVERY_MODEL
+)
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
 
@@ -237,6 +230,29 @@ def _clip_batch() -> dict[str, Any]:
     batch = _token_batch(n=8)
     pixels = torch.randn(8, 3, 32, 32, generator=_generator(2))
     return {**batch, "pixel_values": pixels, "return_loss": True}
+
+
+def _segformer() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+        hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=4,
+    )  # fmt: skip
+    return transformers.SegformerForSemanticSegmentation(config)
+
+
+def _segmentation_batch() -> dict[str, torch.Tensor]:
+    # masks of 8x8 regions (4x4 pixels each), as segmentation masks are piecewise constant; the
+    # logits come at 1/4 of the input's size and the model upsamples them to the labels'
+    g = _generator()
+    pixels = torch.randn(4, 3, 32, 32, generator=g)
+    regions = torch.randint(0, 4, (4, 8, 8), generator=g)
+    return {
+        "pixel_values": pixels,
+        "labels": regions.repeat_interleave(4, 1).repeat_interleave(4, 2),
+    }
 
 
 def _lm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -561,6 +577,7 @@ ZOO: dict[str, Arch] = {
     # batch independence does not apply to the default output, the (B, B) image-text logits,
     # which compare every image with every caption of the batch by design (output="image_embeds"
     # judges the embeddings instead: tests/checks/test_real_families.py)
+    "segformer": Arch(_segformer, _segmentation_batch, None),
     "clip": Arch(_clip, _clip_batch, None, skip=("batch_independence",)),
     "torchvision_resnet18": Arch(_torchvision("resnet18"), _images, F.cross_entropy),
     "torchvision_mobilenet_v3_small": Arch(
@@ -590,39 +607,12 @@ ZOO: dict[str, Arch] = {
 
 def run_check(check: str, arch: Arch, model: torch.nn.Module, batch: Any) -> Any:
     """The check as a new user calls it: the model, the batch, the loss (if any), defaults."""
-    loss_fn = arch.loss_fn
-    if check == "batch_independence":
-        return nnsanity.measure_batch_independence(model, batch)
-    if check == "causal":
-        assert arch.causal_inputs is not None
-        return nnsanity.measure_causal(model, arch.causal_inputs(batch))
-    if check == "eval_mode":
-        return nnsanity.measure_eval_mode(model, batch)
-    if check == "reproducible":
-        model.train()  # dropout on: the forward pass draws random numbers where it has any
-
-        def forward() -> Any:
-            with torch.no_grad():
-                if isinstance(batch, dict):
-                    return model(**batch)
-                inputs = batch[0]
-                return model(**inputs) if isinstance(inputs, dict) else model(inputs)
-
-        return nnsanity.measure_reproducibility(forward)
-    measure: dict[str, Any] = {
-        "init_loss": nnsanity.measure_init_loss,
-        "finite": nnsanity.measure_finite,
-        "loss_decreases": nnsanity.measure_loss_decrease,
-        "can_overfit": nnsanity.measure_overfit,
-        "params_update": nnsanity.measure_params_update,
-        "gradient_ratio": nnsanity.measure_gradient_ratio,
-        "uses_inputs": nnsanity.measure_uses_inputs,
-        "params_registered": nnsanity.measure_params_registered,
-        "update_ratio": nnsanity.measure_update_ratio,
-        "dying_units": nnsanity.measure_dying_units,
-        "loss_stability": nnsanity.measure_loss_stability,
-        "target_leak": nnsanity.measure_target_leak,
-    }
-    if check in ("activation_growth", "input_scale"):  # no loss involved
-        return getattr(nnsanity, f"measure_{check}")(model, batch)
-    return measure[check](model, batch, loss_fn)
+    inputs = arch.causal_inputs(batch) if arch.causal_inputs is not None else None
+    subject = Subject(
+        model=model,
+        batch=batch,
+        loss_fn=arch.loss_fn,
+        inputs=inputs,
+        autoregressive=arch.causal_inputs is not None,
+    )
+    return get(check).measure(subject)

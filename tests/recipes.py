@@ -16,6 +16,8 @@ Tiny sizes, so a sweep over seeds stays fast. The data are sequences with a rule
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -123,8 +125,8 @@ def gpt_step(model: nn.Module, lr: float = 1e-3):
 class WordLSTM(nn.Module):
     """``RNNModel("LSTM")`` of word_language_model at toy size: time-first ``(T, B)`` tokens in,
     ``(log_probs, hidden)`` out, the log-probabilities flattened to ``(T * B, vocab)`` as the
-    example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument, zeros when
-    not given (``init_hidden``)."""
+    example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument (zeros from
+    ``init_hidden`` at the start of an epoch), so a batch's inputs are ``(data, hidden)``."""
 
     def __init__(self, d: int = 32, layers: int = 2, dropout: float = 0.2, seed: int = 0):
         super().__init__()
@@ -142,8 +144,7 @@ class WordLSTM(nn.Module):
         w = next(self.parameters())
         return w.new_zeros(self.layers, b, self.d), w.new_zeros(self.layers, b, self.d)
 
-    def forward(self, data: torch.Tensor, hidden=None):
-        hidden = self.init_hidden(data.shape[1]) if hidden is None else hidden
+    def forward(self, data: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]):
         out, hidden = self.rnn(self.drop(self.encoder(data)), hidden)
         decoded = self.decoder(self.drop(out)).view(-1, VOCAB)
         return F.log_softmax(decoded, dim=1), hidden
@@ -162,6 +163,14 @@ def word_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return source[:-1], source[1:].reshape(-1)
 
 
+def lstm_batch(seed: int = 0, layers: int = 2, d: int = 32):
+    """``((data, hidden), target)``: the LSTM's call ``model(data, hidden)`` with the state
+    it starts an epoch with (zeros)."""
+    data, target = word_batch(seed)
+    zeros = torch.zeros(layers, data.shape[1], d)
+    return (data, (zeros, zeros.clone())), target
+
+
 def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
     """word_language_model ``main.py``'s ``train()`` step: the hidden state carried from batch
     to batch and repackaged (detached) before each; NLL loss; clip at 0.25; hand-written SGD
@@ -169,7 +178,7 @@ def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
     state = {"hidden": None}
 
     def step(batch):
-        data, targets = batch
+        (data, _), targets = batch
         if state["hidden"] is None or state["hidden"][0].shape[1] != data.shape[1]:
             state["hidden"] = model.init_hidden(data.shape[1])
         hidden = repackage_hidden(state["hidden"])
@@ -218,5 +227,75 @@ def stateless_lstm(seed: int = 0) -> StatefulLSTM:
     return Stateless(seed=seed)
 
 
+def lstm_loss(outputs, targets: torch.Tensor) -> torch.Tensor:
+    """The example's criterion on the ``(log_probs, hidden)`` outputs."""
+    return F.nll_loss(outputs[0], targets)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+# -- word_language_model: the Transformer --------------------------------------------------------
+
+
+class PositionalEncoding(nn.Module):
+    """The example's sinusoidal encoding, for (T, B, d) inputs (a buffer, not trained)."""
+
+    def __init__(self, d: int, dropout: float = 0.1, max_len: int = 64) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        position = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d, 2).float() * (-math.log(10000.0) / d))
+        pe = torch.zeros(max_len, 1, d)
+        pe[:, 0, 0::2], pe[:, 0, 1::2] = torch.sin(position * div), torch.cos(position * div)
+        self.register_buffer("pe", pe)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x + self.pe[: x.size(0)])
+
+
+class WordTransformer(nn.Module):
+    """``TransformerModel`` of word_language_model at toy size: (T, B) tokens in, an
+    ``nn.TransformerEncoder`` with the default ``batch_first=False`` and a causal mask, (T, B,
+    vocab) log-probabilities out; the example's loss flattens them (``nll_loss`` on
+    ``output.view(-1, ntokens)``)."""
+
+    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.pos_encoder = PositionalEncoding(d, dropout=0.2)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.2)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.input_emb, self.decoder, self.d = nn.Embedding(VOCAB, d), nn.Linear(d, VOCAB), d
+        nn.init.uniform_(self.input_emb.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, src: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(len(src))
+        h = self.pos_encoder(self.input_emb(src) * math.sqrt(self.d))
+        return F.log_softmax(self.decoder(self.encoder(h, mask=mask, is_causal=True)), dim=-1)
+
+
+def word_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The example's criterion: NLL on the flattened (T * B, vocab) log-probabilities."""
+    return F.nll_loss(output.view(-1, VOCAB), targets)
+
+
+def transformer_step(model: nn.Module, lr: float = 5.0, clip: float = 0.25):
+    """``main.py``'s step for the Transformer: no hidden state; the same hand-written SGD
+    (lr 5: the example's default of 20 suits its 200-wide model, not this toy one)."""
+
+    def step(batch):
+        data, targets = batch
+        model.zero_grad()
+        loss = word_loss(model(data), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(p.grad, alpha=-lr)
+        return loss
+
+    return step

@@ -412,3 +412,104 @@ def test_every_check_that_takes_a_step_takes_a_step_factory(check):
         call(step_factory=3)
     with pytest.raises(TypeError, match=r"step_factory\(model\) must return a step callable"):
         call(step_factory=lambda m: None)
+
+
+# -- a state carried between calls (a hidden state kept on the module) --------------------------
+
+CARRIED_CHECKS = {
+    "batch_independence": lambda m, b: nnsanity.measure_batch_independence(m, b),
+    "causal": lambda m, b: nnsanity.measure_causal(m, b[0]),
+    "eval_mode": lambda m, b: nnsanity.measure_eval_mode(m, b),
+}
+
+
+@pytest.mark.parametrize("check", list(CARRIED_CHECKS))
+def test_a_hidden_state_carried_on_the_module_is_named_as_the_first_cause(check):
+    batch, model = recipes.gpt_batch(), recipes.StatefulLSTM()
+    r = CARRIED_CHECKS[check](model, batch)
+    assert not r.passed
+    assert r.cause.id == "carried_state" and r.cause.where == "hidden"
+    assert r.carried_state == ("hidden",)
+    assert model.hidden is None  # the check leaves the module's state as it found it
+    twin = CARRIED_CHECKS[check](recipes.stateless_lstm(), batch)
+    assert twin.passed and twin.carried_state == ()
+
+
+@pytest.mark.parametrize(
+    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "loss_stable"]
+)
+def test_a_carried_state_never_detached_is_a_clear_error_naming_it(check):
+    batch, assert_check = recipes.gpt_batch(), getattr(nnsanity, f"assert_{check}")
+    with pytest.raises(ValueError, match=r"StatefulLSTM.hidden holds a tensor with the autograd "
+                       r"graph of an earlier call .*Detach the state"):  # fmt: skip
+        assert_check(recipes.StatefulLSTM(detach=False), batch, recipes.lm_loss)
+    assert assert_check(recipes.stateless_lstm(), batch, recipes.lm_loss).passed
+
+
+# -- time-first models: the batch on dim 1, log-probabilities read as such ----------------------
+
+
+class TimeFirstBatchMixer(recipes.WordTransformer):
+    """The word LM with a leak across its batch dim (dim 1 of (T, B, vocab)): a mean over it."""
+
+    def forward(self, src):
+        out = super().forward(src)
+        return (out + out.mean(1, keepdim=True)).log_softmax(-1)
+
+
+class LeakyWordLSTM(recipes.WordLSTM):
+    """The word LSTM with a leak in its flattened (T * B, vocab) log-probabilities only."""
+
+    def forward(self, data, hidden):
+        out, hidden = super().forward(data, hidden)
+        rows = out.view(data.shape[0], data.shape[1], -1)
+        return (rows + rows.mean(1, keepdim=True)).log_softmax(-1).view(-1, out.shape[-1]), hidden
+
+
+def test_a_time_first_batch_is_checked_along_the_batch_dim_it_is_given_or_found():
+    data = recipes.word_batch()
+    assert nnsanity.assert_batch_independence(recipes.WordTransformer(), data, batch_dim=1).passed
+    r = nnsanity.measure_batch_independence(TimeFirstBatchMixer(), data, batch_dim=1)
+    assert not r.passed and r.batch_dim == 1
+    # (data, hidden): (T, B) beside (layers, B, H) says dim 1 unambiguously; the (T * B, vocab)
+    # log-probabilities are read as (T, B, vocab)
+    batch, model = recipes.lstm_batch(), recipes.WordLSTM()
+    r = nnsanity.assert_batch_independence(model, batch)
+    assert r.passed and r.batch_dim == 1
+    r = nnsanity.measure_batch_independence(LeakyWordLSTM(), batch)
+    assert not r.passed and r.batch_dim == 1
+    with pytest.raises(ValueError, match=r"batch_dim=2 is not a dimension of the inputs"):
+        nnsanity.measure_batch_independence(recipes.WordTransformer(), data, batch_dim=2)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # nn.Transformer's own
+def test_a_seq2seq_transformer_with_its_default_batch_first_false_needs_no_batch_dim():
+    class Seq2Seq(nn.Module):
+        def __init__(self, mix=False):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.mix = nn.Embedding(recipes.VOCAB, 16), mix
+            self.core = nn.Transformer(16, 2, 1, 1, 32, dropout=0.0)
+            self.head = nn.Linear(16, recipes.VOCAB)
+
+        def forward(self, src, tgt):
+            mask = nn.Transformer.generate_square_subsequent_mask(len(tgt))
+            h = self.core(self.emb(src), self.emb(tgt), tgt_mask=mask, tgt_is_causal=True)
+            return self.head(h + h.mean(1, keepdim=True) if self.mix else h)
+
+    g = torch.Generator().manual_seed(0)
+    src, tgt = (torch.randint(0, recipes.VOCAB, (n, 6), generator=g) for n in (9, 7))
+    batch = ((src, tgt), tgt.roll(-1, 0))
+    assert nnsanity.assert_batch_independence(Seq2Seq(), batch).batch_dim == 1
+    assert not nnsanity.measure_batch_independence(Seq2Seq(True), batch).passed
+
+
+def test_log_probabilities_compared_with_flattened_targets_are_read_as_log_probabilities():
+    batch = recipes.word_batch()
+    r = nnsanity.assert_init_loss(recipes.WordTransformer(), batch, recipes.word_loss)
+    assert r.output_kind == "log-probabilities" and r.n_classes == recipes.VOCAB
+    loud = recipes.WordTransformer()
+    with torch.no_grad():
+        loud.decoder.weight.mul_(30)  # the final layer far too large: confident at init
+    with pytest.raises(nnsanity.SanityError):
+        nnsanity.assert_init_loss(loud, batch, recipes.word_loss)

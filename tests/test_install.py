@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
 
     import torch
     import torch.nn.functional as F
-    import nnsanity, nnsanity.plugin
+    import nnsanity, nnsanity.catalogue, nnsanity.plugin
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -74,7 +74,7 @@ SCRIPT = textwrap.dedent(
             model, signal(128), loss, holdout=signal(128)
         ),
     }
-    missing = {n for n in nnsanity.__all__ if n.startswith("assert_")} - set(calls)
+    missing = {c.assert_name for c in nnsanity.catalogue.CATALOGUE} - set(calls)
     assert not missing, f"add these checks to tests/test_install.py: {missing}"
     for call in calls.values():
         assert call().passed

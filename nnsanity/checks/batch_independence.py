@@ -10,13 +10,14 @@ to stay put (token inputs). Causality, the same question along the time axis, is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import check_bool, check_number
+from nnsanity._arguments import check_bool, check_int, check_number
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
 from nnsanity._localisation import Property, along, locate
@@ -53,6 +54,7 @@ class BatchIndependenceResult(CheckResult):
     method: Literal["gradient", "perturbation"]
     train_mode: bool
     batchnorm: bool  # the model has BatchNorm layers (they mix the batch in train mode)
+    batch_dim: int = 0  # the inputs' dimension that indexes the samples
     time_first_rnns: tuple[str, ...] = ()  # RNN/LSTM/GRU layers without batch_first=True
     # the first module (and op) whose output mixes the batch while its inputs do not
     where: Place | None = None
@@ -66,25 +68,30 @@ class BatchIndependenceResult(CheckResult):
         return max(self.dependence) <= self.max_dependence
 
 
+def _along(t: torch.Tensor, d: int, b: int) -> bool:
+    return t.dim() > d and t.shape[d] == b
+
+
 def _gradient_chart(
-    h: Harness, b: int, samples: Sequence[int], g: torch.Generator
+    h: Harness, b: int, samples: Sequence[int], g: torch.Generator, d: int, lead: tuple[int, ...]
 ) -> list[torch.Tensor] | None:
     """Per checked sample, every sample's input-gradient size relative to its own (or None)."""
     with autograd():  # even when the caller is inside no_grad() or inference_mode()
         leaves_ = h.map_data(
-            lambda _, t: (
-                t.detach().clone().requires_grad_(True) if t.dim() and t.shape[0] == b else t
-            )
+            lambda _, t: t.detach().clone().requires_grad_(True) if _along(t, d, b) else t
         )
         wrt = [t for t in tensors_in(leaves_) if t.requires_grad]
         outputs = h.forward(leaves_)
         found = (
             [select_output(outputs, h.output)[0]] if h.output is not None else tensors_in(outputs)
         )
+        if d > 0:  # outputs flattened from (T, B) rows, as the inputs' leading dims
+            flat = math.prod(lead)
+            found = [o.unflatten(0, lead) if o.dim() and o.shape[0] == flat else o for o in found]
         rows = [
-            o
+            o.movedim(d, 0)
             for o in found
-            if o.dim() and o.shape[0] == b and o.is_floating_point() and o.requires_grad
+            if _along(o, d, b) and o.is_floating_point() and o.requires_grad
         ]
         if not rows or not wrt:
             return None
@@ -98,7 +105,7 @@ def _gradient_chart(
             ).sum()
             grads = torch.autograd.grad(objective, wrt, retain_graph=True, allow_unused=True)
             sizes = [
-                gr.detach().abs().reshape(b, -1).amax(1).double().cpu()
+                gr.detach().abs().movedim(d, 0).reshape(b, -1).amax(1).double().cpu()
                 for gr in grads
                 if gr is not None
             ]
@@ -116,6 +123,8 @@ def _perturbation_chart(
     samples: Sequence[int],
     bound: float,
     g: torch.Generator,
+    d: int,
+    lead: tuple[int, ...],
     graphs: _Graphs | None = None,
 ) -> list[torch.Tensor]:
     """Per checked sample, its output change when other samples' inputs change.
@@ -125,11 +134,11 @@ def _perturbation_chart(
     """
 
     def outputs(x: Any) -> list[torch.Tensor]:
-        return outputs_along(h, x, 0, b) if graphs is None else graphs.outputs(h, x)
+        return outputs_along(h, x, d, b, lead) if graphs is None else graphs.outputs(h, x)
 
     def moved(which: torch.Tensor) -> torch.Tensor:  # per sample, with the inputs `which` changed
-        changed = perturbed(h, 0, which, g) if graphs is None else graphs.perturbed(h, which, g)
-        return relative_change(base, outputs(changed), 0)
+        changed = perturbed(h, d, which, g) if graphs is None else graphs.perturbed(h, which, g)
+        return relative_change(base, outputs(changed), d)
 
     base = outputs(h.inputs)
     chart = []
@@ -269,6 +278,7 @@ def measure_batch_independence(
     output: Any = None,
     unpack: bool | None = None,
     perturb: Any = None,
+    batch_dim: int | None = None,
     sample_index: Any = None,
     seed: int = 0,
 ) -> BatchIndependenceResult:
@@ -279,21 +289,25 @@ def measure_batch_independence(
         model, batch, seed=seed, output=output, unpack=unpack, perturb=perturb, needs_loss=False
     )
     graphs = _graphs(h, sample_index)
-    b = h.batch_size if graphs is None else graphs.count
+    d = 0 if graphs is not None else _batch_dim(h, batch_dim)
+    first = next(t for _, t in h.data_leaves() if t.dim() > d)
+    b, lead = int(first.shape[d]), tuple(int(n) for n in first.shape[: d + 1])
+    if graphs is not None:
+        b, lead = graphs.count, (graphs.count,)
     if b < 2:
         raise ValueError(f"batch independence needs a batch of at least 2 samples, got {b}.")
     checked = index_option(samples, b, "samples", [0, b // 2, b - 1])
     g = torch.Generator().manual_seed(h.seed)
     with h.isolated(train=train_mode):
-        data = [t for _, t in h.data_leaves() if t.dim() and t.shape[0] == b]
+        data = [t for _, t in h.data_leaves() if _along(t, d, b)]
         floats = all(t.is_floating_point() for t in data)
-        chart = _gradient_chart(h, b, checked, g) if floats and graphs is None else None
+        chart = _gradient_chart(h, b, checked, g, d, lead) if floats and graphs is None else None
         method: Literal["gradient", "perturbation"] = (
             "gradient" if chart is not None else "perturbation"
         )
         if chart is None:
             try:
-                chart = _perturbation_chart(h, b, checked, bound, g, graphs)
+                chart = _perturbation_chart(h, b, checked, bound, g, d, lead, graphs)
             except ValueError as e:
                 if graphs is not None or "no model output has size" not in str(e):
                     raise
@@ -309,9 +323,11 @@ def measure_batch_independence(
             sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
         failing = [i for i, d in zip(checked, dependence, strict=True) if d > bound]
         # localisation reads module outputs by batch row; a graph's rows are its nodes
-        where = _localise(h, b, failing[0], bound) if failing and graphs is None else None
+        where = _localise(h, b, failing[0], bound, d) if failing and graphs is None else None
+        carried = h.carried_state() if failing else ()
     r = BatchIndependenceResult(
         seed=h.seed,
+        carried_state=carried,
         max_dependence=bound,
         samples=checked,
         batch_size=b,
@@ -319,6 +335,7 @@ def measure_batch_independence(
         sources=tuple(sources),
         method=method,
         train_mode=train_mode,
+        batch_dim=d,
         batchnorm=any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in h.model.modules()
         ),
@@ -334,12 +351,33 @@ def measure_batch_independence(
     return diagnosed(r, _diagnose)
 
 
-def _localise(h: Harness, b: int, i: int, bound: float) -> Place | None:
+def _batch_dim(h: Harness, batch_dim: int | None) -> int:
+    """``batch_dim``, checked against the inputs; by default 1 where that is unambiguous (the
+    input tensors, all of >= 2 dims, disagree on their first dim and agree on their second, as
+    time-first tokens (T, B) beside an LSTM state (layers, B, H), or a seq2seq's (S, B) and
+    (T, B)), else 0."""
+    shapes = [tuple(t.shape) for _, t in h.data_leaves() if t.dim()]
+    if batch_dim is None:
+        every = [tuple(t.shape) for t in tensors_in(h.inputs) if t.dim()]
+        wide = [s for s in every if len(s) >= 2]
+        unequal = len({s[0] for s in every}) > 1
+        agree = len({s[1] for s in wide}) == 1
+        return 1 if len(wide) == len(every) >= 2 and unequal and agree else 0
+    d = check_int(batch_dim, "batch_dim")
+    if not shapes or not -len(shapes[0]) <= d < len(shapes[0]):
+        raise ValueError(
+            f"batch_dim={d} is not a dimension of the inputs (data shapes {shapes}); pass the "
+            "dimension that indexes the samples: 0 for (B, ...) inputs, 1 for time-first (T, B)."
+        )
+    return d % len(shapes[0])
+
+
+def _localise(h: Harness, b: int, i: int, bound: float, d: int = 0) -> Place | None:
     """The first module whose output rows of sample ``i`` change when the other samples'
     inputs change, while its input rows of sample ``i`` do not."""
     g = torch.Generator().manual_seed(h.seed + 1)
     others = torch.arange(b) != i
-    changed = perturbed(h, 0, others, g)
+    changed = perturbed(h, d, others, g)
 
     def run(x: Any) -> Any:
         seed_torch(h.seed)
@@ -382,6 +420,7 @@ def assert_batch_independence(
     output: Any = None,
     unpack: bool | None = None,
     perturb: Any = None,
+    batch_dim: int | None = None,
     sample_index: Any = None,
     seed: int = 0,
     msg: Msg = None,
@@ -396,6 +435,15 @@ def assert_batch_independence(
     checked. Only data inputs are changed (masks, lengths, position and type ids are kept;
     ``perturb=`` names the data inputs instead). ``batch`` may be the inputs' ``(inputs,
     targets)`` pair or a mapping batch (its labels are ignored).
+
+    The samples are indexed by ``batch_dim`` of the inputs (and of the outputs, where an output
+    of rows flattened from the inputs' ``(T, B)``, such as word_language_model's
+    ``(T * B, vocab)``, is read as ``(T, B, ...)``). By default it is 1 where the inputs say so
+    unambiguously (input tensors that disagree on dim 0 and agree on dim 1: time-first tokens
+    beside an LSTM state of shape (layers, B, H), a seq2seq's (S, B) source and (T, B) target),
+    else 0. A time-first model fed a lone (T, B) tensor (``nn.Transformer``'s default
+    ``batch_first=False``) needs ``batch_dim=1``: without it, the positions are read as the
+    samples and a causal mask as a leak.
 
     Graph batches (PyTorch Geometric style: node rows ``x``, an ``edge_index`` (2, E), and the
     graph id of every node) have no batch dimension: a sample is a graph. ``sample_index``
@@ -415,7 +463,8 @@ def assert_batch_independence(
     __tracebackhide__ = True
     r = measure_batch_independence(
         model, batch, samples=samples, train_mode=train_mode, max_dependence=max_dependence,
-        output=output, unpack=unpack, perturb=perturb, sample_index=sample_index, seed=seed,
+        output=output, unpack=unpack, perturb=perturb, batch_dim=batch_dim,
+        sample_index=sample_index, seed=seed,
     )  # fmt: skip
     if not r.passed:
         fail(_explain(r), r, msg)
@@ -576,5 +625,6 @@ def _explain(r: BatchIndependenceResult) -> Explanation:
         header="Outputs depend on other samples' inputs!",
         lines=lines,
         where=r.where,
-        relax="max_dependence= (larger); samples= chooses which samples are checked.",
+        relax="max_dependence= (larger); samples= chooses which samples are checked; "
+        "batch_dim=1 for time-first (T, B) batches.",
     )

@@ -147,8 +147,10 @@ def measure_causal(
         changes = [moved(t) for t in checked]
         leak = _first_leak(moved, checked, changes, bound)
         where = _localise(h, dim, n, leak[1], bound, g) if leak is not None else None
+        carried = h.carried_state() if leak is not None else ()
     r = CausalResult(
         seed=h.seed,
+        carried_state=carried,
         max_dependence=bound,
         positions=checked,
         changes=tuple(float(c.max()) for c in changes),

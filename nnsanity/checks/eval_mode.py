@@ -199,6 +199,7 @@ def measure_eval_mode(
             second = _floats(h.forward(), h.output)
         difference = _difference(first, second)
         where = _localise(h, bound) if difference > bound else None
+        carried = h.carried_state() if difference > bound else ()
 
         def noter(name: str) -> Any:
             def note(module: torch.nn.Module, args: Any) -> None:
@@ -232,6 +233,7 @@ def measure_eval_mode(
         )  # fmt: skip
     r = EvalModeResult(
         seed=h.seed,
+        carried_state=carried,
         max_difference=bound,
         difference=difference,
         where=where,

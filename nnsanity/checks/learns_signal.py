@@ -34,8 +34,10 @@ from nnsanity._arguments import (
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
+from nnsanity._leak import Leak, measure_leak
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
 from nnsanity._outputs import Outputs, unpaired_causes
+from nnsanity._perturbation import MAX_DEPENDENCE
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity._structures import LABEL_KEYS, leaves, map_tensors
@@ -83,11 +85,15 @@ class LearnsSignalResult(CheckResult):
     label_blind: bool = False  # every permutation gave the same loss: identical predictions
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
     forensics: StepForensics | None = None  # what the user's step did to the optimizer
+    # where the outputs can read their own targets (a copy "generalises" to any holdout), as
+    # nnsanity.assert_no_target_leak measures it on ``batch`` at init; None: no leak
+    target_leak: str | None = None
 
     @property
     def passed(self) -> bool:
         return (
             not self.constant_labels
+            and self.target_leak is None
             and self.unpaired is None
             and math.isfinite(self.z)
             and self.z >= self.min_z
@@ -191,6 +197,7 @@ def measure_learns_signal(
     blind = False
     with h.isolated():
         unpaired = _unpaired(hb)
+        leak = measure_leak(h, MAX_DEPENDENCE)
         start = _losses(hb, shuffles)
         run = h.stepper()
         for _ in range(0 if constant or unpaired else steps):
@@ -228,8 +235,16 @@ def measure_learns_signal(
         label_blind=blind,
         unpaired=unpaired,
         forensics=forensics,
+        target_leak=_leak_place(leak) if leak.found(MAX_DEPENDENCE) else None,
     )
     return diagnosed(r, _diagnose)
+
+
+def _leak_place(leak: Leak) -> str:
+    if leak.form == "features":
+        return f"column {leak.offset} of {leak.source} is the target"
+    at = f"t{leak.offset:+d}" if leak.offset else "t"
+    return f"the output at t reads {leak.source} at {at}, which holds its target"
 
 
 def assert_learns_signal(
@@ -283,9 +298,12 @@ def assert_learns_signal(
     dropout-0.5 CNN needs 64 training images.
 
     It proves the labels are aligned with the inputs in a way training picks up from one batch
-    and that carries to another. It does NOT prove the relation is the intended one (a label
-    leaked into the inputs passes), that the model generalises well, or anything about data
-    the two batches do not represent.
+    and that carries to another. It does NOT prove the relation is the intended one (a feature
+    computed from the label passes), that the model generalises well, or anything about data
+    the two batches do not represent. It also fails when the outputs can read their own
+    targets from the inputs (a causal LM scored without the shift by one copies its input, and
+    the copy "generalises" to any holdout): the measurement of ``assert_no_target_leak``, run on
+    ``batch`` at init before training.
 
     ``step_factory(model) -> step`` builds your step afresh for this check (with its own
     optimizer: no state carried over from another check); pass it or ``step``, not both.
@@ -304,6 +322,14 @@ def assert_learns_signal(
 
 
 def _diagnose(r: LearnsSignalResult) -> list[Cause]:
+    if r.target_leak is not None:
+        return [
+            Cause(id="target_leak", summary="the outputs can read their own targets from the "
+                  "inputs, so what training learns is a copy, not the relation",
+                  remedy="shift the targets by one (logits[:, :-1] vs targets[:, 1:]) or drop "
+                  "the label from the inputs; nnsanity.assert_no_target_leak names the cause",
+                  evidence=(r.target_leak,), support=MEASURED),
+        ]  # fmt: skip
     if r.unpaired is not None:
         return unpaired_causes(r.unpaired)
     if r.constant_labels:
@@ -369,6 +395,15 @@ def _diagnose(r: LearnsSignalResult) -> list[Cause]:
 
 
 def _explain(r: LearnsSignalResult) -> Explanation:
+    if r.target_leak is not None:
+        return Explanation(
+            header="The signal comes from a target leak!",
+            lines=[
+                f"Target leak in the training batch at init: {r.target_leak}",
+                f"Gain over the permuted labels after {len(r.trace)} steps: z = {r.z:.3g}",
+            ],
+            relax="nothing: a model that copies its target learns nothing it can use",
+        )
     if r.unpaired is not None:
         return unpaired_explanation(r.unpaired)
     if r.constant_labels:

@@ -12,7 +12,13 @@ from state_oracle import assert_restores
 from torch import nn
 from torch.nn import functional as F
 
-from nnsanity import SanityError, assert_no_target_leak, measure_target_leak
+from nnsanity import (
+    SanityError,
+    assert_learns_signal,
+    assert_no_target_leak,
+    measure_learns_signal,
+    measure_target_leak,
+)
 
 V = 16
 
@@ -190,4 +196,20 @@ def test_a_negative_bound_is_a_clear_error():
 @pytest.mark.parametrize("name", list(ZOO))
 def test_every_zoo_model_passes_with_defaults(name):
     arch = ZOO[name]
-    assert run_check("target_leak", arch, arch.build(), arch.batch()).passed
+    assert run_check("no_target_leak", arch, arch.build(), arch.batch()).passed
+
+
+def test_learns_signal_fails_on_a_copy_that_generalises_and_names_the_leak():
+    x, holdout = ids(16, seed=1), ids(16, seed=2)
+    model = zoo.TinyCausalLM(vocab=V)
+    with pytest.raises(SanityError, match="target leak") as e:
+        assert_learns_signal(model, (x, x), unshifted, holdout=(holdout, holdout))
+    assert first_cause(e).id == "target_leak"
+    r = measure_learns_signal(model, (x, x), shifted, holdout=(holdout, holdout))
+    assert r.target_leak is None
+
+
+def test_sequences_that_repeat_are_no_leak_when_the_model_reads_the_past():
+    # period 2: the token at t - 2 equals the token at t, which a causal LM legitimately reads
+    x = torch.tensor([[3, 5] * 6, [7, 1] * 6, [2, 9] * 6, [4, 4, 8, 8] * 3])
+    assert measure_target_leak(zoo.TinyCausalLM(vocab=V), (x, x), shifted).passed
