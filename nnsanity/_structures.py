@@ -143,12 +143,14 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
     By default: float tensors are data, bool tensors structure; a tensor whose name (its mapping
     key or field) contains a word of ``STRUCTURE_WORDS`` (``attention_mask``, ``lengths``,
     ``position_ids``, ``token_type_ids``, ``edge_index``) or who is named ``batch`` or ``ptr``
-    (PyTorch Geometric's graph ids and offsets) is structure; other integer tensors (token ids) are
-    data when they are named or come first; following another tensor in a tuple or list, a 1-D
-    one is structure (per-sample lengths: ``(x, lengths)``) and one of 2 or more dims is data
-    (a decoder's tokens: ``(src, tgt_in)``) unless it holds only 0s and 1s (an unnamed mask) or
-    each row counts 0, 1, 2, ... (positions). ``perturb`` lists the data instead: keys, indices
-    or whole paths; everything else is structure.
+    (PyTorch Geometric's graph ids and offsets) is structure; other integer tensors (token ids)
+    are data when they are named or come first; following another tensor in a tuple or list, a
+    1-D one is structure (per-sample lengths: ``(x, lengths)``) and one of 2 or more dims is
+    data (a decoder's tokens: ``(src, tgt_in)``) unless it holds only 0s and 1s (an unnamed
+    mask) or each row counts 0, 1, 2, ... (positions); so is an unnamed float tensor of zeros
+    that follows another (an RNN's initial state, ``(tokens, (h0, c0))``: it holds no data to
+    change). ``perturb`` lists the data instead: keys, indices or whole paths; everything else
+    is structure.
     """
     found = list(leaves(x))
     if perturb is not None:
@@ -165,6 +167,8 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
         )
         if t.dtype == torch.bool or worded:
             out[path] = "structure"
+        elif i > 0 and name is None and t.is_floating_point() and not t.any():
+            out[path] = "structure"  # a recurrent state starting at zeros: (x, (h0, c0))
         elif t.is_floating_point() or t.is_complex() or name is not None or i == 0:
             out[path] = "data"
         else:
