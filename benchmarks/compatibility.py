@@ -3,54 +3,72 @@
     python benchmarks/compatibility.py            # print the table (one CPU thread)
     python benchmarks/compatibility.py --write    # and replace the README's copy
 
-Runs exactly what tests/checks/test_architectures.py asserts (default arguments only) and
-times each call; a model built for a check is not timed. The README's table says which machine
-and date it comes from.
+Runs the zoo's suites, ``tests/checks/test_architectures.py`` (one ``SanitySuite`` per
+architecture, default arguments only), through pytest with ``--nnsanity-json``, and makes the
+table from that run: each cell the verdict and the seconds of the check's call (building the
+model is not timed), n/a where the model's suite does not select the check. The README's table
+says which machine and date it comes from.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import platform
 import re
+import subprocess
 import sys
-import time
-import warnings
+import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from architectures import EVERY_MODEL, TABLE_CHECKS, ZOO, run_check  # noqa: E402
+from architectures import TABLE_CHECKS, ZOO  # noqa: E402
 
 START, END = "<!-- compatibility:start -->", "<!-- compatibility:end -->"
+SUITES = ROOT / "tests" / "checks" / "test_architectures.py"
+MARK = {"pass": "pass", "fail": "**FAIL**", "error": "**ERROR**", "skip": "skip"}
+
+
+def zoo_results() -> dict[tuple[str, str], dict[str, object]]:
+    """(model, check) -> the suite's JSON record, from one pytest run of the zoo's suites."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "zoo.json"
+        command = [
+            sys.executable, "-m", "pytest", str(SUITES), "-k", "Test_", "-q", "-p", "no:randomly",
+            "-p", "no:cacheprovider", "-W", "ignore", f"--nnsanity-json={out}",
+        ]  # fmt: skip
+        # no check=True: a failing check is a finding, shown in its cell
+        subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        results = json.loads(out.read_text())["results"]
+    return {(r["suite"].rsplit("::Test_", 1)[1], r["check"]): r for r in results}
 
 
 def table() -> str:
+    results = zoo_results()
     rows = ["| model | " + " | ".join(TABLE_CHECKS) + " |", "|---" * (len(TABLE_CHECKS) + 1) + "|"]
-    for name, arch in ZOO.items():
+    for name in ZOO:
         cells = []
         for check in TABLE_CHECKS:
-            if check not in (*arch.checks, *EVERY_MODEL):
+            r = results.get((name, check))
+            if r is None:
                 cells.append("n/a")
                 continue
-            model, batch = arch.build(), arch.batch()
-            start = time.perf_counter()
-            try:
-                passed = run_check(check, arch, model, batch).passed
-                mark = "pass" if passed else "**FAIL**"
-            except Exception as e:  # an API error is a finding: show it, do not stop
-                mark = f"**{type(e).__name__}**"
-            cells.append(f"{mark} {time.perf_counter() - start:.2f}s")
+            seconds = r["seconds"]
+            mark = MARK[str(r["verdict"])]
+            cells.append(mark if seconds is None else f"{mark} {float(seconds):.2f}s")
         rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
     when = datetime.date.today().isoformat()
     cpu = platform.processor() or platform.machine()
     note = (
         f"Seconds per check with default arguments, one CPU thread, torch {torch.__version__}, "
-        f"{cpu}, {when} (`python benchmarks/compatibility.py`). n/a: the check does not apply "
-        "(causality to a model that is not autoregressive)."
+        f"{cpu}, {when} (`python benchmarks/compatibility.py`, which runs the zoo's suites in "
+        "`tests/checks/test_architectures.py`). n/a: the check does not apply (causality to a "
+        "model that is not autoregressive, batch independence to CLIP's image-text logits)."
     )
     return "\n".join(rows) + "\n\n" + note
 
@@ -59,8 +77,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="replace the README's table")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
     text = table()
     print(text)
     if args.write:

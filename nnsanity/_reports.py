@@ -18,7 +18,7 @@ _CELL = {"pass": "pass", "fail": "**FAIL**", "error": "**ERROR**", "skip": "skip
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """One suite test: which suite (its node id, ``file::Class``) and check, the verdict, the
-    check's seconds (wall clock, building the model included; None when it did not run), why
+    check's seconds (wall clock, the check's call alone; None when it did not run), why
     it was skipped or errored, and the result's ``to_dict()`` where the check measured one."""
 
     suite: str

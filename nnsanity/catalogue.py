@@ -28,10 +28,10 @@ CATEGORIES: dict[Category, str] = {
     "short run": "A short training run",
     "experiment": "Your experiment",
 }
-# loss: a loss_fn, or a mapping batch with its labels inside for a model that computes its
-# own loss. holdout: a second batch of the same distribution. padding: padded positions in the
-# batch, or the suite's padding=. step: the check trains, with the suite's optimizer and step
-# when it has them. sequence: an autoregressive model.
+# loss: a loss_fn, or a model that computes its own loss (from a mapping batch's labels, or
+# a forward that takes the targets). holdout: a second batch of the same distribution.
+# padding: padded positions in the batch, or the suite's padding=. step: the check trains,
+# with the suite's optimizer and step when it has them. sequence: an autoregressive model.
 Need = Literal["loss", "holdout", "padding", "step", "sequence"]
 
 
@@ -137,16 +137,17 @@ class Check:
 
 
 def _needs_loss(s: Subject) -> str | None:
-    from nnsanity._structures import LABEL_KEYS
+    """Without loss_fn, the model must compute its own loss: the harness's own rule decides
+    (a mapping batch with its labels, a forward that takes the targets, ...)."""
+    from nnsanity._harness import Harness
 
     if s.loss_fn is not None:
         return None
-    if isinstance(s.batch, Mapping) and any(k in s.batch for k in LABEL_KEYS):
-        return None  # the model computes its own loss from the labels inside
-    return (
-        "a loss: set loss_fn (e.g. loss_fn = F.cross_entropy), or give a model that computes "
-        f"its own loss a mapping batch with one of {list(LABEL_KEYS[:3])} inside"
-    )
+    try:
+        Harness(s.model, s.batch, None, seed=0)
+    except (TypeError, ValueError) as e:
+        return f"a loss: set loss_fn (e.g. loss_fn = F.cross_entropy); {e}"
+    return None
 
 
 def _needs_holdout(s: Subject) -> str | None:

@@ -76,6 +76,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(
         parser, "json", "write every SanitySuite result, its measured values and bounds, as JSON"
     )
+    add_option(  # nnsanity.repro.plugin saves the reproductions' figures here too
+        parser,
+        "plots",
+        "save figures as PNG into this folder: the profiles SanitySuite checks measured (the "
+        "error signal by layer, activations by depth, the overfit trace) and the reproductions' "
+        "figures; needs matplotlib (default: none)",
+    )
 
 
 def _resolve_seed(config: pytest.Config) -> int:
@@ -106,6 +113,13 @@ def _resolve_seed(config: pytest.Config) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SEED] = _resolve_seed(config)
+    if option(config, "plots") is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                "--nnsanity-plots needs matplotlib: pip install matplotlib (or 'nnsanity[repro]')"
+            ) from None
     config.addinivalue_line(
         "markers", "nnsanity(check, category): a SanitySuite's check (set by the plugin)"
     )
@@ -238,12 +252,14 @@ class _Runner:
         __tracebackhide__ = True
         from nnsanity.suite import NotApplicable
 
-        start = time.perf_counter()
         props = request.node.user_properties
         try:
-            result = self.suite().run(self.check, seed=nnsanity_seed)
+            run = self.suite().prepare(self.check)
         except NotApplicable as e:
             pytest.skip(str(e))
+        start = time.perf_counter()  # the check alone: building the model is not timed
+        try:
+            result = run(nnsanity_seed)
         except SanityError as e:
             props.append((_OUTCOME, _encode(e.result, time.perf_counter() - start)))
             raise
@@ -308,3 +324,10 @@ class _SuiteReport:
         if js:
             Path(js).write_text(_reports.to_json(outcomes, self.config.stash[SEED]))
             terminalreporter.write_line(f"nnsanity: results written to {js}")
+        plots = option(self.config, "plots")
+        if plots:
+            from nnsanity import _plots
+
+            measured = [(o.suite, o.check, o.result) for o in outcomes if o.result is not None]
+            saved = _plots.save(measured, Path(plots))
+            terminalreporter.write_line(f"nnsanity: {len(saved)} profiles saved as PNG in {plots}")

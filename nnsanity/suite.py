@@ -8,7 +8,7 @@ collects each subclass named ``Test*`` as one test per selected check; without p
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nnsanity.catalogue import BY_NAME, CATALOGUE, Check, Subject, get
@@ -109,10 +109,9 @@ class SanitySuite:
             autoregressive=self.autoregressive,
         )
 
-    def run(self, name: str, *, seed: int = 0) -> Any:
-        """Run ``assert_<name>`` on a fresh subject: its result, :class:`SanityError` when it
-        fails, :class:`NotApplicable` when it does not apply."""
-        __tracebackhide__ = True
+    def prepare(self, name: str) -> Callable[[int], Any]:
+        """``assert_<name>`` on a fresh subject, ready to run with a seed; NotApplicable when
+        the check does not apply (or the suite skips it), with the reason."""
         check = get(name)
         if name in self.skip:
             raise NotApplicable(self.skip[name])
@@ -120,7 +119,19 @@ class SanitySuite:
         reason = check.applies(subject)
         if reason is not None:
             raise NotApplicable(reason)
-        return check.check(subject, seed=seed, **self.options.get(name, {}))
+        options = self.options.get(name, {})
+
+        def run(seed: int) -> Any:
+            __tracebackhide__ = True
+            return check.check(subject, seed=seed, **options)
+
+        return run
+
+    def run(self, name: str, *, seed: int = 0) -> Any:
+        """Run ``assert_<name>`` on a fresh subject: its result, :class:`SanityError` when it
+        fails, :class:`NotApplicable` when it does not apply."""
+        __tracebackhide__ = True
+        return self.prepare(name)(seed)
 
 
 class NotApplicable(Exception):

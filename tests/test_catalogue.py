@@ -109,6 +109,19 @@ def test_a_loss_is_needed_unless_the_batch_carries_labels_for_the_model():
     labelled = {"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.zeros(2, 3)}
     assert check.applies(Subject(_mlp(), labelled)) is None
     assert get("batch_independence").applies(Subject(_mlp(), _pair())) is None  # no loss used
+    assert check.applies(Subject(_TakesTargets(), _pair())) is None  # its own loss
+
+
+class _TakesTargets(torch.nn.Module):
+    """nanoGPT's shape: ``model(idx, targets) -> (logits, loss)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x, targets=None):
+        logits = self.fc(x)
+        return logits, F.cross_entropy(logits, targets)
 
 
 def test_learns_signal_needs_a_holdout():

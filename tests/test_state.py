@@ -50,6 +50,9 @@ CALLS = {
     ),
     "assert_causal": lambda m, b, **kw: nnsanity.assert_causal(m, zoo.token_batch()[0], **kw),
     "assert_finite": lambda m, b, **kw: nnsanity.assert_finite(m, b, F.cross_entropy, **kw),
+    "assert_no_target_leak": lambda m, b, **kw: nnsanity.assert_no_target_leak(
+        m, b, F.cross_entropy, **kw
+    ),
     "assert_gradient_ratio": lambda m, b, **kw: nnsanity.assert_gradient_ratio(
         m, b, F.cross_entropy, **kw
     ),

@@ -4,6 +4,7 @@ that shows the check's message, -k, markers, xdist, and the Markdown, JSON and t
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -302,3 +303,56 @@ def test_a_step_factory_builds_the_user_s_step_for_each_check_s_own_model():
     broken.built = []
     with pytest.raises(SanityError, match=r"optimizer\.step"):
         broken.run("params_update")
+
+
+DEEP = """
+import torch
+import torch.nn.functional as F
+from nnsanity import SanitySuite
+
+
+class TestDeep(SanitySuite):
+    checks = ["gradient_ratio", "activation_growth", "can_overfit", "finite"]
+    loss_fn = F.cross_entropy
+
+    def model(self):
+        torch.manual_seed(0)
+        hidden = [m for _ in range(4) for m in (torch.nn.Linear(32, 32), torch.nn.ReLU())]
+        model = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.ReLU(), *hidden, torch.nn.Linear(32, 3)
+        )
+        for m in model[:-1]:  # He init: a deep ReLU stack's signal keeps its scale
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        return model
+
+    def batch(self):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+"""
+
+
+def test_plots_save_the_profiles_a_check_measured_and_none_for_the_others(pytester):
+    pytest.importorskip("matplotlib")
+    pytester.makepyfile(test_deep=DEEP)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--nnsanity-plots=figures")
+    result.assert_outcomes(passed=4)
+    saved = sorted(p.name for p in (pytester.path / "figures").iterdir())
+    prefix = "test_deep.py_TestDeep"
+    assert saved == [
+        f"{prefix}.{c}.png" for c in ("activation_growth", "can_overfit", "gradient_ratio")
+    ]
+    assert all((pytester.path / "figures" / name).read_bytes()[:4] == b"\x89PNG" for name in saved)
+
+
+def test_plots_without_matplotlib_is_a_usage_error_that_says_what_to_install(pytester, monkeypatch):
+    blocker = pytester.mkdir("no_matplotlib") / "matplotlib"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('blocked: no matplotlib')\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", f"{blocker.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    )
+    pytester.makepyfile(test_deep=DEEP)
+    result = pytester.runpytest_subprocess("--nnsanity-plots=figures")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--nnsanity-plots needs matplotlib: pip install matplotlib*"])

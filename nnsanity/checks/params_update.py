@@ -11,12 +11,13 @@ import functools
 import inspect
 import math
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from nnsanity._arguments import (
     LossFn,
@@ -33,6 +34,7 @@ from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, names
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd, preserved_module
+from nnsanity._structures import tensors_in
 from nnsanity._units import deterministic_mode, probe
 from nnsanity.seeding import seed_torch
 
@@ -73,6 +75,14 @@ class ParamsUpdateResult(CheckResult):
     alive_without_dropout: tuple[str, ...] = ()
     dropouts: tuple[tuple[str, float], ...] = ()  # (name, p) of dropout modules with p >= 0.5
     forensics: StepForensics | None = None  # what the user's step did to the optimizer
+    # matched by ``unused``: kept for another task (a second head, a pretraining mask token),
+    # so not judged
+    unused: tuple[str, ...] = ()
+    # of the ``no_grad`` parameters: those forward never reads (a layer defined but not called,
+    # or one kept for another task), and those inside a module whose output the model returns
+    # but the loss does not use (another task's head); the rest are read yet cut from the graph
+    not_read: tuple[str, ...] = ()
+    unused_outputs: tuple[tuple[str, str], ...] = ()  # (parameter, the module returning it)
 
     @property
     def too_dead(self) -> tuple[tuple[str, int, int], ...]:
@@ -92,19 +102,20 @@ class ParamsUpdateResult(CheckResult):
         return not self.problems
 
 
-def _patterns(frozen: Any, model: torch.nn.Module) -> tuple[str, ...]:
+def _patterns(frozen: Any, model: torch.nn.Module, what: str = "frozen") -> tuple[str, ...]:
     patterns = (frozen,) if isinstance(frozen, str) else frozen
+    example = "frozen=['backbone.*']" if what == "frozen" else "unused=['cls.seq_relationship.*']"
     if not isinstance(patterns, Iterable) or not all(isinstance(p, str) for p in patterns):
         raise TypeError(
-            f"frozen must be a glob or a list of globs over parameter names, e.g. "
-            f"frozen=['backbone.*'], got {frozen!r}."
+            f"{what} must be a glob or a list of globs over parameter names, e.g. "
+            f"{example}, got {frozen!r}."
         )
     patterns = tuple(patterns)
     all_names = [n for n, _ in model.named_parameters()]
     for pat in patterns:
         if not any(fnmatchcase(n, pat) for n in all_names):
             raise ValueError(
-                f"frozen pattern {pat!r} matches no parameter of "
+                f"{what} pattern {pat!r} matches no parameter of "
                 f"{type(model).__name__}; its parameters are {names(all_names)}."
             )
     return patterns
@@ -185,6 +196,7 @@ def measure_params_update(
     loss_fn: LossFn | None = None,
     *,
     frozen: str | Iterable[str] = (),
+    unused: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
     step_factory: StepFactory | None = None,
@@ -199,10 +211,13 @@ def measure_params_update(
     step = resolve_step(model, optimizer, step, step_factory)
     h = Harness(model, batch, loss_fn, seed=seed, optimizer=optimizer, step=step, unpack=unpack)
     patterns = _patterns(frozen, h.model)
+    spare = _patterns(unused, h.model, "unused")
     with h.isolated():
         params = dict(h.model.named_parameters())
         listed = {n for n in params if any(fnmatchcase(n, pat) for pat in patterns)}
+        kept = {n for n in params if any(fnmatchcase(n, pat) for pat in spare)}
         trainable = [n for n, p in params.items() if p.requires_grad]
+        judged = [n for n in trainable if n not in kept]
         before = {n: p.detach().clone() for n, p in params.items()}
         loss = h.backward()
         grads = {n: g for n in trainable if (g := params[n].grad) is not None}
@@ -245,7 +260,7 @@ def measure_params_update(
         def pick(cond: Any, among: Iterable[str]) -> tuple[str, ...]:
             return tuple(n for n in among if cond(n))
 
-        zeroed = pick(lambda n: n not in nonzero, grads)
+        zeroed = pick(lambda n: n not in nonzero and n not in kept, grads)
         frozen = pick(lambda n: n not in trainable, params)
         by_model = _frozen_by_model(h.model, (n for n in frozen if n not in listed))
         dead_layers = tuple((n, int(z.sum()), z.numel()) for n, z in dead.items() if z.any())
@@ -261,10 +276,10 @@ def measure_params_update(
             frozen_by_model=by_model,
             not_frozen=pick(lambda n: n in listed, trainable),
             nonfinite_grad=pick(lambda n: not bool(torch.isfinite(grads[n]).all()), grads),
-            no_grad=pick(lambda n: n not in grads, trainable),
+            no_grad=(missing := pick(lambda n: n not in grads, judged)),
             zero_grad=zeroed,
             dead_units=dead_layers,
-            unchanged=pick(lambda n: torch.equal(before[n], after[n]), trainable),
+            unchanged=pick(lambda n: torch.equal(before[n], after[n]), judged),
             frozen_changed=pick(
                 lambda n: n not in trainable and not torch.equal(before[n], after[n]), params
             ),
@@ -277,8 +292,69 @@ def measure_params_update(
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p >= 0.5
             ),
             forensics=h.forensics(),
+            unused=tuple(n for n in params if n in kept),
         )
+        if missing:
+            not_read, returned = _reads(h, missing)
+            r = replace(r, not_read=not_read, unused_outputs=returned)
     return diagnosed(r, _diagnose)
+
+
+class _Reads(TorchFunctionMode):
+    """Records which of some tensors any torch function reads while it is active."""
+
+    def __init__(self, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.read: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        for a in tensors_in((args, kwargs)):
+            if id(a) in self.watched:
+                self.read.add(self.watched[id(a)])
+        return func(*args, **kwargs)
+
+
+def _reads(
+    h: Harness, missing: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Of the parameters ``missing`` (no gradient): those one forward never reads, and those in
+    a module whose output is an output of the model (another task's head, returned but not in
+    this loss), with that module's name."""
+    params = dict(h.model.named_parameters())
+    modules = dict(h.model.named_modules())
+    outputs_of: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, out: Any) -> None:
+            outputs_of.setdefault(name, []).extend(tensors_in(out))
+
+        return hook
+
+    owners = {n.rpartition(".")[0] for n in missing}
+    prefixes = {".".join(o.split(".")[:i]) for o in owners for i in range(1, o.count(".") + 2)}
+    handles = [modules[m].register_forward_hook(keep(m)) for m in prefixes if m in modules]
+    mode = _Reads({id(params[n]): n for n in missing})
+    try:
+        seed_torch(h.seed)
+        with torch.no_grad(), mode:
+            returned = {id(t) for t in tensors_in(h.forward())}
+    finally:
+        for handle in handles:
+            handle.remove()
+    not_read = tuple(n for n in missing if n not in mode.read)
+    heads = []
+    for n in missing:
+        if n in not_read:
+            continue
+        parts = n.split(".")[:-1]
+        for i in range(len(parts), 0, -1):  # the innermost module that returns a model output
+            m = ".".join(parts[:i])
+            if any(id(t) in returned for t in outputs_of.get(m, ())):
+                heads.append((n, m))
+                break
+    return not_read, tuple(heads)
 
 
 def _drifted(
@@ -324,6 +400,7 @@ def assert_params_update(
     loss_fn: LossFn | None = None,
     *,
     frozen: str | Iterable[str] = (),
+    unused: str | Iterable[str] = (),
     optimizer: OptimizerFactory | None = None,
     step: Step | None = None,
     step_factory: StepFactory | None = None,
@@ -360,6 +437,15 @@ def assert_params_update(
     Does not prove: the updates have a sensible size or direction (see the loss-decrease and
     overfitting checks), or that a unit dead on this batch is dead on all data.
 
+    ``unused`` (globs over parameter names, like ``frozen``) names trainable parameters this
+    loss is not meant to train: a model kept for more than one task (``BertForPreTraining``'s
+    next-sentence head under a masked-LM loss, a pretraining ``mask_token`` read only when
+    masking). They are not judged. Without it, a parameter with no gradient fails, and the
+    diagnosis says which kind it is, from one more forward: never read by it (a layer defined
+    but not called, or kept for another task), inside a module whose output the model returns
+    but the loss does not use (another task's head), or read yet cut from the graph
+    (``.detach()``, ``torch.no_grad()``: a bug, whatever ``unused`` says of others).
+
     ``step_factory(model) -> step`` builds your step afresh for this check (with its own
     optimizer: no state carried over from another check); pass it or ``step``, not both.
 
@@ -367,7 +453,7 @@ def assert_params_update(
     """
     __tracebackhide__ = True
     r = measure_params_update(
-        model, batch, loss_fn, frozen=frozen, optimizer=optimizer, step=step,
+        model, batch, loss_fn, frozen=frozen, unused=unused, optimizer=optimizer, step=step,
         step_factory=step_factory, steps=steps,
         max_dead_fraction=max_dead_fraction, unpack=unpack, seed=seed,
     )  # fmt: skip
@@ -449,7 +535,7 @@ _PROBLEMS: dict[str, tuple[str, tuple[Cause, ...], str | None]] = {
                 "set requires_grad=False and list it in frozen=[...]",
             ),
         ),
-        None,
+        "unused= [glob, ...] naming parameters kept for another task (not this loss's).",
     ),
     "zero_grad": (
         "{n} of {total} parameters get an exactly zero gradient at every step!",
@@ -554,6 +640,8 @@ def _diagnose(r: ParamsUpdateResult) -> list[Cause]:
         tuple(n for n, _, _ in r.too_dead) if problem == "too_dead" else getattr(r, problem)
     ) if problem != "nothing_changed" else ()  # fmt: skip
     causes = [replace(c, where=found[0] if found else None) for c in _PROBLEMS[problem][1]]
+    if problem == "no_grad":
+        return _no_grad_causes(r, causes)
     if problem == "frozen_buffers_changed":
         name, change, training = r.frozen_buffers_changed[0]
         module = name.rpartition(".")[0] or name
@@ -584,6 +672,41 @@ def _diagnose(r: ParamsUpdateResult) -> list[Cause]:
                 *(replace(c, support=CONTRADICTED) if c.id == "dead_relu" else c for c in causes),
             ]
     return causes
+
+
+def _no_grad_causes(r: ParamsUpdateResult, generic: list[Cause]) -> list[Cause]:
+    """Causes of parameters without a gradient, by what one more forward saw of them."""
+    causes = []
+    cut = [n for n in r.no_grad if n not in r.not_read and n not in dict(r.unused_outputs)]
+    if r.not_read:
+        causes.append(Cause(
+            id="not_read_by_forward",
+            summary=f"{names(r.not_read)} are never read by forward: a layer defined but never "
+            "called, or a parameter kept for another task (a pretraining mask token, another "
+            "task's head)",
+            remedy="call it in forward; if it is kept for another task, pass unused=[...] "
+            "naming it",
+            evidence=("no torch function read them during a forward of the batch",),
+            where=r.not_read[0], support=MEASURED,
+        ))  # fmt: skip
+    if r.unused_outputs:
+        name, module = r.unused_outputs[0]
+        causes.append(Cause(
+            id="output_not_in_loss",
+            summary=f"'{module}' computes an output the model returns but this loss does not "
+            "use (another task's head)",
+            remedy=f"if that is by design, pass unused=['{module}.*']; else add its output "
+            "to the loss",
+            evidence=(f"'{module}' returns a tensor of the model's outputs; '{name}' gets no "
+                      "gradient from the loss",),
+            where=module, support=MEASURED,
+        ))  # fmt: skip
+    if cut:
+        causes.append(replace(_DETACH, where=cut[0], support=MEASURED, evidence=(
+            f"{names(cut)} are read in forward, yet get no gradient",
+        )))  # fmt: skip
+    rest = [c for c in generic if c.id not in {c.id for c in causes}]
+    return causes + [c for c in rest if c.id != "unused_module" or not causes]
 
 
 def _dead_text(dead: tuple[tuple[str, int, int], ...]) -> str:

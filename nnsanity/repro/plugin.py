@@ -62,11 +62,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(
         parser, "report", "write the reproduction claim table as JSON to this path (default: none)"
     )
-    add_option(
-        parser,
-        "plots",
-        "save the reproductions' figures as PNG into this folder; needs matplotlib (default: none)",
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

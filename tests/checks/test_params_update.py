@@ -295,3 +295,81 @@ def test_passes_when_the_step_keeps_the_frozen_encoder_in_eval_mode():
     r = measure_params_update(model, batch, F.cross_entropy, frozen="encoder.*", step=step)
     assert r.passed, str(r)
     assert r.frozen_buffers_changed == ()
+
+
+# --- parameters kept for another task ------------------------------------------------------
+
+
+class TwoHeads(nn.Module):
+    """A backbone with a head for this loss and one for another task (BertForPreTraining's
+    next-sentence head under a masked-LM loss), and a mask token read only when masking."""
+
+    def __init__(self, forget_layer: bool = False):
+        super().__init__()
+        self.body, self.head, self.other_head = (
+            nn.Linear(20, 32),
+            nn.Linear(32, 10),
+            nn.Linear(32, 2),
+        )
+        self.mask_token = nn.Parameter(torch.zeros(20))
+        self.extra = nn.Linear(32, 32)  # called only when forget_layer is False
+        self.forget_layer = forget_layer
+
+    def forward(self, x, masked=None):
+        if masked is not None:
+            x = torch.where(masked[:, None], self.mask_token, x)
+        h = torch.relu(self.body(x))
+        if not self.forget_layer:
+            h = h + self.extra(h)
+        return {"logits": self.head(h), "other_logits": self.other_head(h)}
+
+
+def _first_logits(out, y):
+    return F.cross_entropy(out["logits"], y)
+
+
+def test_parameters_kept_for_another_task_fail_naming_what_they_are():
+    with pytest.raises(SanityError, match="unused=") as e:
+        assert_params_update(TwoHeads(), BATCH, _first_logits)
+    r = e.value.result
+    assert set(r.not_read) == {"mask_token"}
+    assert dict(r.unused_outputs) == {
+        "other_head.weight": "other_head",
+        "other_head.bias": "other_head",
+    }
+    assert {c.id for c in r.causes[:2]} == {"not_read_by_forward", "output_not_in_loss"}
+
+
+def test_parameters_named_unused_pass():
+    r = assert_params_update(
+        TwoHeads(), BATCH, _first_logits, unused=["other_head.*", "mask_token"]
+    )
+    assert set(r.unused) == {"mask_token", "other_head.weight", "other_head.bias"}
+
+
+def test_a_detached_layer_still_fails_beside_parameters_named_unused():
+    class DetachedTwoHeads(TwoHeads):
+        def forward(self, x, masked=None):
+            out = super().forward(x)
+            return {**out, "logits": self.head(torch.relu(self.body(x)).detach())}
+
+    with pytest.raises(SanityError) as e:
+        assert_params_update(
+            DetachedTwoHeads(), BATCH, _first_logits, unused=["other_head.*", "mask_token"]
+        )
+    assert e.value.result.causes[0].id == "graph_cut"
+    assert "body.weight" in e.value.result.no_grad
+
+
+def test_a_layer_defined_but_never_called_is_named_as_never_read():
+    with pytest.raises(SanityError) as e:
+        assert_params_update(
+            TwoHeads(forget_layer=True), BATCH, _first_logits, unused=["other_head.*", "mask_token"]
+        )
+    assert e.value.result.causes[0].id == "not_read_by_forward"
+    assert set(e.value.result.not_read) == {"extra.weight", "extra.bias"}
+
+
+def test_an_unused_glob_that_matches_nothing_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unused pattern 'nope\.\*' matches no parameter"):
+        measure_params_update(TwoHeads(), BATCH, _first_logits, unused="nope.*")

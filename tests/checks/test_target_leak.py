@@ -196,7 +196,7 @@ def test_a_negative_bound_is_a_clear_error():
 @pytest.mark.parametrize("name", list(ZOO))
 def test_every_zoo_model_passes_with_defaults(name):
     arch = ZOO[name]
-    assert run_check("target_leak", arch, arch.build(), arch.batch()).passed
+    assert run_check("no_target_leak", arch, arch.build(), arch.batch()).passed
 
 
 def test_learns_signal_fails_on_a_copy_that_generalises_and_names_the_leak():
