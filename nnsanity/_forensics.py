@@ -73,6 +73,7 @@ class StepForensics:
     scaler: bool = False
     scales: tuple[float | None, ...] = ()
     skipped: tuple[int, ...] = ()
+    updated: tuple[bool, ...] = ()  # per call: the parameters were written (by any means)
 
     @property
     def calls(self) -> int:
@@ -111,7 +112,7 @@ class StepForensics:
         """The causes the step's record measures, strongest first."""
         found: list[Cause] = []
         stepped = [k for k, n in enumerate(self.optimizer_steps) if n]
-        if self.calls and not stepped and not self.skipped:
+        if self.calls and not stepped and not self.skipped and not any(self.updated):
             found.append(Cause(
                 id="no_optimizer_step", summary="the step never calls optimizer.step()",
                 remedy="call optimizer.step() after loss.backward()",
@@ -290,6 +291,7 @@ class _Call:
     applied: torch.Tensor | None = None
     backwards: dict[int, int] = field(default_factory=dict)  # param index -> backward count
     stale: bool = False  # a first backward found the previous gradient in .grad
+    updated: bool = False  # a parameter was written in place during the call (any update)
 
 
 class Recorder:
@@ -321,8 +323,12 @@ class Recorder:
         self.calls.append(call)
         probe = k < PROBED and self.grad is None
         self.true = self.loss_gradient() if probe else None
+        versions = [p._version for p in self.params]
         with self._watching(call, watch_grads=k < PROBED):
             out = self.step()
+        # An in-place write bumps a tensor's version: an update written by hand
+        # (word_language_model's p.data.add_(p.grad, alpha=-lr)) is an update too.
+        call.updated = any(p._version != v for p, v in zip(self.params, versions, strict=True))
         scaler = self.scalers[0] if self.scalers else None
         self.scales.append(float(scaler.get_scale()) if scaler and scaler.is_enabled() else None)
         if probe and call.applied is not None and self.true is not None:
@@ -449,6 +455,7 @@ class Recorder:
             scaler=bool(self.scalers),
             scales=tuple(self.scales),
             skipped=skipped,
+            updated=tuple(c.updated for c in self.calls),
         )
 
 

@@ -26,6 +26,7 @@ from nnsanity._arguments import (
     LossFn,
     OptimizerFactory,
     Step,
+    check_int,
     check_model,
     check_seed,
     check_training,
@@ -325,6 +326,28 @@ class Harness:
         data = [t for p, t in found if self.roles.get(p) == "data"] or [t for _, t in found]
         return int(data[0].shape[0])
 
+    def batch_dim(self, given: int | None = None) -> int:
+        """The inputs' dimension that indexes the samples: ``given`` (a check's ``batch_dim=``),
+        checked against the inputs; by default 1 where that is unambiguous (the input tensors,
+        all of >= 2 dims, disagree on their first dim and agree on their second: time-first
+        tokens (T, B) beside an LSTM state (layers, B, H), a seq2seq's (S, B) and (T, B)),
+        else 0. A lone time-first (T, B) tensor cannot say it: it needs ``batch_dim=1``."""
+        shapes = [tuple(t.shape) for _, t in self.data_leaves() if t.dim()]
+        if given is None:
+            every = [tuple(t.shape) for t in tensors_in(self.inputs) if t.dim()]
+            wide = [s for s in every if len(s) >= 2]
+            unequal = len({s[0] for s in every}) > 1
+            agree = len({s[1] for s in wide}) == 1
+            return 1 if len(wide) == len(every) >= 2 and unequal and agree else 0
+        d = check_int(given, "batch_dim")
+        if not shapes or not -len(shapes[0]) <= d < len(shapes[0]):
+            raise ValueError(
+                f"batch_dim={d} is not a dimension of the inputs (data shapes {shapes}); pass "
+                "the dimension that indexes the samples: 0 for (B, ...) inputs, 1 for "
+                "time-first (T, B)."
+            )
+        return d % len(shapes[0])
+
     def user_batch(self, inputs: Any = None) -> Any:
         """The batch in the user's own form (for their ``step``), with ``inputs`` swapped in."""
         inputs = self.inputs if inputs is None else inputs
@@ -378,16 +401,27 @@ class Harness:
         ) from e
 
     def carried_state(self) -> tuple[str, ...]:
-        """The attributes of the model that hold a tensor (not a parameter or buffer) whose
-        value one more call on the same batch changes: a state carried from call to call, such
-        as an LSTM's hidden state kept on the module, which makes an output depend on the calls
-        before it. Two seeded forward passes in the current mode; the state is put back."""
+        """The attributes (and buffers, BatchNorm's statistics aside) of the model that hold a
+        tensor whose value one more call on the same batch changes: a state carried from call
+        to call, such as an LSTM's hidden state kept on the module, which makes an output
+        depend on the calls before it. Two seeded forward passes in the current mode; the state
+        is put back."""
+
+        norms = {
+            name
+            for name, m in self.model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+        }  # running statistics are BatchNorm's to update (assert_eval_mode judges them)
 
         def snapshot() -> dict[str, list[torch.Tensor]]:
-            return {
+            found = {
                 name: [t.detach().clone() for t in ts]
                 for name, ts in state_attributes(self.model).items()
             }
+            for name, t in self.model.named_buffers():
+                if name.rpartition(".")[0] not in norms:
+                    found[name] = [t.detach().clone()]
+            return found
 
         with preserved_module(self.model), torch.no_grad():
             seed_torch(self.seed)

@@ -18,7 +18,9 @@ from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._structures import tensors_in
 
-Kind = Literal["logits", "log-probabilities", "probabilities"]
+# "positive": values a loss needs > 0 (a Poisson rate, a scale, a Gamma's parameters), whose
+# neutral point is 1 and whose free form is their log: references are exp(z), never z itself.
+Kind = Literal["logits", "log-probabilities", "probabilities", "positive"]
 
 # A confident right prediction: logits +PERFECT_MARGIN on the right class and -PERFECT_MARGIN
 # elsewhere reach a proper loss's minimum to within e^-100, for softmax and sigmoid outputs alike.
@@ -89,6 +91,8 @@ def _log_probabilities(z: torch.Tensor, dim: int, tol: float) -> bool:
 
 def as_kind(z: torch.Tensor, kind: Kind, dim: int | None) -> torch.Tensor:
     """Logits ``z`` expressed the way the model's output is: log_softmax or softmax of them."""
+    if kind == "positive":
+        return z.exp()
     if kind == "log-probabilities":
         return z.log_softmax(dim if dim is not None else -1)
     if kind == "probabilities":
@@ -119,6 +123,19 @@ class Outputs:
         targets = h.targets if isinstance(h.targets, torch.Tensor) else None
         self.dim = class_dim(self.logits, targets)
         self.kind = kind_of(self.logits, self.dim, targets)
+        if self.kind == "logits" and self.logits.is_floating_point() and self._needs_positive():
+            self.kind = "positive"
+
+    def _needs_positive(self) -> bool:
+        """Outputs all > 0 for a loss that is not finite at 0 or at -1 (a rate or scale: the
+        log of a negative value, or a distribution that rejects it) but is at 1: zero-centred
+        references (zeros, unit noise) are then meaningless, and its outputs are read in the
+        log domain."""
+        if self.logits.numel() == 0 or not bool((self.logits > 0).all()):
+            return False
+        at = [self.loss_at(v * torch.ones_like(self.logits)) for v in (0.0, -1.0, 1.0)]
+        finite = [v is not None and math.isfinite(v) for v in at]
+        return finite[2] and not (finite[0] and finite[1])
 
     def loss_at(self, z: torch.Tensor) -> float | None:
         """The loss had the model output logits ``z`` (in its own kind); None if it cannot be

@@ -71,9 +71,9 @@ def outputs_along(
     h: Harness, x: Any, dim: int, n: int, lead: tuple[int, ...] = ()
 ) -> list[torch.Tensor]:
     """The model's output tensors of size ``n`` along ``dim``, as float64 for exact differences
-    (only the one ``output=`` picks, when given). ``lead``, the inputs' sizes up to and with
-    ``dim`` (``(T, B)`` for time-first inputs), also reads an output whose first dim is their
-    product as flattened from them (word_language_model's ``(T * B, vocab)``).
+    (only the one ``output=`` picks, when given). ``lead``, the inputs' first two sizes
+    (``(T, B)`` for time-first inputs), also reads an output whose first dim is their product
+    as flattened from them (word_language_model's ``(T * B, vocab)``).
 
     The RNGs are reseeded first, so every pass draws the same dropout masks.
     """
@@ -85,7 +85,7 @@ def outputs_along(
         if h.output is not None
         else [t for _, t in leaves(outputs)]
     )
-    if len(lead) == dim + 1 and dim > 0:
+    if dim < len(lead) and len(lead) >= 2 and min(lead) > 1:
         size = math.prod(lead)
         found = [o.unflatten(0, lead) if o.dim() and o.shape[0] == size else o for o in found]
     rows = [

@@ -138,8 +138,9 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
     key or field) contains a word of ``STRUCTURE_WORDS`` (``attention_mask``, ``lengths``,
     ``position_ids``, ``token_type_ids``) is structure; other integer tensors (token ids) are
     data when they are named or come first, structure when they follow another tensor in a tuple
-    or list (``(x, lengths)``). ``perturb`` lists the data instead: keys, indices or whole paths;
-    everything else is structure.
+    or list (``(x, lengths)``); so is an unnamed float tensor of zeros that follows another (an
+    RNN's initial state, ``(tokens, (h0, c0))``: it holds no data to change). ``perturb``
+    lists the data instead: keys, indices or whole paths; everything else is structure.
     """
     found = list(leaves(x))
     if perturb is not None:
@@ -153,6 +154,8 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
         name = _name(path)
         if t.dtype == torch.bool or (name and any(w in name.lower() for w in STRUCTURE_WORDS)):
             out[path] = "structure"
+        elif i > 0 and name is None and t.is_floating_point() and not t.any():
+            out[path] = "structure"  # a recurrent state starting at zeros: (x, (h0, c0))
         elif t.is_floating_point() or t.is_complex() or name is not None or i == 0:
             out[path] = "data"
         else:

@@ -75,7 +75,7 @@ def digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
     "adadelta": lambda m: torch.optim.Adadelta(m.parameters(), lr=1.0),  # main.py's own
-    "adagrad": lambda m: torch.optim.Adagrad(m.parameters(), lr=0.01),
+    "adagrad": lambda m: torch.optim.Adagrad(m.parameters(), lr=1e-3),
     "sgd_momentum": lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True),
     "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01),
 }

@@ -23,6 +23,11 @@ from torch import nn
 from torch.nn import functional as F
 
 VOCAB, T, B = 24, 12, 8
+# The word models' vocabulary: a corpus's words, of which one batch uses a few (the tokens of
+# rule_tokens). Their step's lr x clip (20 x 0.25 for the LSTM) bounds an update's norm; the
+# example's 33,278-word decoder is large beside it, and so is this one (4096 x 64), where a
+# 24-word one would be moved by a third of its norm in one step.
+WORDS, WORD_D = 4096, 64
 
 
 def rule_tokens(seed: int = 0, n: int = B, t: int = T + 1) -> torch.Tensor:
@@ -103,8 +108,9 @@ def gpt_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
 
-def gpt_step(model: nn.Module, lr: float = 1e-3):
-    """nanoGPT ``train.py``'s step: AdamW, clip at 1.0, zero_grad(set_to_none=True) after."""
+def gpt_step(model: nn.Module, lr: float = 1e-3, zero_grad: bool = True):
+    """nanoGPT ``train.py``'s step: AdamW, clip at 1.0, zero_grad(set_to_none=True) after
+    (``zero_grad=False``: the bug of never zeroing the gradients)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
 
     def step(batch):
@@ -113,7 +119,8 @@ def gpt_step(model: nn.Module, lr: float = 1e-3):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        if zero_grad:
+            opt.zero_grad(set_to_none=True)
         return loss
 
     return step
@@ -128,14 +135,21 @@ class WordLSTM(nn.Module):
     example's ``F.log_softmax(decoded, dim=1)``; the hidden state is an argument (zeros from
     ``init_hidden`` at the start of an epoch), so a batch's inputs are ``(data, hidden)``."""
 
-    def __init__(self, d: int = 32, layers: int = 2, dropout: float = 0.2, seed: int = 0):
+    def __init__(
+        self,
+        d: int = WORD_D,
+        layers: int = 2,
+        dropout: float = 0.2,
+        vocab: int = WORDS,
+        seed: int = 0,
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.drop = nn.Dropout(dropout)
-        self.encoder = nn.Embedding(VOCAB, d)
+        self.encoder = nn.Embedding(vocab, d)
         self.rnn = nn.LSTM(d, d, layers, dropout=dropout)
-        self.decoder = nn.Linear(d, VOCAB)
-        self.layers, self.d = layers, d
+        self.decoder = nn.Linear(d, vocab)
+        self.layers, self.d, self.vocab = layers, d, vocab
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -146,7 +160,7 @@ class WordLSTM(nn.Module):
 
     def forward(self, data: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]):
         out, hidden = self.rnn(self.drop(self.encoder(data)), hidden)
-        decoded = self.decoder(self.drop(out)).view(-1, VOCAB)
+        decoded = self.decoder(self.drop(out)).view(-1, self.vocab)
         return F.log_softmax(decoded, dim=1), hidden
 
 
@@ -163,7 +177,7 @@ def word_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return source[:-1], source[1:].reshape(-1)
 
 
-def lstm_batch(seed: int = 0, layers: int = 2, d: int = 32):
+def lstm_batch(seed: int = 0, layers: int = 2, d: int = WORD_D):
     """``((data, hidden), target)``: the LSTM's call ``model(data, hidden)`` with the state
     it starts an epoch with (zeros)."""
     data, target = word_batch(seed)
@@ -171,17 +185,17 @@ def lstm_batch(seed: int = 0, layers: int = 2, d: int = 32):
     return (data, (zeros, zeros.clone())), target
 
 
-def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25):
+def lstm_step(model: WordLSTM, lr: float = 20.0, clip: float = 0.25, detach: bool = True):
     """word_language_model ``main.py``'s ``train()`` step: the hidden state carried from batch
-    to batch and repackaged (detached) before each; NLL loss; clip at 0.25; hand-written SGD
-    at lr 20 (the example's default)."""
+    to batch and repackaged (detached) before each (``detach=False``: the bug of not doing
+    so); NLL loss; clip at 0.25; hand-written SGD at lr 20 (the example's default)."""
     state = {"hidden": None}
 
     def step(batch):
         (data, _), targets = batch
         if state["hidden"] is None or state["hidden"][0].shape[1] != data.shape[1]:
             state["hidden"] = model.init_hidden(data.shape[1])
-        hidden = repackage_hidden(state["hidden"])
+        hidden = repackage_hidden(state["hidden"]) if detach else state["hidden"]
         model.zero_grad()
         output, state["hidden"] = model(data, hidden)
         loss = F.nll_loss(output, targets)
@@ -261,31 +275,37 @@ class WordTransformer(nn.Module):
     vocab) log-probabilities out; the example's loss flattens them (``nll_loss`` on
     ``output.view(-1, ntokens)``)."""
 
-    def __init__(self, d: int = 32, heads: int = 2, layers: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self, d: int = WORD_D, heads: int = 2, layers: int = 2, vocab: int = WORDS, seed: int = 0
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.pos_encoder = PositionalEncoding(d, dropout=0.2)
         layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.2)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.input_emb, self.decoder, self.d = nn.Embedding(VOCAB, d), nn.Linear(d, VOCAB), d
+        self.input_emb, self.decoder, self.d = nn.Embedding(vocab, d), nn.Linear(d, vocab), d
         nn.init.uniform_(self.input_emb.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
-    def forward(self, src: torch.Tensor) -> torch.Tensor:
-        mask = nn.Transformer.generate_square_subsequent_mask(len(src))
+    def forward(self, src: torch.Tensor, has_mask: bool = True) -> torch.Tensor:
         h = self.pos_encoder(self.input_emb(src) * math.sqrt(self.d))
-        return F.log_softmax(self.decoder(self.encoder(h, mask=mask, is_causal=True)), dim=-1)
+        if has_mask:  # the example's flag: without the mask, each position sees the future
+            mask = nn.Transformer.generate_square_subsequent_mask(len(src))
+            h = self.encoder(h, mask=mask, is_causal=True)
+        else:
+            h = self.encoder(h)
+        return F.log_softmax(self.decoder(h), dim=-1)
 
 
 def word_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The example's criterion: NLL on the flattened (T * B, vocab) log-probabilities."""
-    return F.nll_loss(output.view(-1, VOCAB), targets)
+    return F.nll_loss(output.view(-1, output.shape[-1]), targets)
 
 
 def transformer_step(model: nn.Module, lr: float = 5.0, clip: float = 0.25):
-    """``main.py``'s step for the Transformer: no hidden state; the same hand-written SGD
-    (lr 5: the example's default of 20 suits its 200-wide model, not this toy one)."""
+    """``main.py``'s step for the Transformer: no hidden state; the same hand-written SGD, at
+    lr 5 (the example's README trains its Transformer with ``--lr 5``)."""
 
     def step(batch):
         data, targets = batch

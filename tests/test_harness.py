@@ -507,9 +507,29 @@ def test_a_seq2seq_transformer_with_its_default_batch_first_false_needs_no_batch
 def test_log_probabilities_compared_with_flattened_targets_are_read_as_log_probabilities():
     batch = recipes.word_batch()
     r = nnsanity.assert_init_loss(recipes.WordTransformer(), batch, recipes.word_loss)
-    assert r.output_kind == "log-probabilities" and r.n_classes == recipes.VOCAB
+    assert r.output_kind == "log-probabilities" and r.n_classes == recipes.WORDS
     loud = recipes.WordTransformer()
     with torch.no_grad():
         loud.decoder.weight.mul_(30)  # the final layer far too large: confident at init
     with pytest.raises(nnsanity.SanityError):
         nnsanity.assert_init_loss(loud, batch, recipes.word_loss)
+
+
+def test_a_hidden_state_kept_in_a_buffer_is_named_too():
+    class BufferState(recipes.StatefulLSTM):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("h0", torch.zeros(1, recipes.B, 32), persistent=False)
+
+        def forward(self, x):
+            out, (h, _) = self.rnn(self.encoder(x), (self.h0, torch.zeros_like(self.h0)))
+            self.h0 = h.detach()
+            return self.decoder(out)
+
+    model = BufferState()
+    r = nnsanity.measure_batch_independence(model, recipes.gpt_batch())
+    assert not r.passed and r.cause.id == "carried_state" and r.carried_state == ("h0",)
+    assert not model.h0.any()  # put back as it was
+    # BatchNorm's running statistics, updated by a train-mode call, are no carried state
+    r = nnsanity.measure_batch_independence(zoo.cnn(), zoo.image_batch(), train_mode=True)
+    assert r.carried_state == ()

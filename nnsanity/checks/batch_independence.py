@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from nnsanity._arguments import check_bool, check_int, check_number
+from nnsanity._arguments import check_bool, check_number
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause, Place
 from nnsanity._harness import Harness
 from nnsanity._localisation import Property, along, locate
@@ -168,7 +168,7 @@ def measure_batch_independence(
     h = Harness(
         model, batch, seed=seed, output=output, unpack=unpack, perturb=perturb, needs_loss=False
     )
-    d = _batch_dim(h, batch_dim)
+    d = h.batch_dim(batch_dim)
     first = next(t for _, t in h.data_leaves() if t.dim() > d)
     b, lead = int(first.shape[d]), tuple(int(n) for n in first.shape[: d + 1])
     if b < 2:
@@ -219,27 +219,6 @@ def measure_batch_independence(
         where_settings=_settings(h.model, where),
     )
     return diagnosed(r, _diagnose)
-
-
-def _batch_dim(h: Harness, batch_dim: int | None) -> int:
-    """``batch_dim``, checked against the inputs; by default 1 where that is unambiguous (the
-    input tensors, all of >= 2 dims, disagree on their first dim and agree on their second, as
-    time-first tokens (T, B) beside an LSTM state (layers, B, H), or a seq2seq's (S, B) and
-    (T, B)), else 0."""
-    shapes = [tuple(t.shape) for _, t in h.data_leaves() if t.dim()]
-    if batch_dim is None:
-        every = [tuple(t.shape) for t in tensors_in(h.inputs) if t.dim()]
-        wide = [s for s in every if len(s) >= 2]
-        unequal = len({s[0] for s in every}) > 1
-        agree = len({s[1] for s in wide}) == 1
-        return 1 if len(wide) == len(every) >= 2 and unequal and agree else 0
-    d = check_int(batch_dim, "batch_dim")
-    if not shapes or not -len(shapes[0]) <= d < len(shapes[0]):
-        raise ValueError(
-            f"batch_dim={d} is not a dimension of the inputs (data shapes {shapes}); pass the "
-            "dimension that indexes the samples: 0 for (B, ...) inputs, 1 for time-first (T, B)."
-        )
-    return d % len(shapes[0])
 
 
 def _localise(h: Harness, b: int, i: int, bound: float, d: int = 0) -> Place | None:

@@ -127,9 +127,11 @@ def measure_causal(
             f"Pass positions in [0, {n - 2}]."
         )
     g = torch.Generator().manual_seed(h.seed)
+    # outputs flattened from the inputs' first two dims ((T * B, vocab)) are read unflattened
+    lead = tuple(int(s) for s in first.shape[:2]) if first.dim() >= 2 else ()
     with h.isolated(train=train_mode):
         try:
-            base = outputs_along(h, h.inputs, dim, n)
+            base = outputs_along(h, h.inputs, dim, n, lead)
         except ValueError as e:
             if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
                 raise
@@ -142,7 +144,7 @@ def measure_causal(
 
         def moved(t: int) -> torch.Tensor:  # change of the outputs at <= t, inputs > t changed
             changed = perturbed(h, dim, torch.arange(n) > t, g)
-            return relative_change(base, outputs_along(h, changed, dim, n), dim)[: t + 1]
+            return relative_change(base, outputs_along(h, changed, dim, n, lead), dim)[: t + 1]
 
         changes = [moved(t) for t in checked]
         leak = _first_leak(moved, checked, changes, bound)

@@ -44,6 +44,22 @@ from nnsanity._units import probe
 # SGD at lr 10 on ReLU MLPs 53-69%, Adam 0.1 on a 256-wide ReLU MLP 87%, SGD 1 on the PyTorch
 # MNIST example's CNN 73%.
 MAX_DYING_FRACTION = 0.5
+# A layer over the bound after ``steps`` steps is followed for up to RUN_FACTOR x ``steps`` steps
+# in all, read again every ``steps`` steps, and counts only the units dead at every read: a
+# dying ReLU never fires again, while a large first step (Adadelta lr 1.0, Adam/AdamW 1e-3,
+# Adagrad on the MNIST example's 9216-input fc1) silences a third to a half of a layer on a
+# batch of 8-16 digits, some of which the next steps bring back. Measured on that CNN (fc1, 6
+# seeds of 16 real digits): after 3 steps Adadelta 37-48%, Adam/AdamW 1e-3 35-44%, Adagrad 0.01
+# 34-45%, SGD+Nesterov 0.01 20-30%; of those, dead at every read through step 30 (4 seeds):
+# 31-43%, 30-42%, 27-39%, 13-25%. A learning rate too high: SGD lr 1.0 78-94% after 3 steps,
+# SGD+momentum lr 1.0 86-98%, Adam 3e-2 92-100%, each run unstable by step 6 (so that read
+# stands).
+RUN_FACTOR = 10
+# A run revives nothing once it is unstable: a loss NaN/Inf, or risen above its best so far by
+# more than this fraction of the initial loss (assert_loss_stable's default rule): a learning
+# rate too high churns units in and out of life as the loss climbs (SGD lr 10 on a ReLU MLP:
+# 69% of a layer dead after 3 steps, 45% at step 9 with the loss at 1e11).
+UNSTABLE_RISE = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +69,8 @@ class LayerDeaths:
     name: str
     units: int
     alive_before: int  # units with a non-zero gradient at initialisation
-    died: int  # of those, units with exactly zero gradient after the steps
+    died: int  # of those, units with exactly zero gradient after the steps (at every read)
+    died_first: int | None = None  # of those, units dead after ``steps`` (when a run followed)
 
     @property
     def fraction(self) -> float:
@@ -64,7 +81,9 @@ class LayerDeaths:
 class DyingUnitsResult(CheckResult):
     """Units that died during the steps, per Linear/Conv layer."""
 
-    steps: int  # optimisation steps taken
+    steps: int  # optimisation steps before the first read
+    run_steps: int = 0  # steps taken in all when a layer over the bound was followed (0: none)
+    run_diverged: bool = False  # that run turned unstable: the read after ``steps`` stands
     max_dying_fraction: float  # the bound on each layer's ``fraction``
     layers: tuple[LayerDeaths, ...]  # every judged layer with live units, in the model's order
     output_layer: str | None  # the last Linear/Conv to run: not judged
@@ -119,6 +138,22 @@ def measure_dying_units(
         if diverged is None and not finite:
             diverged = len(trace)
         after = probe(h)[0] if diverged is None else {}
+        first, run_diverged = dict(after), False
+        # follow the layers over the bound: a unit counts as died only if dead at every read
+        over = _over(before, after, output, max_dying_fraction)
+        while over and len(trace) < RUN_FACTOR * steps:
+            trace.extend(run() for _ in range(steps))
+            if _unstable(trace) or not all(
+                bool(torch.isfinite(p).all()) for p in h.model.parameters()
+            ):
+                # units a diverging run shakes back to life are no sign of health: the
+                # first read stands
+                run_diverged, after = True, first
+                break
+            now = probe(h)[0]
+            after = {n: after[n] & now[n] if n in now else after[n] for n in after}
+            over = _over(before, after, output, max_dying_fraction)
+        run_steps = len(trace) if len(trace) > steps else 0
         forensics = h.forensics()
     layers = []
     for name, dead in before.items():
@@ -126,12 +161,18 @@ def measure_dying_units(
         if name == output or name not in after or not alive.any():
             continue
         died = int((after[name] & alive).sum())
+        died_first = int((first[name] & alive).sum()) if run_steps else None
         layers.append(
-            LayerDeaths(name=name, units=dead.numel(), alive_before=int(alive.sum()), died=died)
-        )
+            LayerDeaths(
+                name=name, units=dead.numel(), alive_before=int(alive.sum()), died=died,
+                died_first=died_first,
+            )
+        )  # fmt: skip
     r = DyingUnitsResult(
         seed=h.seed,
-        steps=len(trace),
+        steps=min(len(trace), steps),
+        run_steps=run_steps,
+        run_diverged=run_diverged,
         max_dying_fraction=max_dying_fraction,
         layers=tuple(layers),
         output_layer=output,
@@ -140,6 +181,30 @@ def measure_dying_units(
         forensics=forensics,
     )
     return diagnosed(r, _diagnose)
+
+
+def _unstable(trace: list[float]) -> bool:
+    best = math.inf
+    for v in trace:
+        if not math.isfinite(v) or v - best > UNSTABLE_RISE * abs(trace[0]):
+            return True
+        best = min(best, v)
+    return False
+
+
+def _over(
+    before: dict[str, torch.Tensor],
+    after: dict[str, torch.Tensor],
+    output: str | None,
+    bound: float,
+) -> bool:
+    """Some judged layer lost more than ``bound`` of its live units."""
+    for name, dead in before.items():
+        alive = ~dead
+        judged = name != output and name in after and alive.any()
+        if judged and int((after[name] & alive).sum()) > bound * int(alive.sum()):
+            return True
+    return False
 
 
 def assert_no_dying_units(
@@ -163,7 +228,15 @@ def assert_no_dying_units(
     ``optimizer`` (default Adam 3e-4) or of your ``step(batch) -> loss``, both times with dropout
     and other train-only randomness off (BatchNorm keeps its batch statistics). Fails when, in
     any layer, more than ``max_dying_fraction`` (50%) of the units alive at initialisation are
-    dead after the steps, or when training produced NaN/Inf. The output layer (the last Linear/
+    dead after the steps, or when training produced NaN/Inf. A layer over the bound is followed
+    for up to ``10 x steps`` steps, read every ``steps`` steps, and only the units dead at every
+    read count as died (``died``; ``died_first`` the count after ``steps``): a killed ReLU
+    stays dead, while units silenced by a large first step (Adadelta at lr 1.0 moves every
+    weight by 3.2e-3 in its first step, a fifth of a 9216-input layer's norm) may come back. A
+    run that turns unstable (NaN/Inf, or a rise above its best loss by half the initial loss, as
+    :func:`nnsanity.assert_loss_stable` judges) revives nothing: the read after ``steps``
+    stands.
+    The output layer (the last Linear/
     Conv to run) is not judged: its units go quiet when the loss saturates, not when they die.
 
     Source: CS231n's dying-ReLU warning (up to 40% of a network dead at too high a learning rate).
@@ -209,13 +282,21 @@ def _diagnose(r: DyingUnitsResult) -> list[Cause]:
               "pushed the units' pre-activations below zero for every example (dying ReLU)",
               remedy="lower it 3-10x or warm it up", where=worst.name, support=CONSISTENT,
               evidence=(f"{worst.died} of {worst.alive_before} units alive at init died in "
-                        f"{r.steps} steps",)),
+                        f"{r.steps} steps{_stayed(r)}",)),
         Cause(id="relu_without_margin", summary="ReLUs without a safety margin",
               remedy="use LeakyReLU/GELU, or BatchNorm/LayerNorm before the activation",
               where=worst.name),
         Cause(id="gradient_spike", summary="gradients spiking in one step",
               remedy="clip them (torch.nn.utils.clip_grad_norm_)"),
     ]  # fmt: skip
+
+
+def _stayed(r: DyingUnitsResult) -> str:
+    if r.run_diverged:
+        return (
+            f" (the run that followed was unstable by step {r.run_steps}: none counts as revived)"
+        )
+    return f" and stayed dead through step {r.run_steps}" if r.run_steps else ""
 
 
 def _explain(r: DyingUnitsResult) -> Explanation:
@@ -236,7 +317,7 @@ def _explain(r: DyingUnitsResult) -> Explanation:
     return Explanation(
         header="Units died during training!",
         lines=[
-            f"Live units that died in {r.steps} steps in '{worst.name}': "
+            f"Live units that died in {r.steps} steps{_stayed(r)} in '{worst.name}': "
             + up_to(f"{worst.fraction:.0%}", f"{r.max_dying_fraction:.0%}")
             + f" ({worst.died} of {worst.alive_before} alive at init)",
             f"Layers over the bound: {shown}",

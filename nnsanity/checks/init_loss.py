@@ -297,7 +297,8 @@ def _diagnose(r: InitLossResult) -> list[Cause]:
 
 
 def _explain(r: InitLossResult) -> Explanation:
-    kind = f"Output: {r.output_kind}" + (
+    what = {"positive": "positive values (rates or scales: references exp(z), 1 for no preference)"}
+    kind = f"Output: {what.get(r.output_kind, r.output_kind)}" + (
         f" (std {r.output_std:.3g})" if r.output_std is not None else ""
     )
     misuse = r.misuse

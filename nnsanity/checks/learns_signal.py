@@ -106,15 +106,27 @@ class LearnsSignalResult(CheckResult):
         return any(z >= self.min_z for z in self.z_trace)
 
 
-def _permuted(batch: Any, perm: torch.Tensor, n: int) -> Any:
-    """The user's ``batch`` with every label tensor's first dimension (of size ``n``) permuted."""
+def _permuted(
+    batch: Any, perm: torch.Tensor, n: int, d: int = 0, lead: tuple[int, ...] = ()
+) -> Any:
+    """The user's ``batch`` with every label tensor's batch dimension ``d`` (of size ``n``)
+    permuted; labels flattened from the inputs' leading dims ``lead`` (word_language_model's
+    (T * B,) targets of (T, B) inputs) are permuted as (T, B)."""
 
     def shuffle(t: torch.Tensor) -> torch.Tensor:
-        return t[perm.to(t.device)] if t.dim() and t.shape[0] == n else t
+        if t.dim() > d and t.shape[d] == n:
+            return t.index_select(d, perm.to(t.device))
+        if _flattened(t, d, lead):
+            return t.view(lead).index_select(d, perm.to(t.device)).reshape(-1)
+        return t
 
     if isinstance(batch, Mapping):
         return {k: map_tensors(shuffle, v) if k in LABEL_KEYS else v for k, v in batch.items()}
     return (batch[0], map_tensors(shuffle, batch[1]))
+
+
+def _flattened(t: torch.Tensor, d: int, lead: tuple[int, ...]) -> bool:
+    return d > 0 and t.dim() == 1 and t.numel() == math.prod(lead)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -161,6 +173,7 @@ def measure_learns_signal(
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
     unpack: bool | None = None,
+    batch_dim: int | None = None,
     seed: int = 0,
 ) -> LearnsSignalResult:
     """Train on ``batch`` and compare the holdout's loss with its own and permuted labels. See
@@ -174,18 +187,25 @@ def measure_learns_signal(
         default_lr=FIT_LR,
     )  # fmt: skip
     hb = Harness(model, holdout, loss_fn, seed=seed, unpack=unpack)
-    n = hb.batch_size
+    d = hb.batch_dim(batch_dim)
+    first = next(t for _, t in hb.data_leaves() if t.dim() > d)
+    n, lead = int(first.shape[d]), tuple(int(k) for k in first.shape[: d + 1])
     if n < 2:
         raise ValueError(f"holdout= needs at least 2 samples to permute its labels, got {n}.")
-    if not any(t.dim() and t.shape[0] == n for _, t in leaves(hb.targets)):
+    if not any(
+        (t.dim() > d and t.shape[d] == n) or _flattened(t, d, lead) for _, t in leaves(hb.targets)
+    ):
         shapes = ", ".join(str(tuple(t.shape)) for _, t in leaves(hb.targets)) or "none"
         raise ValueError(
-            f"the holdout's labels (shapes {shapes}) have no first dimension of the batch size "
-            f"{n} to permute among samples; pass labels with the batch dimension first."
+            f"the holdout's labels (shapes {shapes}) have no "
+            f"{'first dimension' if d == 0 else f'dimension {d}'} of the batch size {n} to "
+            "permute among samples; pass labels with the batch dimension first (or batch_dim= "
+            "for time-first batches)."
         )
     g = torch.Generator().manual_seed(h.seed)
     shuffles = [
-        Harness(model, _permuted(holdout, torch.randperm(n, generator=g), n), loss_fn, seed=seed,
+        Harness(model, _permuted(holdout, torch.randperm(n, generator=g), n, d, lead), loss_fn,
+                seed=seed,
                 unpack=unpack)
         for _ in range(permutations)
     ]  # fmt: skip
@@ -260,6 +280,7 @@ def assert_learns_signal(
     min_z: float = MIN_Z,
     permutations: int = PERMUTATIONS,
     unpack: bool | None = None,
+    batch_dim: int | None = None,
     seed: int = 0,
     msg: Msg = None,
 ) -> LearnsSignalResult:
@@ -308,13 +329,18 @@ def assert_learns_signal(
     ``step_factory(model) -> step`` builds your step afresh for this check (with its own
     optimizer: no state carried over from another check); pass it or ``step``, not both.
 
+    The samples are indexed by ``batch_dim`` of the inputs (and of the labels, or the labels
+    flattened from the inputs' ``(T, B)``, as word_language_model's ``(T * B,)``): by default
+    1 where the inputs say so unambiguously (``(T, B)`` tokens beside an LSTM state of shape
+    ``(layers, B, H)``), else 0; a lone time-first ``(T, B)`` tensor needs ``batch_dim=1``.
+
     Raises ``SanityError`` when the check fails, ``TypeError``/``ValueError`` on misuse.
     """
     __tracebackhide__ = True
     r = measure_learns_signal(
         model, batch, loss_fn, holdout=holdout, optimizer=optimizer, step=step,
         step_factory=step_factory, steps=steps,
-        min_z=min_z, permutations=permutations, unpack=unpack, seed=seed,
+        min_z=min_z, permutations=permutations, unpack=unpack, batch_dim=batch_dim, seed=seed,
     )  # fmt: skip
     if not r.passed:
         fail(_explain(r), r, msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mnist_recipe
 import pytest
 import torch
 import zoo
@@ -156,3 +157,40 @@ def test_results_are_the_same_run_after_run():
     first = measure_dying_units(build(), batch, F.cross_entropy, optimizer=too_fast).to_dict()
     again = measure_dying_units(build(), batch, F.cross_entropy, optimizer=too_fast).to_dict()
     assert again == first
+
+
+# pytorch/examples' MNIST CNN with the optimizers people use: a third to a half of fc1 goes quiet
+# on a batch of 16 after a large sign-like first step; the verdict must not change with the seed.
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", ["adadelta", "adagrad", "sgd_momentum", "adamw"])
+def test_the_mnist_example_recipe_passes_with_the_optimizers_people_use(kind, seed):
+    model = mnist_recipe.mnist_net(seed)
+    step = mnist_recipe.step_factory(kind)(model)
+    assert_no_dying_units(model, mnist_recipe.digits(16, 10 + seed), F.nll_loss, step=step)
+
+
+def test_a_layer_over_the_bound_counts_only_the_units_that_stay_dead():
+    model = mnist_recipe.mnist_net(1)
+    step = mnist_recipe.step_factory("adadelta")(model)
+    r = measure_dying_units(
+        model, mnist_recipe.digits(16, 11), F.nll_loss, step=step, max_dying_fraction=0.05
+    )
+    fc1 = next(d for d in r.layers if d.name == "fc1")
+    assert r.run_steps == 10 * r.steps and fc1.died_first is not None and fc1.died < fc1.died_first
+
+
+def test_the_mnist_example_recipe_with_sgd_momentum_at_lr_1_still_fails():
+    model = mnist_recipe.mnist_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)  # 100x the recipe's
+
+    def fast(batch):
+        opt.zero_grad()
+        loss = F.nll_loss(model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss
+
+    with pytest.raises(
+        SanityError, match=r"(?s)Units died during training!.*(stayed dead|none counts as revived)"
+    ):
+        assert_no_dying_units(model, mnist_recipe.digits(16, 10), F.nll_loss, step=fast)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mnist_recipe as recipes
 import pytest
 import torch
 import zoo
@@ -167,3 +168,46 @@ def test_the_check_leaves_the_model_and_global_state_as_it_found_them():
 def test_results_are_the_same_run_after_run():
     first = measure_update_ratio(zoo.cnn(), zoo.image_batch(), F.cross_entropy).to_dict()
     assert measure_update_ratio(zoo.cnn(), zoo.image_batch(), F.cross_entropy).to_dict() == first
+
+
+# pytorch/examples' MNIST CNN: a sign-like first step moves its 9216-input fc1 by 14-20% of its
+# norm under Adadelta lr 1.0 and Adam/AdamW/Adagrad at their usual rates; ten steps then move it
+# 0.3-0.7 of its norm, while a learning rate 100x too high carries it past its own norm.
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", ["adadelta", "adagrad", "sgd_momentum", "adamw"])
+def test_the_mnist_example_recipe_passes_with_the_optimizers_people_use(kind, seed):
+    model = recipes.mnist_net(seed)
+    step = recipes.step_factory(kind)(model)
+    assert_update_ratio(model, recipes.digits(64, 10 + seed), F.nll_loss, step=step)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: torch.optim.Adadelta(m.parameters(), lr=100.0),
+        lambda m: torch.optim.AdamW(m.parameters(), lr=0.1),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1.0, momentum=0.9, nesterov=True),
+    ],
+    ids=["adadelta", "adamw", "sgd_momentum"],
+)
+def test_the_mnist_example_recipe_fails_with_a_learning_rate_100x_too_high(make):
+    model = recipes.mnist_net(0)
+    opt = make(model)
+
+    def step(batch):
+        opt.zero_grad()
+        loss = F.nll_loss(model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss
+
+    with pytest.raises(
+        SanityError, match=r"(?s)Then moved .* of its norm .* \(up to 1 allowed\).*too high"
+    ) as e:
+        assert_update_ratio(model, recipes.digits(64, 10), F.nll_loss, step=step)
+    assert e.value.result.too_large[0].run_ratio > 1
+
+
+def test_a_first_step_under_the_bound_takes_no_run():
+    r = assert_update_ratio(*zoo.healthy("mlp"))
+    assert r.run_steps == 0 and all(u.run_ratio is None for u in r.layers)
