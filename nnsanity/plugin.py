@@ -210,14 +210,15 @@ def pytest_pycollect_makeitem(
 
 
 class SuiteClass(pytest.Class):
-    """A ``SanitySuite`` subclass: one :class:`CheckItem` per check it selects."""
+    """A ``SanitySuite`` subclass: one :class:`CheckItem` per check it selects, then the
+    class's own ``test_*`` methods (and fixtures), as pytest collects any test class."""
 
-    def collect(self) -> list[CheckItem]:
+    def collect(self) -> list[pytest.Item | pytest.Collector]:
         try:
             checks = self.obj.selected()
         except ValueError as e:
             raise self.CollectError(f"{self.obj.__name__}: {e}") from None
-        items = []
+        items: list[pytest.Item | pytest.Collector] = []
         for check in checks:
             item = CheckItem.from_parent(
                 self, name=check.name, callobj=_Runner(self.obj, check.name).run
@@ -227,7 +228,7 @@ class SuiteClass(pytest.Class):
                 item.add_marker(pytest.mark.skip(reason=self.obj.skip[check.name]))
             item.user_properties.append((_CHECK, check.name))
             items.append(item)
-        return items
+        return [*items, *super().collect()]
 
 
 class CheckItem(pytest.Function):

@@ -373,3 +373,18 @@ def test_the_reports_are_written_without_a_terminal_and_when_no_suite_ran(pytest
     plain.assert_outcomes(passed=1)
     assert json.loads(js.read_text())["results"] == []
     assert md.read_text() == "## nnsanity\n\nNo SanitySuite ran.\n"
+
+
+def test_a_suite_s_own_test_methods_and_fixtures_are_collected_beside_its_checks(pytester):
+    pytester.makepyfile(
+        test_extra=SUITES
+        + "\n\nclass TestExtra(TestMLP):\n    checks = ['finite']\n\n"
+        + "    @pytest.fixture\n    def rows(self):\n        return self.batch()[0].shape[0]\n\n"
+        + "    def test_batch_rows(self, rows):\n        assert rows == 128\n"
+    )
+    listed = pytester.runpytest("--collect-only", "-q", "-k", "TestExtra").outlines
+    assert [ln for ln in listed if "::" in ln] == [
+        "test_extra.py::TestExtra::finite",
+        "test_extra.py::TestExtra::test_batch_rows",
+    ]
+    pytester.runpytest("-k", "TestExtra and test_batch_rows").assert_outcomes(passed=1)
