@@ -189,7 +189,11 @@ class _GraphBreaks(TorchFunctionMode):
                 if produced and any(t.requires_grad for t in produced):
                     return out
                 name = getattr(func, "__name__", repr(func))
-                step = f"{name}()" if name in ("item", "tolist", "numpy") or produced else ""
+                if name == "__get__":  # a property: .data
+                    name = "." + str(getattr(getattr(func, "__self__", None), "__name__", "?"))
+                else:  # Tensor.__gt__ reads as gt()
+                    name = name.strip("_") + "()"
+                step = name if name in ("item()", "tolist()", "numpy()") or produced else ""
             if step and step not in self.found:
                 self.found.append(step)
         return out
