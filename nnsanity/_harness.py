@@ -50,7 +50,7 @@ from nnsanity._structures import (
     summarize,
     tensors_in,
 )
-from nnsanity.seeding import seed_torch
+from nnsanity.seeding import preserved_rng, seed_torch
 
 N_EVALS = 8  # repeated train-mode evaluations measure dropout/BatchNorm noise in the loss
 
@@ -249,6 +249,7 @@ class Harness:
         self.optimizer, self.step = optimizer, step
         self.recorder: Recorder | None = None
         self.last_optimizer: torch.optim.Optimizer | None = None  # the default step's
+        self._train_losses: bool | None = None  # see losses_in_train_only
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(
                 f"loss_fn must be callable as loss_fn(outputs, targets), got "
@@ -521,11 +522,24 @@ class Harness:
             )
         return out
 
+    def losses_in_train_only(self) -> bool:
+        """Whether the model returns a dict of losses alone in train mode (a torchvision
+        detector: detections in eval mode); one forward pass in train mode, model and RNGs
+        restored, the answer kept."""
+        if self._train_losses is None:
+            with preserved_module(self.model), preserved_rng(), torch.no_grad():
+                self.model.train()
+                self._train_losses = is_loss_dict(self.forward())
+        return self._train_losses
+
     def has_loss(self, outputs: Any) -> bool:
-        """Whether ``outputs`` carry a loss to read: always with ``loss_fn``; for a model that
-        computes its own, False where it returns none in this mode (a torchvision detector's
-        detections in eval mode)."""
-        return not self.self_loss or own_loss(outputs) is not None
+        """Whether ``outputs`` carry a loss to read: for a model that computes its own, whether
+        it returned one; with ``loss_fn``, unless the model gives its losses in train mode
+        only and these outputs are not they (a torchvision detector's detections in eval
+        mode)."""
+        if self.self_loss:
+            return own_loss(outputs) is not None
+        return is_loss_dict(outputs) or not self.losses_in_train_only()
 
     def loss_forward(self, inputs: Any = None) -> Any:
         """``forward(inputs)`` in the current mode, for its loss. A model that computes its
@@ -533,7 +547,7 @@ class Harness:
         run again with every module in train mode, and its modes put back: its dropout, if it
         has any, is then on."""
         out = self.forward(inputs)
-        if self.has_loss(out) or all(m.training for m in self.model.modules()):
+        if all(m.training for m in self.model.modules()) or self.has_loss(out):
             return out
         modes = {m: m.training for m in self.model.modules()}
         self.model.train()
