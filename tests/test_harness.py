@@ -440,7 +440,7 @@ def test_a_hidden_state_carried_on_the_module_is_named_as_the_first_cause(check)
 
 
 @pytest.mark.parametrize(
-    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "loss_stable"]
+    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "no_dying_units"]
 )
 def test_a_carried_state_never_detached_is_a_clear_error_naming_it(check):
     batch, assert_check = recipes.gpt_batch(), getattr(nnsanity, f"assert_{check}")
