@@ -39,8 +39,8 @@ def zoo_results() -> dict[tuple[str, str], dict[str, object]]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "zoo.json"
         command = [
-            sys.executable, "-m", "pytest", str(SUITES), "-k", "Test_", "-q", "-p", "no:randomly",
-            "-p", "no:cacheprovider", "-W", "ignore", f"--nnsanity-json={out}",
+            sys.executable, "-m", "pytest", str(SUITES), "-m", "nnsanity", "-q",
+            "-p", "no:randomly", "-p", "no:cacheprovider", "-W", "ignore", f"--nnsanity-json={out}",
         ]  # fmt: skip
         # no check=True: a failing check is a finding, shown in its cell
         subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -47,6 +47,8 @@ def markdown(outcomes: Iterable[Outcome], order: Iterable[str]) -> str:
     """One row per suite, one column per check that any suite ran (in ``order``, the
     catalogue's), each cell the verdict and the seconds; the skip reasons below."""
     table = _by_suite(outcomes)
+    if not table:
+        return "## nnsanity\n\nNo SanitySuite ran.\n"
     ran = {check for row in table.values() for check in row}
     checks = [c for c in order if c in ran] + sorted(ran - set(order))
     lines = [

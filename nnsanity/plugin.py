@@ -210,14 +210,15 @@ def pytest_pycollect_makeitem(
 
 
 class SuiteClass(pytest.Class):
-    """A ``SanitySuite`` subclass: one :class:`CheckItem` per check it selects."""
+    """A ``SanitySuite`` subclass: one :class:`CheckItem` per check it selects, then the
+    class's own ``test_*`` methods (and fixtures), as pytest collects any test class."""
 
-    def collect(self) -> list[CheckItem]:
+    def collect(self) -> list[pytest.Item | pytest.Collector]:
         try:
             checks = self.obj.selected()
         except ValueError as e:
             raise self.CollectError(f"{self.obj.__name__}: {e}") from None
-        items = []
+        items: list[pytest.Item | pytest.Collector] = []
         for check in checks:
             item = CheckItem.from_parent(
                 self, name=check.name, callobj=_Runner(self.obj, check.name).run
@@ -227,7 +228,7 @@ class SuiteClass(pytest.Class):
                 item.add_marker(pytest.mark.skip(reason=self.obj.skip[check.name]))
             item.user_properties.append((_CHECK, check.name))
             items.append(item)
-        return items
+        return [*items, *super().collect()]
 
 
 class CheckItem(pytest.Function):
@@ -279,6 +280,7 @@ class _SuiteReport:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.outcomes: dict[str, _reports.Outcome] = {}
+        self.written: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from nnsanity import _reports
@@ -306,28 +308,33 @@ class _SuiteReport:
             result=measured.get("result"),
         )
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.outcomes:
-            return
+    def pytest_sessionfinish(self) -> None:
+        """Write the files asked for (with or without a terminal), even when no suite ran."""
         from nnsanity import _reports
         from nnsanity.catalogue import CATALOGUE
 
         outcomes = list(self.outcomes.values())
-        terminalreporter.write_sep("-", "nnsanity suites")
-        for line in _reports.summary(outcomes):
-            terminalreporter.write_line(line)
-        md, js = option(self.config, "md"), option(self.config, "json")
+        md, js, plots = (option(self.config, name) for name in ("md", "json", "plots"))
         if md:
             with Path(md).open("a") as f:
                 f.write(_reports.markdown(outcomes, [c.name for c in CATALOGUE]))
-            terminalreporter.write_line(f"nnsanity: Markdown table appended to {md}")
+            self.written.append(f"Markdown table appended to {md}")
         if js:
             Path(js).write_text(_reports.to_json(outcomes, self.config.stash[SEED]))
-            terminalreporter.write_line(f"nnsanity: results written to {js}")
-        plots = option(self.config, "plots")
-        if plots:
+            self.written.append(f"results written to {js}")
+        if plots and outcomes:
             from nnsanity import _plots
 
             measured = [(o.suite, o.check, o.result) for o in outcomes if o.result is not None]
             saved = _plots.save(measured, Path(plots))
-            terminalreporter.write_line(f"nnsanity: {len(saved)} profiles saved as PNG in {plots}")
+            self.written.append(f"{len(saved)} profiles saved as PNG in {plots}")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from nnsanity import _reports
+
+        if self.outcomes:
+            terminalreporter.write_sep("-", "nnsanity suites")
+            for line in _reports.summary(list(self.outcomes.values())):
+                terminalreporter.write_line(line)
+        for line in self.written:
+            terminalreporter.write_line(f"nnsanity: {line}")

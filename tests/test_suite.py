@@ -356,3 +356,35 @@ def test_plots_without_matplotlib_is_a_usage_error_that_says_what_to_install(pyt
     result = pytester.runpytest_subprocess("--nnsanity-plots=figures")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--nnsanity-plots needs matplotlib: pip install matplotlib*"])
+
+
+def test_the_reports_are_written_without_a_terminal_and_when_no_suite_ran(pytester):
+    pytester.makepyfile(
+        test_one=SUITES + "\n\nclass TestOne(TestMLP):\n    checks = ['finite']\n",
+        test_plain="def test_plain():\n    pass\n",
+    )
+    js = pytester.path / "one.json"
+    args = ("-p", "no:randomly", "-p", "no:terminal", "-k", "TestOne", f"--nnsanity-json={js}")
+    pytester.runpytest_subprocess(*args)
+    (only,) = json.loads(js.read_text())["results"]
+    assert (only["check"], only["verdict"]) == ("finite", "pass")
+    md, js = pytester.path / "none.md", pytester.path / "none.json"
+    plain = pytester.runpytest("test_plain.py", f"--nnsanity-md={md}", f"--nnsanity-json={js}")
+    plain.assert_outcomes(passed=1)
+    assert json.loads(js.read_text())["results"] == []
+    assert md.read_text() == "## nnsanity\n\nNo SanitySuite ran.\n"
+
+
+def test_a_suite_s_own_test_methods_and_fixtures_are_collected_beside_its_checks(pytester):
+    pytester.makepyfile(
+        test_extra=SUITES
+        + "\n\nclass TestExtra(TestMLP):\n    checks = ['finite']\n\n"
+        + "    @pytest.fixture\n    def rows(self):\n        return self.batch()[0].shape[0]\n\n"
+        + "    def test_batch_rows(self, rows):\n        assert rows == 128\n"
+    )
+    listed = pytester.runpytest("--collect-only", "-q", "-k", "TestExtra").outlines
+    assert [ln for ln in listed if "::" in ln] == [
+        "test_extra.py::TestExtra::finite",
+        "test_extra.py::TestExtra::test_batch_rows",
+    ]
+    pytester.runpytest("-k", "TestExtra and test_batch_rows").assert_outcomes(passed=1)
