@@ -524,12 +524,31 @@ class Harness:
 
     def losses_in_train_only(self) -> bool:
         """Whether the model returns a dict of losses alone in train mode (a torchvision
-        detector: detections in eval mode); one forward pass in train mode, model and RNGs
-        restored, the answer kept."""
+        detector: detections in eval mode), for a per-sample list batch (the detectors'
+        convention; any other batch: False, no forward). One forward pass in train mode under
+        no_grad, the answer kept; no tensor of the model is written (BatchNorm's running
+        statistics are not tracked for it), so graphs built before stay valid."""
         if self._train_losses is None:
-            with preserved_module(self.model), preserved_rng(), torch.no_grad():
-                self.model.train()
-                self._train_losses = is_loss_dict(self.forward())
+            self._train_losses = False
+            if self.per_sample:
+                modes = {m: m.training for m in self.model.modules()}
+                norms = [
+                    n
+                    for n in self.model.modules()
+                    if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)
+                    and n.track_running_stats
+                ]
+                try:
+                    self.model.train()
+                    for n in norms:
+                        n.track_running_stats = False
+                    with preserved_rng(), torch.no_grad():
+                        self._train_losses = is_loss_dict(self.forward())
+                finally:
+                    for n in norms:
+                        n.track_running_stats = True
+                    for m, mode in modes.items():
+                        m.training = mode
         return self._train_losses
 
     def has_loss(self, outputs: Any) -> bool:
