@@ -64,7 +64,12 @@ KINDS = (
     "dead_units",
     "clip_not_applied",
     "amp_skips",
+    "grads_not_zeroed",
 )
+# The gradients are checked for having been zeroed on the first GRAD_CHECK_STEPS optimizer steps
+# (a missing zero_grad is there from the start) and after every measured step: one read of one
+# parameter's gradient, when a backward begins after an optimizer step.
+GRAD_CHECK_STEPS = 3
 
 # The loss history the robust statistics read: the median and the MAD of the last LOSS_WINDOW
 # finite losses (non-finite ones never enter it, so one NaN cannot poison the median). No loss
@@ -240,6 +245,7 @@ class TrainingMonitor:
         # within one step
         self._order: str | None = None  # "before": observe() precedes its optimizer step
         self._stepped = False  # an optimizer step ran since the last observe()
+        self._after_step = False  # an optimizer step ran since the last backward began
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._pending: tuple[int, float] | None = None  # a non-finite loss to localise
         self._probe: list[Any] = []
@@ -255,7 +261,31 @@ class TrainingMonitor:
             register_optimizer_step_pre_hook(self._pre_step),
             register_optimizer_step_post_hook(self._post_step),
         ]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if named:  # the smallest: a bias, whose gradient costs nothing to read
+            name, probe = min(named, key=lambda item: item[1].numel())
+            self._handles.append(probe.register_hook(self._before_accumulation(name, probe)))
         return self
+
+    def _before_accumulation(self, name: str, p: torch.Tensor) -> Any:
+        """A hook on ``p``'s gradient: it runs before autograd adds it to ``p.grad``, which must
+        then be None or zero if an optimizer step came since the last backward."""
+
+        def hook(grad: torch.Tensor) -> None:
+            if not self._after_step:
+                return
+            self._after_step = False
+            recent = self._opt_steps <= GRAD_CHECK_STEPS or (self._opt_steps - 1) % self.every == 0
+            if recent and p.grad is not None and bool(p.grad.detach().ne(0).any()):
+                self._alert(
+                    "grads_not_zeroed", self.step, (name,), 0.0, 0.0,
+                    "a backward began with the previous step's gradient still in .grad: the "
+                    "gradients are never zeroed, so each step applies the sum of all past "
+                    "gradients (the loss diverges as the sum grows); call optimizer.zero_grad() "
+                    "before each backward, or after each optimizer.step()",
+                )  # fmt: skip
+
+        return hook
 
     def __exit__(
         self,
@@ -499,6 +529,7 @@ class TrainingMonitor:
         self._order = self._order or "after"
         step = self.step - 1 if self._order == "before" else self.step
         self._stepped = True
+        self._after_step = True
         phase = self._opt_steps % self.every
         measured = phase == 0
         self._opt_steps += 1
