@@ -101,6 +101,13 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; tests/test_api.py ke
     from nnsanity.checks.loss_stability import LossStabilityResult as LossStabilityResult
     from nnsanity.checks.loss_stability import assert_loss_stable as assert_loss_stable
     from nnsanity.checks.loss_stability import measure_loss_stability as measure_loss_stability
+    from nnsanity.checks.order_sensitivity import (
+        OrderSensitivityResult as OrderSensitivityResult,
+    )
+    from nnsanity.checks.order_sensitivity import assert_uses_order as assert_uses_order
+    from nnsanity.checks.order_sensitivity import (
+        measure_order_sensitivity as measure_order_sensitivity,
+    )
     from nnsanity.checks.overfit import OverfitResult as OverfitResult
     from nnsanity.checks.overfit import assert_can_overfit as assert_can_overfit
     from nnsanity.checks.overfit import measure_overfit as measure_overfit

@@ -110,10 +110,30 @@ def target_parameter(model: torch.nn.Module, inputs: Any, style: CallStyle) -> s
     return None
 
 
+def is_loss_dict(outputs: Any) -> bool:
+    """Whether ``outputs`` is a dict of losses and nothing else: every entry a floating-point
+    scalar (a torchvision detector in train mode: ``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg``; RetinaNet's ``classification`` and
+    ``bbox_regression``)."""
+    return (
+        isinstance(outputs, Mapping)
+        and "loss" not in outputs
+        and bool(outputs)
+        and all(
+            isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
+            for v in outputs.values()
+        )
+    )
+
+
 def own_loss(outputs: Any) -> Any:
-    """The loss a model returned with its outputs: ``outputs.loss`` (or ``["loss"]``), or the
-    scalar at either end of a tuple, ``(loss, logits)`` (Hugging Face's ``return_dict=False``)
-    or ``(logits, loss)`` (nanoGPT, minGPT); None if there is none."""
+    """The loss a model returned with its outputs: ``outputs.loss`` (or ``["loss"]``), the sum
+    of a dict of losses (torchvision's detectors, summed unweighted as its reference training
+    script does; pass ``loss_fn`` to weight them), or the scalar at either end of a tuple,
+    ``(loss, logits)`` (Hugging Face's ``return_dict=False``) or ``(logits, loss)`` (nanoGPT,
+    minGPT); None if there is none."""
+    if is_loss_dict(outputs):
+        return sum(v.reshape(()) for v in outputs.values())
     if isinstance(outputs, Mapping):
         return outputs.get("loss")
     if isinstance(outputs, (tuple, list)) and outputs:
@@ -169,7 +189,11 @@ class _GraphBreaks(TorchFunctionMode):
                 if produced and any(t.requires_grad for t in produced):
                     return out
                 name = getattr(func, "__name__", repr(func))
-                step = f"{name}()" if name in ("item", "tolist", "numpy") or produced else ""
+                if name == "__get__":  # a property: .data
+                    name = "." + str(getattr(getattr(func, "__self__", None), "__name__", "?"))
+                else:  # Tensor.__gt__ reads as gt()
+                    name = name.strip("_") + "()"
+                step = name if name in ("item()", "tolist()", "numpy()") or produced else ""
             if step and step not in self.found:
                 self.found.append(step)
         return out
@@ -320,8 +344,24 @@ class Harness:
         )
 
     @property
+    def per_sample(self) -> bool:
+        """Whether the inputs are a list of per-sample tensors, with a list of as many
+        per-sample targets (torchvision's detectors: images of shape (3, H, W) each, a dict of
+        ``boxes`` and ``labels`` each): then sample i is ``inputs[i]``, not a row of a tensor."""
+        return (
+            isinstance(self.inputs, list)
+            and bool(self.inputs)
+            and all(isinstance(t, torch.Tensor) and t.dim() for t in self.inputs)
+            and isinstance(self.targets, (list, tuple))
+            and len(self.targets) == len(self.inputs)
+        )
+
+    @property
     def batch_size(self) -> int:
-        """The first dimension of the first data tensor (of any tensor if none is data)."""
+        """The length of a per-sample list (see ``per_sample``), else the first dimension of the
+        first data tensor (of any tensor if none is data)."""
+        if self.per_sample:
+            return len(self.inputs)
         found = [(p, t) for p, t in leaves(self.inputs) if t.dim()]
         data = [t for p, t in found if self.roles.get(p) == "data"] or [t for _, t in found]
         return int(data[0].shape[0])
@@ -481,6 +521,28 @@ class Harness:
             )
         return out
 
+    def has_loss(self, outputs: Any) -> bool:
+        """Whether ``outputs`` carry a loss to read: always with ``loss_fn``; for a model that
+        computes its own, False where it returns none in this mode (a torchvision detector's
+        detections in eval mode)."""
+        return not self.self_loss or own_loss(outputs) is not None
+
+    def loss_forward(self, inputs: Any = None) -> Any:
+        """``forward(inputs)`` in the current mode, for its loss. A model that computes its
+        loss only in train mode (a torchvision detector returns its detections in eval mode) is
+        run again with every module in train mode, and its modes put back: its dropout, if it
+        has any, is then on."""
+        out = self.forward(inputs)
+        if self.has_loss(out) or all(m.training for m in self.model.modules()):
+            return out
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.train()
+        try:
+            return self.forward(inputs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
     @property
     def call_labels(self) -> dict[str, Any]:
         """The labels passed to the model with the inputs (a model computing its own loss, or
@@ -488,8 +550,24 @@ class Harness:
         return dict(self._call_labels)
 
     def logits(self, outputs: Any) -> torch.Tensor:
-        """The output tensor the checks judge; see ``_structures.select_output``."""
+        """The output tensor the checks judge; see ``_structures.select_output``. A ValueError
+        for outputs that are a dict of losses alone (see ``is_loss_dict``): nothing to judge."""
+        if self.output is None and is_loss_dict(outputs):
+            raise ValueError(self.losses_only(outputs))
         return select_output(outputs, self.output)[0]
+
+    def losses_only(self, outputs: Any) -> str:
+        """Why a check that judges the model's outputs does not apply to a model whose outputs
+        (in this mode) are its losses alone."""
+        mode = "train" if self.model.training else "eval"
+        return (
+            f"{type(self.model).__name__} returns only its losses in {mode} mode "
+            f"({', '.join(map(str, outputs))}; a torchvision-style detector), so there are no "
+            "per-sample outputs (logits) to judge: this check does not apply to it. The checks "
+            "of the loss (params_update, loss_decreases, can_overfit, ...) judge the sum of "
+            "the losses; pass output= (a callable outputs -> tensor) only if the model can "
+            "return its logits in this mode."
+        )
 
     def loss(self, outputs: Any, targets: Any = None) -> torch.Tensor:
         """The scalar loss of ``outputs``: ``loss_fn(outputs, targets)``, or the model's own."""

@@ -32,9 +32,10 @@ from nnsanity.seeding import seed_torch
 # a leak copies the targets exactly (1.0); a denoising objective whose input differs from its
 # targets at 5% or more of the positions is a copy task by design and stays out.
 _AGREEMENT = 0.95
-# ... and the agreement must exceed chance (two random tokens with these frequencies being
-# equal) by this much, so that a batch of near-constant tokens proves nothing.
-_ABOVE_CHANCE = 0.5
+# ... and agree beyond chance: Cohen's kappa, (agreement - chance) / (1 - chance), with chance
+# the agreement of independent draws with the same frequencies, at least _KAPPA (a balanced
+# binary label copied at 95% gives 0.9), so that a batch of near-constant values proves nothing.
+_KAPPA = 0.5
 _MIN_SCORED = 4  # fewer scored targets than this cannot show a systematic pairing
 _OFFSETS = range(-2, 3)  # where along the sequence an input may hold the target of position t
 # A copy holds the targets at one offset only. Where the targets also repeat at another lag
@@ -47,20 +48,43 @@ _POSITIONS = 8  # positions changed, spread over the sequence: one forward each
 Form = Literal["sequence", "features"]
 
 
+def _binary(logits: torch.Tensor) -> bool:
+    """One score per sample, (B,) or (B, 1): a binary classifier's logit (or a regression)."""
+    return logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
+
+
+def scores(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` as float64 with its class dim last; a binary output as (B, 1)."""
+    t = t.detach().double()
+    return t.reshape(t.shape[0], 1) if _binary(t) else t.movedim(dim, -1)
+
+
+def _binary_targets(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | str:
+    """A binary logit's gradient is sigmoid(z) - y (BCE, on logits or probabilities alike):
+    negative exactly where the target is 1."""
+    g = scores(grad, -1)[:, 0]
+    scored = g != 0
+    if int(scored.sum()) < _MIN_SCORED:
+        return f"fewer than {_MIN_SCORED} outputs are scored"
+    return (g < 0).long(), scored, -1
+
+
 def _scored_targets(
     h: Harness, logits: torch.Tensor, loss: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, int] | str:
     """(the class each output is scored against, which outputs are scored, the class dim), from
     the loss's gradient with respect to the logits; or why that cannot be read."""
-    if not logits.is_floating_point() or logits.dim() < 2 or not logits.requires_grad:
+    if not logits.is_floating_point() or logits.dim() < 1 or not logits.requires_grad:
         return "the output it reads is not a floating-point tensor of class scores in the graph"
     (grad,) = torch.autograd.grad(loss, logits, allow_unused=True)
     if grad is None:
         return "the loss does not depend on the output the check reads (pass output=)"
+    if _binary(logits):
+        return _binary_targets(grad)
     found = class_dim(logits, None if h.self_loss else h.targets)
     dim = logits.dim() - 1 if found is None else found
     if logits.shape[dim] < 2:
-        return "the output has a single class score per position (a regression or binary output)"
+        return "the output has a single score per position (a regression or binary output)"
     g = grad.detach().movedim(dim, -1).double()
     scored = g.abs().amax(-1) > 0
     low, cls = g.min(-1)
@@ -78,6 +102,10 @@ def _chance(a: torch.Tensor, b: torch.Tensor) -> float:
     pa = (a.unsqueeze(1) == values).double().mean(0)
     pb = (b.unsqueeze(1) == values).double().mean(0)
     return float((pa * pb).sum())
+
+
+def _kappa(agreement: float, chance: float) -> float:
+    return (agreement - chance) / (1 - chance)
 
 
 # (path, tensor, is a label passed to the model, offset or column, agreement, chance)
@@ -119,7 +147,7 @@ def _candidates(
                     (path, x, is_label, j, agree, _chance(held.cpu().double(), want.cpu().double()))
                 )
     return sorted(
-        (c for c in found if c[4] >= _AGREEMENT and c[4] - c[5] >= _ABOVE_CHANCE),
+        (c for c in found if c[4] >= _AGREEMENT and c[5] < 1 and _kappa(c[4], c[5]) >= _KAPPA),
         key=lambda c: -c[4],
     )
 
@@ -194,7 +222,7 @@ def measure_leak(h: Harness, bound: float) -> Leak:
                 reason="no input holds the scored targets (tokens at a fixed offset along the "
                 "sequence, or a feature column)",
             )
-        base = logits.detach().movedim(dim, -1).double()
+        base = scores(logits, dim)
         scale = float(base.abs().amax()) or 1.0
 
         def outputs_with(path: Path, is_label: bool, changed: torch.Tensor) -> torch.Tensor:
@@ -204,7 +232,7 @@ def measure_leak(h: Harness, bound: float) -> Leak:
                     out = h.forward(labels={**h.call_labels, path[0]: changed})
                 else:
                     out = h.forward(h.map_data(lambda p, t: changed if p == path else t))
-            return select_output(out, h.output)[0].detach().movedim(dim, -1).double()
+            return scores(select_output(out, h.output)[0], dim)
 
         best: tuple[Candidate, tuple[int, ...], tuple[float, ...]] | None = None
         for cand in found:

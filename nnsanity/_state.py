@@ -42,11 +42,15 @@ def _tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 def state_attributes(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
     """The tensors a module keeps as plain attributes (not parameters or buffers), by name
     (``"hidden"``, ``"encoder.cache"``): where a hidden state carried between calls lives.
-    An attribute counts when it holds a tensor, or a tuple or list of tensors (an LSTM's
+    An attribute counts when it holds a tensor, or a tuple, list or dict of tensors (an LSTM's
     ``(h, c)``); parameters in it (an RNN's ``_flat_weights``) do not."""
     found = {}
     for prefix, m in model.named_modules():
         for key, value in vars(m).items():
+            if isinstance(value, dict):
+                if key.startswith("_"):  # the module's own _parameters, _buffers, ...
+                    continue
+                value = tuple(value.values())  # self.state = {"h": h, "c": c}
             items = value if isinstance(value, (tuple, list)) else (value,)
             if not items or not all(isinstance(t, torch.Tensor) for t in items):
                 continue

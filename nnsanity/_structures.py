@@ -30,7 +30,13 @@ LABEL_KEYS = (
 )
 # Words in an input's name that make it structure (a mask, lengths, positions, segment or type
 # ids, a cache): it says how to read the data, so a check that perturbs data keeps it as it is.
-STRUCTURE_WORDS = ("mask", "length", "lens", "position", "token_type", "segment", "cache", "offset")
+STRUCTURE_WORDS = (
+    "mask", "length", "lens", "position", "token_type", "segment", "cache", "offset",
+    "edge_index",  # a graph's wiring (PyTorch Geometric): changing it rewires the graph
+)  # fmt: skip
+# Whole names that make an input structure: PyTorch Geometric's graph id of every node, and the
+# offsets of its graphs.
+STRUCTURE_NAMES = ("batch", "ptr")
 
 
 def _is_namedtuple(x: Any) -> bool:
@@ -136,11 +142,15 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
 
     By default: float tensors are data, bool tensors structure; a tensor whose name (its mapping
     key or field) contains a word of ``STRUCTURE_WORDS`` (``attention_mask``, ``lengths``,
-    ``position_ids``, ``token_type_ids``) is structure; other integer tensors (token ids) are
-    data when they are named or come first, structure when they follow another tensor in a tuple
-    or list (``(x, lengths)``); so is an unnamed float tensor of zeros that follows another (an
-    RNN's initial state, ``(tokens, (h0, c0))``: it holds no data to change). ``perturb``
-    lists the data instead: keys, indices or whole paths; everything else is structure.
+    ``position_ids``, ``token_type_ids``, ``edge_index``) or who is named ``batch`` or ``ptr``
+    (PyTorch Geometric's graph ids and offsets) is structure; other integer tensors (token ids)
+    are data when they are named or come first; following another tensor in a tuple or list, a
+    1-D one is structure (per-sample lengths: ``(x, lengths)``) and one of 2 or more dims is
+    data (a decoder's tokens: ``(src, tgt_in)``) unless it holds only 0s and 1s (an unnamed
+    mask) or each row counts 0, 1, 2, ... (positions); so is an unnamed float tensor of zeros
+    that follows another (an RNN's initial state, ``(tokens, (h0, c0))``: it holds no data to
+    change). ``perturb`` lists the data instead: keys, indices or whole paths; everything else
+    is structure.
     """
     found = list(leaves(x))
     if perturb is not None:
@@ -152,15 +162,29 @@ def roles(x: Any, perturb: Sequence[Any] | None = None) -> dict[Path, Role]:
     out = {}
     for i, (path, t) in enumerate(found):
         name = _name(path)
-        if t.dtype == torch.bool or (name and any(w in name.lower() for w in STRUCTURE_WORDS)):
+        worded = name and (
+            any(w in name.lower() for w in STRUCTURE_WORDS) or name in STRUCTURE_NAMES
+        )
+        if t.dtype == torch.bool or worded:
             out[path] = "structure"
         elif i > 0 and name is None and t.is_floating_point() and not t.any():
             out[path] = "structure"  # a recurrent state starting at zeros: (x, (h0, c0))
         elif t.is_floating_point() or t.is_complex() or name is not None or i == 0:
             out[path] = "data"
         else:
-            out[path] = "structure"
+            out[path] = "data" if _tokens(t) else "structure"
     return out
+
+
+def _tokens(t: torch.Tensor) -> bool:
+    """An unnamed integer tensor that reads as token ids: 2-D or more, not a 0/1 mask, and not
+    positions (every row 0, 1, 2, ...)."""
+    if t.dim() < 2 or t.numel() == 0:
+        return False
+    if bool(((t == 0) | (t == 1)).all()):
+        return False
+    positions = torch.arange(t.shape[-1], device=t.device)
+    return not bool((t == positions).all())
 
 
 def check_perturb(x: Any, perturb: Any) -> list[Any] | None:

@@ -46,7 +46,8 @@ def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
     """One seeded forward pass of the batch without dropout and the gradient of its loss with
     respect to every Linear/Conv output: per layer, which units got exactly zero (a bool tensor
     over its units); and the output layer (the last Linear/Conv to run), whose units go quiet
-    when the loss saturates rather than when they die."""
+    when the loss saturates rather than when they die. A model whose loss exists only in train
+    mode (a torchvision detector) is probed in train mode."""
     names: dict[torch.nn.Module, str] = {
         m: n or type(m).__name__
         for n, m in h.model.named_modules()
@@ -63,7 +64,7 @@ def probe(h: Harness) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         with deterministic_mode(h.model), autograd():
             seed_torch(h.seed)
-            loss = h.graph_loss(h.forward())
+            loss = h.graph_loss(h.loss_forward())
             grads = torch.autograd.grad(loss, [o for _, _, o in calls], allow_unused=True)
     finally:
         for handle in handles:

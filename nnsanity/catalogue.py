@@ -257,6 +257,9 @@ CATALOGUE: tuple[Check, ...] = (
     _check("batch_independence", "batch_independence", "wiring"),
     _check("causal", "causal", "wiring", "sequence", custom_arguments=_causal_arguments),
     _check("no_target_leak", "target_leak", "wiring", "loss"),
+    _check(
+        "uses_order", "order_sensitivity", "wiring", "sequence", custom_arguments=_causal_arguments
+    ),
     _check("ignores_padding", "padding_invariance", "wiring", "padding"),
     _check("loss_masks_padding", "loss_masking", "wiring", "loss", "padding"),
     _check("eval_mode", "eval_mode", "wiring"),

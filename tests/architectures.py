@@ -28,11 +28,15 @@ EVERY_MODEL = (
     "no_target_leak",
 )  # fmt: skip
 # The catalogue's checks that need nothing a zoo model lacks: the padding checks and
-# learns_signal have their own zoos (padding_zoo.py, learnable.py).
+# learns_signal have their own zoos (padding_zoo.py, learnable.py), uses_order its own order
+# Transformers, GPT-2 and Llama (tests/checks/test_order_sensitivity.py) until the table is
+# regenerated with its column.
 ALL_CHECKS = tuple(
     c.name
     for c in CATALOGUE
-    if c.needs <= {"loss", "step", "sequence"} and c.name not in EVERY_MODEL
+    if c.needs <= {"loss", "step", "sequence"}
+    and c.name not in EVERY_MODEL
+    and c.name != "uses_order"
 )
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
@@ -230,6 +234,29 @@ def _clip_batch() -> dict[str, Any]:
     batch = _token_batch(n=8)
     pixels = torch.randn(8, 3, 32, 32, generator=_generator(2))
     return {**batch, "pixel_values": pixels, "return_loss": True}
+
+
+def _segformer() -> nn.Module:
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    config = transformers.SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+        hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=4,
+    )  # fmt: skip
+    return transformers.SegformerForSemanticSegmentation(config)
+
+
+def _segmentation_batch() -> dict[str, torch.Tensor]:
+    # masks of 8x8 regions (4x4 pixels each), as segmentation masks are piecewise constant; the
+    # logits come at 1/4 of the input's size and the model upsamples them to the labels'
+    g = _generator()
+    pixels = torch.randn(4, 3, 32, 32, generator=g)
+    regions = torch.randint(0, 4, (4, 8, 8), generator=g)
+    return {
+        "pixel_values": pixels,
+        "labels": regions.repeat_interleave(4, 1).repeat_interleave(4, 2),
+    }
 
 
 def _lm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -450,6 +477,98 @@ def _sentences() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, VOCAB, (8, T), generator=g), torch.randint(0, 4, (8,), generator=g)
 
 
+class GRUSeq2Seq(nn.Module):
+    """A GRU encoder-decoder over token ids, called as ``model((src, tgt_in))``: the decoder
+    reads the targets shifted right (teacher forcing) and the encoder's last state, the context
+    vector, is added to each of its states. ``batch_first=False`` plants the classic bug: the
+    decoder reads (B, T, D) as (T, B, D), mixing the samples through ``tgt_in`` only (the
+    context stays per sample), so only a change of ``tgt_in`` shows it."""
+
+    def __init__(self, vocab: int = 24, d: int = 32, batch_first: bool = True) -> None:
+        super().__init__()
+        self.src_emb, self.tgt_emb = nn.Embedding(vocab, d), nn.Embedding(vocab, d)
+        self.encoder = nn.GRU(d, d, batch_first=True)
+        self.decoder = nn.GRU(d, d, batch_first=batch_first)
+        self.out = nn.Linear(d, vocab)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        src, tgt_in = inputs
+        _, h = self.encoder(self.src_emb(src))
+        states, _ = self.decoder(self.tgt_emb(tgt_in))
+        return self.out(torch.tanh(states + h[-1][:, None]))  # (B, T_tgt, vocab)
+
+
+def _gru_seq2seq() -> nn.Module:
+    torch.manual_seed(0)
+    return GRUSeq2Seq()
+
+
+def _translation_pairs() -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    g = _generator()
+    src = torch.randint(3, 24, (8, 10), generator=g)
+    tgt = torch.randint(3, 24, (8, 7), generator=g)
+    tgt_in = torch.cat([torch.full((8, 1), 1), tgt[:, :-1]], 1)  # BOS = 1, shifted right
+    return (src, tgt_in), tgt
+
+
+def _token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class GCN(nn.Module):
+    """Kipf & Welling's graph convolution in plain torch, on a PyTorch Geometric style batch:
+    ``model(x=(N, F) node rows, edge_index=(2, E), batch=(N,) graph ids)``; two layers of
+    D^-1/2 (A + I) D^-1/2 X W, then mean pooling per graph: (G, classes) logits."""
+
+    def __init__(self, d_in: int = 8, d: int = 32, classes: int = 3) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Linear(d_in, d), nn.Linear(d, d)])
+        self.head = nn.Linear(d, classes)
+
+    def propagate(self, h: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        loops = torch.arange(n, device=h.device).expand(2, n)
+        src, dst = torch.cat([edge_index, loops], 1)
+        degree = torch.zeros(n, device=h.device).index_add_(
+            0, dst, torch.ones_like(dst, dtype=h.dtype)
+        )
+        norm = (degree[src] * degree[dst]).rsqrt()[:, None]
+        return torch.zeros_like(h).index_add_(0, dst, h[src] * norm)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.relu(self.propagate(conv(x), edge_index))
+        g = int(batch.max()) + 1
+        pooled = torch.zeros(g, x.shape[1], device=x.device).index_add_(0, batch, x)
+        counts = torch.bincount(batch, minlength=g).clamp(min=1)[:, None]
+        return self.head(pooled / counts)
+
+
+def _gcn() -> nn.Module:
+    torch.manual_seed(0)
+    return GCN()
+
+
+def _graph_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """8 random graphs of 4-10 nodes (58 in all), undirected ring-plus-chords edges, collated
+    as PyG does: node rows stacked, edge ids offset, ``batch`` the graph of each node."""
+    g = _generator()
+    sizes = [7, 4, 9, 6, 10, 8, 5, 9]
+    edges, ids, start = [], [], 0
+    for k, n in enumerate(sizes):
+        ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+        chords = torch.randint(0, n, (2, 2), generator=g)
+        both = torch.cat([ring, chords], 1)
+        edges.append(torch.cat([both, both.flip(0)], 1) + start)
+        ids.append(torch.full((n,), k))
+        start += n
+    x = torch.randn(start, 8, generator=g)
+    inputs = {"x": x, "edge_index": torch.cat(edges, 1), "batch": torch.cat(ids)}
+    return inputs, torch.randint(0, 3, (len(sizes),), generator=g)
+
+
 ZOO: dict[str, Arch] = {
     "gpt2": Arch(_gpt2, _lm_batch, None, causal_inputs=_lm_inputs),
     "llama": Arch(_llama, _lm_batch, None, causal_inputs=_lm_inputs),
@@ -462,6 +581,7 @@ ZOO: dict[str, Arch] = {
     # batch independence does not apply to the default output, the (B, B) image-text logits,
     # which compare every image with every caption of the batch by design (output="image_embeds"
     # judges the embeddings instead: tests/checks/test_real_families.py)
+    "segformer": Arch(_segformer, _segmentation_batch, None),
     "clip": Arch(_clip, _clip_batch, None, skip=("batch_independence",)),
     "torchvision_resnet18": Arch(_torchvision("resnet18"), _images, F.cross_entropy),
     "torchvision_mobilenet_v3_small": Arch(
@@ -481,6 +601,8 @@ ZOO: dict[str, Arch] = {
     "logits_and_aux_loss": Arch(_moe, _vectors, _moe_loss),
     "dropout_batchnorm_cnn": Arch(_dropout_cnn, _images, F.cross_entropy),
     "transformer_classifier": Arch(_transformer_classifier, _sentences, F.cross_entropy),
+    "gru_seq2seq": Arch(_gru_seq2seq, _translation_pairs, _token_loss),
+    "gcn_graph_batch": Arch(_gcn, _graph_batch, F.cross_entropy),
     "label_smoothing_lm": Arch(
         _smoothed_lm, _smoothed_batch, _smoothed_loss, causal_inputs=lambda b: b[0]
     ),

@@ -4,6 +4,7 @@ Hugging Face convention, and the errors a bad call gets."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import UserDict
 
 import pytest
@@ -309,6 +310,8 @@ GRAPHLESS_LOSSES = {
     "argmax()": lambda out, y: F.mse_loss(out.argmax(1).float(), y.float()),
     "item()": lambda out, y: torch.tensor(F.cross_entropy(out, y).item()),
     "detach()": lambda out, y: F.cross_entropy(out.detach(), y),
+    ".data": lambda out, y: F.cross_entropy(out.data, y),
+    "gt()": lambda out, y: (out > 0).float().mean(),  # a count of positive logits
     "torch.no_grad()": _no_grad_loss,
 }
 TRAINING_CHECKS = {  # assert_ name: measure_ name
@@ -323,7 +326,8 @@ TRAINING_CHECKS = {  # assert_ name: measure_ name
 @pytest.mark.parametrize("check", list(TRAINING_CHECKS))
 def test_a_loss_without_a_graph_is_a_clear_error_naming_the_step_that_breaks_it(check, step):
     batch = zoo.classification_batch()
-    with pytest.raises(ValueError, match=rf"loss_fn breaks the autograd graph \(at .*{step[:-2]}"):
+    where = rf"loss_fn breaks the autograd graph \(at .*{re.escape(step)}"
+    with pytest.raises(ValueError, match=where):
         getattr(nnsanity, f"assert_{check}")(zoo.mlp(), batch, GRAPHLESS_LOSSES[step])
     assert torch.is_grad_enabled()
 
@@ -533,3 +537,18 @@ def test_a_hidden_state_kept_in_a_buffer_is_named_too():
     # BatchNorm's running statistics, updated by a train-mode call, are no carried state
     r = nnsanity.measure_batch_independence(zoo.cnn(), zoo.image_batch(), train_mode=True)
     assert r.carried_state == ()
+
+
+def test_a_hidden_state_kept_in_a_dict_attribute_is_named_too():
+    class DictState(recipes.StatefulLSTM):
+        def forward(self, x):
+            state = getattr(self, "state", None)
+            state = None if state is None else tuple(state.values())
+            out, (h, c) = self.rnn(self.encoder(x), state)
+            self.state = {"h": h.detach(), "c": c.detach()}
+            return self.decoder(out)
+
+    model = DictState()
+    r = nnsanity.measure_eval_mode(model, recipes.gpt_batch())
+    assert not r.passed and r.cause.id == "carried_state" and r.carried_state == ("state",)
+    assert not hasattr(model, "state")  # put back as it was: never set

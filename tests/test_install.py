@@ -39,6 +39,14 @@ SCRIPT = textwrap.dedent(
     ids[1:, 4:] = 0
     tags = (ids, torch.randint(0, 3, (4, 6)).masked_fill(ids == 0, 0))
 
+    class Recurrent(torch.nn.Module):  # reads its tokens in order
+        def __init__(self):
+            super().__init__()
+            self.embed, self.rnn = torch.nn.Embedding(9, 8), torch.nn.GRU(8, 8, batch_first=True)
+
+        def forward(self, ids):
+            return self.rnn(self.embed(ids))[0]
+
     def signal(n):  # a learnable relation, shared by two batches
         x = torch.randn(n, 8)
         return x, x[:, :3].argmax(1)
@@ -58,6 +66,7 @@ SCRIPT = textwrap.dedent(
         "assert_no_target_leak": lambda: nnsanity.assert_no_target_leak(
             tagger, tags, lambda z, y: F.cross_entropy(z.transpose(1, 2), y)
         ),
+        "assert_uses_order": lambda: nnsanity.assert_uses_order(Recurrent(), ids),
         "assert_reproducible": lambda: nnsanity.assert_reproducible(lambda: torch.randn(3)),
         "assert_eval_mode": lambda: nnsanity.assert_eval_mode(model, batch),
         "assert_params_registered": lambda: nnsanity.assert_params_registered(model, batch, loss),

@@ -43,12 +43,16 @@ def _tag_loss(logits, tags):
 # Each public check, called on the zoo MLP and a batch made by the caller under the grad mode
 # being tested. Causality needs a sequence model: the zoo's causal LM and its tokens; the padding
 # checks a padded batch: the MLP behind an embedding, on padded token ids.
+_SEQUENCE_CHECKS = ("assert_causal", "assert_uses_order")  # on the zoo's causal LM
 CALLS = {
     "assert_batch_independence": lambda m, b, **kw: nnsanity.assert_batch_independence(m, b, **kw),
     "assert_can_overfit": lambda m, b, **kw: nnsanity.assert_can_overfit(
         m, b, F.cross_entropy, **kw
     ),
     "assert_causal": lambda m, b, **kw: nnsanity.assert_causal(m, zoo.token_batch()[0], **kw),
+    "assert_uses_order": lambda m, b, **kw: nnsanity.assert_uses_order(
+        m, zoo.token_batch()[0], **kw
+    ),
     "assert_finite": lambda m, b, **kw: nnsanity.assert_finite(m, b, F.cross_entropy, **kw),
     "assert_no_target_leak": lambda m, b, **kw: nnsanity.assert_no_target_leak(
         m, b, F.cross_entropy, **kw
@@ -101,7 +105,7 @@ def test_every_public_check_works_without_grad_and_leaves_global_state_and_the_m
     name, mode
 ):
     assert name in CALLS, f"add nnsanity.{name} to CALLS"
-    model = (zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()).eval()
+    model = (zoo.TinyCausalLM() if name in _SEQUENCE_CHECKS else zoo.mlp()).eval()
     first = next(model.parameters())
     first.grad = torch.ones_like(first)  # a gradient the caller left must survive too
     # Grad mode is off before the call, so it must be off after it; the batch is the caller's,
@@ -124,7 +128,7 @@ class _CountingMLP(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in CALLS if n not in ("assert_causal", "assert_reproducible")]
+    "name", [n for n in CALLS if n not in (*_SEQUENCE_CHECKS, "assert_reproducible")]
 )
 def test_every_check_restores_buffers_registered_with_persistent_false(name):
     model = _CountingMLP()
@@ -138,7 +142,7 @@ PUBLIC_ASSERTS = [n for n in nnsanity.__all__ if n.startswith("assert_")]
 
 @pytest.mark.parametrize("name", PUBLIC_ASSERTS)
 def test_every_public_check_rejects_a_non_integer_seed_with_a_type_error(name):
-    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    model = zoo.TinyCausalLM() if name in _SEQUENCE_CHECKS else zoo.mlp()
     with pytest.raises(TypeError, match="seed must be an int, got str"):
         CALLS[name](model, zoo.classification_batch(), seed="x")
 
@@ -146,7 +150,7 @@ def test_every_public_check_rejects_a_non_integer_seed_with_a_type_error(name):
 @pytest.mark.parametrize("seed", [-1, 2**64])
 @pytest.mark.parametrize("name", PUBLIC_ASSERTS)
 def test_every_public_check_rejects_a_seed_torch_cannot_take_with_a_value_error(name, seed):
-    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    model = zoo.TinyCausalLM() if name in _SEQUENCE_CHECKS else zoo.mlp()
     with pytest.raises(ValueError, match=r"outside \[0, 2\*\*64\)"):
         CALLS[name](model, zoo.classification_batch(), seed=seed)
 
@@ -155,7 +159,7 @@ def test_every_public_check_rejects_a_seed_torch_cannot_take_with_a_value_error(
 def test_no_check_queues_its_seed_for_a_cuda_that_is_not_initialised_yet(name):
     if torch.cuda.is_initialized():
         pytest.skip("CUDA is initialised: seeding it is then undone on exit")
-    model = zoo.TinyCausalLM() if name == "assert_causal" else zoo.mlp()
+    model = zoo.TinyCausalLM() if name in _SEQUENCE_CHECKS else zoo.mlp()
     torch.manual_seed(1234)  # the caller's seed, queued for CUDA's first use
     queued = list(torch.cuda._lazy_seed_tracker.get_calls())
     CALLS[name](model, zoo.classification_batch(), seed=5)

@@ -24,6 +24,7 @@ from nnsanity._localisation import Property, along, locate
 from nnsanity._messages import Explanation, Msg, fail, indices
 from nnsanity._perturbation import (
     MAX_DEPENDENCE,
+    _different,
     index_option,
     outputs_along,
     perturbed,
@@ -31,7 +32,7 @@ from nnsanity._perturbation import (
 )
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd
-from nnsanity._structures import select_output, tensors_in
+from nnsanity._structures import Path, describe, leaves, select_output, tensors_in
 from nnsanity.seeding import seed_torch
 
 
@@ -59,6 +60,8 @@ class BatchIndependenceResult(CheckResult):
     where: Place | None = None
     # the module at ``where``, as data the diagnosis reads: its settings that mix the batch
     where_settings: tuple[str, ...] = ()
+    # a graph batch: how its samples were told apart (the input of graph ids), else None
+    sample_index: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -122,6 +125,7 @@ def _perturbation_chart(
     g: torch.Generator,
     d: int,
     lead: tuple[int, ...],
+    graphs: _Graphs | None = None,
 ) -> list[torch.Tensor]:
     """Per checked sample, its output change when other samples' inputs change.
 
@@ -129,10 +133,14 @@ def _perturbation_chart(
     culprit found with one pass per sample (so a healthy model costs len(samples) + 1 passes).
     """
 
-    def moved(which: torch.Tensor) -> torch.Tensor:  # per sample, with the inputs `which` changed
-        return relative_change(base, outputs_along(h, perturbed(h, d, which, g), d, b, lead), d)
+    def outputs(x: Any) -> list[torch.Tensor]:
+        return outputs_along(h, x, d, b, lead) if graphs is None else graphs.outputs(h, x)
 
-    base = outputs_along(h, h.inputs, d, b, lead)
+    def moved(which: torch.Tensor) -> torch.Tensor:  # per sample, with the inputs `which` changed
+        changed = perturbed(h, d, which, g) if graphs is None else graphs.perturbed(h, which, g)
+        return relative_change(base, outputs(changed), d)
+
+    base = outputs(h.inputs)
     chart = []
     for i in samples:
         others = torch.arange(b) != i
@@ -149,6 +157,117 @@ def _perturbation_chart(
     return chart
 
 
+GRAPH_IDS = "batch"  # PyTorch Geometric's name for the vector of each node's graph
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    """A graph batch (PyTorch Geometric style): node rows, an ``edge_index`` (2, E) and the
+    graph id of every node. A sample is a graph: its node rows, and its edges' rows."""
+
+    ids: torch.Tensor  # (N,) the graph of each node
+    edges: torch.Tensor | None  # (2, E) edge_index, when the inputs hold one
+    where: str  # how the ids were given, as a message says it
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.max()) + 1
+
+    def rows(self, n: int) -> torch.Tensor | None:
+        """The graph of each row of a tensor with ``n`` rows: nodes, or edges (by their source
+        node); None for a tensor of other rows (kept as it is)."""
+        if n == self.ids.numel():
+            return self.ids
+        if self.edges is not None and n == self.edges.shape[1]:
+            return self.ids[self.edges[0]]
+        return None
+
+    def perturbed(self, h: Harness, which: torch.Tensor, g: torch.Generator) -> Any:
+        """The inputs with the data rows of the graphs ``which`` changed; the edges, the ids
+        and every other structure input kept (changing them would rewire the graphs)."""
+
+        def change(path: Path, t: torch.Tensor) -> torch.Tensor:
+            rows = self.rows(t.shape[0]) if t.dim() else None
+            if rows is None or t is self.ids or t is self.edges:
+                return t
+            select = which.to(t.device)[rows].view(-1, *([1] * (t.dim() - 1)))
+            return torch.where(select, _different(t, g, describe(path)), t)
+
+        return h.map_data(change)
+
+    def outputs(self, h: Harness, x: Any) -> list[torch.Tensor]:
+        """The outputs per graph: a graph-level output (G, ...) as it is; a node-level one
+        (N, ...) as (G, largest graph, ...), each graph's nodes in order, zeros after."""
+        g, n = self.count, self.ids.numel()
+        seed_torch(h.seed)
+        with torch.no_grad():
+            outputs = h.forward(x)
+        found = (
+            [select_output(outputs, h.output)[0]] if h.output is not None else tensors_in(outputs)
+        )
+        rows = []
+        counts = torch.bincount(self.ids.cpu(), minlength=g)
+        place = torch.cat([torch.arange(int(c)) for c in counts])[
+            torch.argsort(self.ids.cpu(), stable=True).argsort()
+        ]
+        for o in found:
+            if not o.dim() or o.is_complex():
+                continue
+            o = o.detach().to(torch.float64).cpu()
+            if o.shape[0] == g:
+                rows.append(o)
+            elif o.shape[0] == n:
+                padded = o.new_zeros((g, int(counts.max()), *o.shape[1:]))
+                padded[self.ids.cpu(), place] = o
+                rows.append(padded)
+        if not rows:
+            raise ValueError(
+                f"no model output has one row per graph ({g}) or per node ({n}) (outputs: "
+                f"{[tuple(o.shape) for o in found]}); pass output= naming the per-graph output."
+            )
+        return rows
+
+
+def _graphs(h: Harness, sample_index: Any) -> _Graphs | None:
+    """The graph batch ``sample_index`` names (a key or path of the inputs, or the (N,) tensor
+    of graph ids itself); by default an input named ``batch`` (PyG's graph ids) holding
+    non-decreasing ids 0..G-1, one per row of the first data tensor. None: not a graph batch."""
+    found = {p: t for p, t in leaves(h.inputs)}
+    edges = next((t for p, t in found.items() if p and p[-1] == "edge_index"), None)
+    if sample_index is None:
+        ids = next((t for p, t in found.items() if p and p[-1] == GRAPH_IDS), None)
+        first = next((t for _, t in h.data_leaves() if t.dim()), None)
+        if ids is None or first is None or ids.dim() != 1 or ids.is_floating_point():
+            return None
+        if ids.numel() != first.shape[0] or not bool((ids[1:] >= ids[:-1]).all()):
+            return None
+        where = f"inputs[{GRAPH_IDS!r}]"
+    elif isinstance(sample_index, torch.Tensor):
+        ids, where = sample_index, "sample_index= (your graph ids)"
+    else:
+        path = sample_index if isinstance(sample_index, tuple) else (sample_index,)
+        if path not in found:
+            shown = ", ".join(describe(p) for p in found)
+            raise ValueError(
+                f"sample_index={sample_index!r} names no tensor of the inputs (they hold: "
+                f"{shown}); pass the key of the vector of graph ids (PyG: 'batch') or the tensor."
+            )
+        ids, where = found[path], describe(path)
+    if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool or not ids.numel():
+        raise TypeError(
+            f"sample_index must give one integer graph id per node, a 1-D integer tensor; "
+            f"{where} is a {ids.dtype} tensor of shape {tuple(ids.shape)}."
+        )
+    device = next(iter(h.model.parameters())).device
+    ids = ids.to(device)
+    if int(ids.min()) < 0 or torch.unique(ids).numel() != int(ids.max()) + 1:
+        raise ValueError(
+            f"{where} must number the graphs 0, 1, ..., G-1 (every id used), got ids "
+            f"{torch.unique(ids).tolist()[:8]}."
+        )
+    return _Graphs(ids=ids, edges=edges, where=where)
+
+
 def measure_batch_independence(
     model: torch.nn.Module,
     batch: Any,
@@ -160,6 +279,7 @@ def measure_batch_independence(
     unpack: bool | None = None,
     perturb: Any = None,
     batch_dim: int | None = None,
+    sample_index: Any = None,
     seed: int = 0,
 ) -> BatchIndependenceResult:
     """Measure how much each checked sample's outputs depend on the other samples' inputs."""
@@ -168,25 +288,33 @@ def measure_batch_independence(
     h = Harness(
         model, batch, seed=seed, output=output, unpack=unpack, perturb=perturb, needs_loss=False
     )
-    d = h.batch_dim(batch_dim)
+    graphs = _graphs(h, sample_index)
+    d = 0 if graphs is not None else h.batch_dim(batch_dim)
     first = next(t for _, t in h.data_leaves() if t.dim() > d)
     b, lead = int(first.shape[d]), tuple(int(n) for n in first.shape[: d + 1])
+    if graphs is not None:
+        b, lead = graphs.count, (graphs.count,)
     if b < 2:
         raise ValueError(f"batch independence needs a batch of at least 2 samples, got {b}.")
     checked = index_option(samples, b, "samples", [0, b // 2, b - 1])
     g = torch.Generator().manual_seed(h.seed)
     with h.isolated(train=train_mode):
         data = [t for _, t in h.data_leaves() if _along(t, d, b)]
-        chart = (
-            _gradient_chart(h, b, checked, g, d, lead)
-            if all(t.is_floating_point() for t in data)
-            else None
-        )
+        floats = all(t.is_floating_point() for t in data)
+        chart = _gradient_chart(h, b, checked, g, d, lead) if floats and graphs is None else None
         method: Literal["gradient", "perturbation"] = (
             "gradient" if chart is not None else "perturbation"
         )
         if chart is None:
-            chart = _perturbation_chart(h, b, checked, bound, g, d, lead)
+            try:
+                chart = _perturbation_chart(h, b, checked, bound, g, d, lead, graphs)
+            except ValueError as e:
+                if graphs is not None or "no model output has size" not in str(e):
+                    raise
+                raise ValueError(
+                    f"{e} For a graph batch (node rows, an edge_index), pass sample_index= "
+                    "naming the vector of each node's graph id (PyG's 'batch')."
+                ) from e
         dependence, sources = [], []
         for row, i in zip(chart, checked, strict=True):
             row = row.clone()
@@ -194,7 +322,8 @@ def measure_batch_independence(
             dependence.append(float(row.max()))
             sources.append(tuple(int(j) for j in (row > bound).nonzero().flatten()))
         failing = [i for i, d in zip(checked, dependence, strict=True) if d > bound]
-        where = _localise(h, b, failing[0], bound, d) if failing else None
+        # localisation reads module outputs by batch row; a graph's rows are its nodes
+        where = _localise(h, b, failing[0], bound, d) if failing and graphs is None else None
         carried = h.carried_state() if failing else ()
     r = BatchIndependenceResult(
         seed=h.seed,
@@ -217,6 +346,7 @@ def measure_batch_independence(
         ),
         where=where,
         where_settings=_settings(h.model, where),
+        sample_index=None if graphs is None else graphs.where,
     )
     return diagnosed(r, _diagnose)
 
@@ -270,6 +400,7 @@ def assert_batch_independence(
     unpack: bool | None = None,
     perturb: Any = None,
     batch_dim: int | None = None,
+    sample_index: Any = None,
     seed: int = 0,
     msg: Msg = None,
 ) -> BatchIndependenceResult:
@@ -293,6 +424,14 @@ def assert_batch_independence(
     ``batch_first=False``) needs ``batch_dim=1``: without it, the positions are read as the
     samples and a causal mask as a leak.
 
+    Graph batches (PyTorch Geometric style: node rows ``x``, an ``edge_index`` (2, E), and the
+    graph id of every node) have no batch dimension: a sample is a graph. ``sample_index``
+    names the vector of graph ids (a key or path of the inputs, or the (N,) tensor); by default
+    an input named ``batch`` (PyG's name) holding non-decreasing ids is one. Then each checked
+    graph's outputs (per graph, or its nodes' rows) must not move when the other graphs' node
+    and edge rows change; ``edge_index`` and the ids are never changed (that would rewire the
+    graphs), and the comparison is by perturbation.
+
     The model runs in eval mode unless ``train_mode=True``: BatchNorm in train mode normalises
     with the batch's statistics, which legitimately mixes the batch (and is caught here if you
     ask for it). Proves: no leak through the checked samples' outputs, for this batch. Does NOT
@@ -303,7 +442,8 @@ def assert_batch_independence(
     __tracebackhide__ = True
     r = measure_batch_independence(
         model, batch, samples=samples, train_mode=train_mode, max_dependence=max_dependence,
-        output=output, unpack=unpack, perturb=perturb, batch_dim=batch_dim, seed=seed,
+        output=output, unpack=unpack, perturb=perturb, batch_dim=batch_dim,
+        sample_index=sample_index, seed=seed,
     )  # fmt: skip
     if not r.passed:
         fail(_explain(r), r, msg)

@@ -27,8 +27,15 @@ from nnsanity._localisation import Property, locate, whole
 from nnsanity._messages import Explanation, Msg, fail, names, up_to
 from nnsanity._perturbation import MAX_DEPENDENCE
 from nnsanity._result import CheckResult, diagnosed
+from nnsanity._state import preserved_module
 from nnsanity._structures import select_output, tensors_in
+from nnsanity._units import deterministic_mode
 from nnsanity.seeding import seed_torch
+
+# PyTorch's running = (1 - momentum) x running + momentum x batch: from 0.5 on the last batch
+# outweighs all history. PyTorch's default is 0.1; TensorFlow/Keras write the weight of the old
+# value, 0.99 by default (0.9-0.999 in use), which in PyTorch keeps 1% of the history.
+LAST_BATCH_MOMENTUM = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +58,13 @@ class EvalModeResult(CheckResult):
     stats_frozen: tuple[str, ...]  # running statistics did not move in a train-mode forward
     eval_in_train: tuple[str, ...]  # of those, the ones in eval mode during the train forward
     zero_momentum: tuple[str, ...]  # of those, the ones with momentum=0
+    # momentum >= LAST_BATCH_MOMENTUM: TensorFlow's convention (the weight of the old value)
+    # read as PyTorch's (the weight of the new batch): the running statistics are the last batch's
+    last_batch_momentum: tuple[str, ...] = ()
+    # eval-vs-train gap on one half of the batch after 20 train forwards alternating the halves
+    # (ending on the other), relative to the output scale: at the layers' momentum, and at 0.1
+    momentum_gap: tuple[float, float] | None = None
+    momentum_of: tuple[tuple[str, float], ...] = ()  # those layers' momentum
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -170,6 +184,44 @@ def _ignores_stats(m: _BatchNorm, x: torch.Tensor) -> bool:
     return isinstance(before, torch.Tensor) and _same(before.double(), after.double())
 
 
+def _momentum_gap(h: Harness, flagged: list[_BatchNorm]) -> tuple[float, float] | None:
+    """The eval-vs-train gap on half B of the batch after 20 train forwards alternating its
+    halves and ending on half A, at the layers' momentum and with it set to PyTorch's 0.1
+    (dropout off in both; None for a batch under 4 samples or one that cannot be halved)."""
+    n = h.batch_size
+    if n < 4:
+        return None
+
+    def half(lo: int, hi: int) -> Any:
+        return h.map_data(lambda _, t: t[lo:hi] if t.dim() and t.shape[0] == n else t)
+
+    a, b = half(0, n // 2), half(n // 2, n)
+
+    def gap(momentum: float | None) -> float:
+        saved = [m.momentum for m in flagged]
+        with preserved_module(h.model), deterministic_mode(h.model), torch.no_grad():
+            try:
+                for m in flagged:
+                    m.momentum = m.momentum if momentum is None else momentum
+                for i in range(20):
+                    seed_torch(h.seed)
+                    h.forward(a if i % 2 else b)
+                h.model.eval()
+                evaluated = _floats(h.forward(b), h.output)
+                with deterministic_mode(h.model):
+                    seed_torch(h.seed)
+                    trained = _floats(h.forward(b), h.output)
+            finally:
+                for m, v in zip(flagged, saved, strict=True):
+                    m.momentum = v
+        return _difference(trained, evaluated)
+
+    try:
+        return gap(None), gap(0.1)
+    except (ValueError, TypeError, RuntimeError):  # a batch whose structure does not halve
+        return None
+
+
 def measure_eval_mode(
     model: torch.nn.Module,
     batch: Any,
@@ -231,6 +283,11 @@ def measure_eval_mode(
             n for n, m in norms.items()
             if n in train_seen and start[n] is not None and not _moved(m, start[n])
         )  # fmt: skip
+    last = tuple(
+        n
+        for n, m in norms.items()
+        if n in train_seen and m.momentum is not None and m.momentum >= LAST_BATCH_MOMENTUM
+    )
     r = EvalModeResult(
         seed=h.seed,
         carried_state=carried,
@@ -245,6 +302,9 @@ def measure_eval_mode(
         stats_frozen=frozen,
         eval_in_train=tuple(n for n in frozen if not train_seen[n]),
         zero_momentum=tuple(n for n in frozen if norms[n].momentum == 0),
+        last_batch_momentum=last,
+        momentum_of=tuple((n, float(norms[n].momentum or 0.0)) for n in last),
+        momentum_gap=_momentum_gap(h, [norms[n] for n in last]) if last else None,
     )
     return diagnosed(r, _diagnose)
 
@@ -271,7 +331,12 @@ def assert_eval_mode(
     leave them unchanged in an eval forward, use them there (its output changes when they do),
     and move them in one train-mode forward. ``exempt`` names (globs) the BatchNorm layers whose
     statistics are fixed or absent on purpose: frozen for fine-tuning, batch statistics at test
-    time.
+    time. A BatchNorm layer with ``momentum >= 0.5`` fails as TensorFlow's convention read as
+    PyTorch's (Keras' 0.99 is PyTorch's 0.01): the running statistics become the last batch's,
+    and the report gives the eval-vs-train gap on one half of the batch after 20 train forwards
+    alternating its halves, at the layer's momentum and at 0.1 (on one batch of i.i.d. samples
+    the two are close, 0.036 and 0.034 on a small CNN; the gap grows with how much batches
+    differ, which one batch cannot show, so the verdict rests on the setting).
 
     The bound 1e-5 is the one of the other dependency checks (``_perturbation.MAX_DEPENDENCE``):
     on CPU two unhooked eval forwards are bit-identical (0.0 on every model of the zoo and of
@@ -403,6 +468,20 @@ _PROBLEMS: dict[str, tuple[str, tuple[Cause, ...]]] = {
             ),
         ),
     ),
+    "last_batch_momentum": (
+        "{n} BatchNorm layer{s} keep{s_verb} only the last batch's running statistics "
+        "(momentum in TensorFlow's convention)!",
+        (
+            Cause(
+                id="batchnorm_momentum_tf_convention",
+                summary="BatchNorm momentum in TensorFlow's convention: PyTorch's momentum is "
+                "the weight of the new batch (running = (1 - m) x running + m x batch), so 0.99 "
+                "makes the running statistics the last batch's and eval accuracy drops",
+                remedy="use 1 - the TensorFlow value (0.99 -> 0.01), or the default 0.1",
+                support=MEASURED,
+            ),
+        ),
+    ),
 }
 
 
@@ -455,6 +534,14 @@ def _diagnose(r: EvalModeResult) -> list[Cause]:
                 evidence=(f"in eval mode during the train forward: {names(r.eval_in_train)}",),
             )  # fmt: skip
         causes = list(by_id.values())
+    if problem == "last_batch_momentum":
+        evidence = [f"momentum >= {LAST_BATCH_MOMENTUM:g} on {names(r.last_batch_momentum)}"]
+        if r.momentum_gap is not None:
+            evidence.append(
+                f"eval-vs-train gap on a held-out half: {r.momentum_gap[0]:.3g} of the output "
+                f"scale at this momentum, {r.momentum_gap[1]:.3g} at 0.1"
+            )
+        causes = [replace(causes[0], evidence=tuple(evidence))]
     if problem in ("stats_updated_in_eval", "stats_unused_in_eval") and r.train_in_eval:
         causes.insert(0, _train_in_eval(r))
     return causes
@@ -481,6 +568,16 @@ def _explain(r: EvalModeResult) -> Explanation:
     header = _PROBLEMS[problem][0]
     found: tuple[str, ...] = getattr(r, problem)
     lines = [f"BatchNorm layers: {names(found)} (of {r.batchnorms} checked)"]
+    if problem == "last_batch_momentum":
+        lines[0] = "BatchNorm layers: " + ", ".join(
+            f"'{n}' (momentum={dict(r.momentum_of)[n]:g})" for n in found
+        )
+        if r.momentum_gap is not None:
+            lines.append(
+                "Eval-vs-train gap on a held-out half of the batch after 20 train forwards: "
+                f"{r.momentum_gap[0]:.3g} of the output scale (at momentum 0.1: "
+                f"{r.momentum_gap[1]:.3g})"
+            )
     if problem == "stats_frozen":
         lines.append(f"With momentum=0: {names(r.zero_momentum) or 'none'}")
         lines.append(f"In eval mode during the train forward: {names(r.eval_in_train) or 'none'}")
@@ -491,6 +588,7 @@ def _explain(r: EvalModeResult) -> Explanation:
             their="its" if len(found) == 1 else "their",
             ignore="ignores" if len(found) == 1 else "ignore",
             have="has" if len(found) == 1 else "have",
+            s_verb="s" if len(found) == 1 else "",
         ),
         lines=lines,
         relax="exempt= [glob, ...] naming the BatchNorm layers that behave so on purpose.",

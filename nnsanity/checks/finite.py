@@ -164,8 +164,8 @@ def _first_in_eval(h: Harness) -> tuple[Stage, str, int, int, str | None] | None
     which train mode hides. (stage, name, count, numel, last finite module) or None."""
     outputs = h.forward()
     count, numel = _bad(tensors_in(outputs))
-    if not count and torch.isfinite(h.loss(outputs)):
-        return None
+    if not count and (not h.has_loss(outputs) or torch.isfinite(h.loss(outputs))):
+        return None  # a detector's loss exists in train mode only: its detections are judged
     watch = _Watch()
     with watch.wrapped(h.model):
         h.forward()

@@ -22,6 +22,7 @@ from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation
 from nnsanity._outputs import Kind, Outputs, unpaired_causes
 from nnsanity._result import CheckResult, diagnosed
+from nnsanity._structures import replace_at, select_output
 
 # The bound "no more confident than random outputs of standard deviation NOISE_STD" is the mean
 # loss of NOISE_DRAWS fixed-seed draws on this batch: 8 x batch-size samples keep its Monte Carlo
@@ -54,6 +55,18 @@ class InitLossResult(CheckResult):
     output_std: float | None  # std of the output
     rtol: float | None
     unpaired: str | None = None  # how the loss fails to pair outputs with their own targets
+    # the loss of the batch with every sample twice (outputs and targets), where it could be
+    # computed: the same for a mean over the samples, twice the loss for a sum (any loss: MSE,
+    # L1, cross-entropy)
+    doubled_loss: float | None = None
+
+    @property
+    def batch_summed(self) -> bool:
+        """The loss doubled with the batch: reduction='sum' (to float32 rounding, 1e-4)."""
+        d, once = self.doubled_loss, self.loss
+        if d is None or not math.isfinite(d) or not math.isfinite(once) or once == 0:
+            return False
+        return math.isclose(d, 2 * once, rel_tol=1e-4)
 
     @property
     def misuse(self) -> str | None:
@@ -65,7 +78,7 @@ class InitLossResult(CheckResult):
             return "negative"
         if self.output_kind == "probabilities" and (self.perfect_loss or 0.0) > FLOOR:
             return "floor"
-        if self.summed_over is not None and self.rtol is None:
+        if (self.summed_over is not None or self.batch_summed) and self.rtol is None:
             return "summed"
         return None
 
@@ -104,6 +117,24 @@ def _references(h: Harness, outputs: Any) -> dict[str, Any] | None:
         "std": float(out.logits.double().std()) if out.logits.numel() > 1 else 0.0,
         "unpaired": out.unpaired(),
     }
+
+
+def _doubled(h: Harness, outputs: Any) -> float | None:
+    """The loss with each sample of the batch twice, outputs and targets alike; None where
+    that cannot be arranged (a model's own loss, targets or outputs without the batch first,
+    an ``output=`` callable) or the loss rejects it."""
+    targets = h.targets
+    if h.self_loss or not isinstance(targets, torch.Tensor) or not targets.dim():
+        return None
+    logits, path = select_output(outputs, h.output)
+    b = targets.shape[0]
+    if path is None or not logits.dim() or logits.shape[0] != b or b != h.batch_size:
+        return None
+    twice = replace_at(outputs, path, torch.cat([logits, logits]))
+    try:
+        return float(h.loss(twice, torch.cat([targets, targets])))
+    except (TypeError, ValueError):
+        return None
 
 
 def _classes(zero_loss: float, logits: torch.Tensor, targets: Any) -> tuple[int | None, int | None]:
@@ -146,6 +177,7 @@ def measure_init_loss(
         loss = float(h.loss(outputs))
         refs = _references(h, outputs)
         logits = h.logits(outputs)
+        doubled = _doubled(h, outputs)
     if refs is None and (expected is None or rtol is None):
         raise ValueError(
             "the default references, the loss of the no-preference output and of random "
@@ -182,6 +214,7 @@ def measure_init_loss(
         output_std=refs["std"] if refs else None,
         rtol=rtol,
         unpaired=refs["unpaired"] if refs else None,
+        doubled_loss=doubled,
     )
     return diagnosed(r, _diagnose)
 
@@ -219,8 +252,10 @@ def assert_init_loss(
     It also fails when output and loss disagree: the loss goes negative for a right prediction
     (probabilities into ``NLLLoss``, or logits into it without ``log_softmax``), a right
     prediction in probabilities cannot bring the loss near 0 (softmax applied twice: probabilities
-    into ``CrossEntropyLoss``), or the reference is m x ln C over the batch's m targets (a loss
-    summed over the batch, ``reduction='sum'``: pass ``rtol`` to accept it).
+    into ``CrossEntropyLoss``), or the loss is summed over the batch (``reduction='sum'``, of
+    any loss: the reference is m x ln C over the batch's m targets, or the batch with each
+    sample twice, outputs and targets alike, has twice the loss where a mean keeps it; pass
+    ``rtol`` to accept it).
 
     It proves the outputs start unconfident on this batch and fit the loss they are fed to. It
     does NOT prove the model can learn, nor that hidden layers are well scaled
@@ -270,11 +305,15 @@ def _diagnose(r: InitLossResult) -> list[Cause]:
         )
         return [twice, sigmoid]  # fmt: skip
     if misuse == "summed":
+        evidence = (
+            f"the no-preference loss is {r.summed_over} x ln {r.n_classes}"
+            if r.summed_over is not None
+            else f"each sample twice doubles the loss: {r.loss:.4g} -> {r.doubled_loss:.4g}"
+        )
         return [
             cause("loss_summed", "reduction='sum': the loss and its gradient grow with the batch "
                   "size, so the learning rate must change with it; use reduction='mean'",
-                  MEASURED, evidence=(f"the no-preference loss is {r.summed_over} x ln "
-                                      f"{r.n_classes}",)),
+                  MEASURED, evidence=(evidence,)),
         ]  # fmt: skip
     if r.loss < r.lower:
         return [
@@ -327,7 +366,10 @@ def _explain(r: InitLossResult) -> Explanation:
             header="The loss is summed over the batch!",
             lines=[
                 f"Loss of the no-preference output: {r.zero_output_loss:.4g} = {r.summed_over} x "
-                f"ln {r.n_classes} (ln {r.n_classes} per target expected)",
+                f"ln {r.n_classes} (ln {r.n_classes} per target expected)"
+                if r.summed_over is not None
+                else f"Loss: {r.loss:.4g}; with each sample twice: {r.doubled_loss:.4g} "
+                "(the same expected of a mean over the samples)",
             ],
             relax="expected= and rtol= to accept a summed loss.",
         )

@@ -144,7 +144,7 @@ def _losses(hb: Harness, permuted: list[Harness]) -> list[float]:
             values = []
             for hx in [hb, *permuted]:
                 seed_torch(hb.seed)
-                values.append(float(hx.loss(hx.forward())))
+                values.append(float(hx.loss(hx.loss_forward())))
             return values
         seed_torch(hb.seed)
         outputs = hb.forward()

@@ -28,9 +28,9 @@ from nnsanity._arguments import (
 )
 from nnsanity._diagnosis import CONSISTENT, CONTRADICTED, GENERIC, MEASURED, Cause
 from nnsanity._forensics import StepForensics
-from nnsanity._harness import Harness
+from nnsanity._harness import Harness, is_loss_dict
 from nnsanity._messages import Explanation, Msg, fail, unpaired_explanation, up_to
-from nnsanity._outputs import Outputs, conflicting_labels, unpaired_causes
+from nnsanity._outputs import conflicting_labels, read_outputs, unpaired_causes
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import preserved_module
 from nnsanity.seeding import preserved_rng
@@ -112,7 +112,9 @@ def _references(h: Harness) -> tuple[float | None, float | None, str | None, str
     """The no-preference loss, the floor, how the loss fails to pair outputs and targets, and
     the output's kind; the forward pass runs with the model and RNGs restored afterwards."""
     with preserved_module(h.model), preserved_rng(), torch.no_grad():
-        out = Outputs(h, h.forward())
+        out = read_outputs(h, h.forward())
+        if out is None:  # a dict of losses: plain values, no outputs in their place
+            return None, None, None, "logits"
         if not out.logits.is_floating_point():
             return None, None, None, out.kind
         zero = out.loss_at(torch.zeros_like(out.logits))
@@ -183,7 +185,8 @@ def measure_overfit(
                 if k >= MIN_STEPS and _out_of_reach(trace, goal, max_steps):
                     stopped = "out of reach"
         with preserved_module(h.model), torch.no_grad():
-            accuracy = _accuracy(h.logits(h.forward()), h.targets)
+            outputs = h.forward()
+            accuracy = None if is_loss_dict(outputs) else _accuracy(h.logits(outputs), h.targets)
         forensics = h.forensics()
     finite = [v for v in trace if math.isfinite(v)]
     r = OverfitResult(

@@ -7,11 +7,12 @@ a layer frozen or detached by mistake, dead ReLU units, a step that never update
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import inspect
 import math
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -190,6 +191,57 @@ def _dead_units(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
+@contextlib.contextmanager
+def _activity(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Per Linear/Conv layer, which units' outputs are positive somewhere in the forward passes
+    run inside (read after a normalisation layer that takes the output directly, as in conv ->
+    BatchNorm -> ReLU), filled in on exit. A ReLU passes such a unit, so a zero gradient there
+    is no dead ReLU: the loss reads other outputs (a detector's box regression scores only the
+    anchors matched to a box, and the 4 coordinates of the target class)."""
+    seen: dict[int, tuple[str, int, torch.Tensor]] = {}  # output id -> (layer, unit dim, value)
+    calls: list[tuple[str, int, torch.Tensor]] = []
+    names = {m: n or type(m).__name__ for n, m in model.named_modules()}
+
+    def layer(module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim():
+            dim = -1 if isinstance(module, torch.nn.Linear) or out.dim() == 1 else 1
+            seen[id(out)] = (names[module], dim, out.detach())
+            calls.append(seen[id(out)])
+
+    def norm(module: torch.nn.Module, args: Any, out: Any) -> None:
+        found = seen.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+        if found is not None and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
+            calls.append((found[0], found[1], out.detach()))
+
+    handles = [
+        m.register_forward_hook(layer if isinstance(m, _UNIT_LAYERS + _TRANSPOSED) else norm)
+        for m in model.modules()
+        if isinstance(m, _UNIT_LAYERS + _TRANSPOSED) or "Norm" in type(m).__name__
+    ]
+    active: dict[str, torch.Tensor] = {}
+    try:
+        yield active
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, dim, out in calls:
+            positive = (out.movedim(dim, 0).reshape(out.shape[dim], -1) > 0).any(1)
+            if name in active and active[name].shape == positive.shape:
+                active[name] |= positive
+            elif name not in active:
+                active[name] = positive
+
+
+def _without_active(
+    dead: dict[str, torch.Tensor], active: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``dead`` less the units ``_activity`` saw active: only those a ReLU blocks stay."""
+    return {
+        n: z & ~active[n] if n in active and active[n].shape == z.shape else z
+        for n, z in dead.items()
+    }
+
+
 def measure_params_update(
     model: torch.nn.Module,
     batch: Any,
@@ -219,10 +271,11 @@ def measure_params_update(
         trainable = [n for n, p in params.items() if p.requires_grad]
         judged = [n for n in trainable if n not in kept]
         before = {n: p.detach().clone() for n, p in params.items()}
-        loss = h.backward()
+        with _activity(h.model) as active:
+            loss = h.backward()
         grads = {n: g for n in trainable if (g := params[n].grad) is not None}
         nonzero = {n for n, g in grads.items() if bool(g.any())}
-        dead = _dead_units(h.model)
+        dead = _without_active(_dead_units(h.model), active)
         run = h.stepper()
         buffers = {
             n: b for n, b in h.model.named_buffers() if any(fnmatchcase(n, pat) for pat in patterns)
@@ -250,9 +303,10 @@ def measure_params_update(
             finite = all(bool(torch.isfinite(p).all()) for p in params.values())
             if taken == steps or not waiting or len(grads) < len(trainable) or not finite:
                 break
-            h.backward()
+            with _activity(h.model) as active:
+                h.backward()
             nonzero |= {n for n in grads if (g := params[n].grad) is not None and bool(g.any())}
-            for name, zero in _dead_units(h.model).items():
+            for name, zero in _without_active(_dead_units(h.model), active).items():
                 if name in dead:
                     dead[name] &= zero
         after = {n: p.detach() for n, p in params.items()}
@@ -385,7 +439,7 @@ def _alive_without_dropout(
             for p in h.model.parameters():
                 p.grad = None
             seed_torch(h.seed)
-            h.graph_loss(h.forward()).backward()
+            h.graph_loss(h.loss_forward()).backward()
         params = dict(h.model.named_parameters())
         live = {n for n in zero if (g := params[n].grad) is not None and bool(g.any())}
     for name, count, _ in dead:
@@ -424,7 +478,10 @@ def assert_params_update(
     ``step(batch) -> loss`` to come alive: a zero-initialised branch (timm's ``zero_init_last``
     residual blocks, a gate initialised at 0) passes its gradient on after the first update, one
     level of zero-init per step. After them it fails when a parameter's gradient was zero at
-    every step, when over ``max_dead_fraction`` of a layer's units stayed dead (dead ReLUs), or
+    every step, when over ``max_dead_fraction`` of a layer's units stayed dead (dead ReLUs:
+    zero gradient and an output <= 0 on the whole batch, read after a BatchNorm/LayerNorm that
+    takes it directly; a unit with positive outputs yet no gradient is one the loss does not
+    read, as a detector's box regression scores only the anchors matched to a box), or
     when the steps left a trainable parameter unchanged, changed a frozen one, or made one
     non-finite. With your ``step``, the buffers that ``frozen`` matches (a frozen backbone's
     BatchNorm ``running_mean``/``running_var``) must come out of one step unchanged too:

@@ -34,7 +34,7 @@ from nnsanity._diagnosis import CONTRADICTED, GENERIC, MEASURED, Cause
 from nnsanity._forensics import StepForensics
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail, unpaired_explanation
-from nnsanity._outputs import Outputs, unpaired_causes
+from nnsanity._outputs import read_outputs, unpaired_causes
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity._state import autograd, preserved_module
 from nnsanity._training import NOISE_FACTOR, required_change, train
@@ -70,8 +70,8 @@ class UsesInputsResult(CheckResult):
 
 def _baseline(h: Harness) -> tuple[float | None, str | None]:
     with preserved_module(h.model), preserved_rng(), torch.no_grad():
-        out = Outputs(h, h.forward())
-        if not out.logits.is_floating_point():
+        out = read_outputs(h, h.forward())
+        if out is None or not out.logits.is_floating_point():
             return None, None
         return out.baseline_loss(), out.unpaired()
 

@@ -176,3 +176,108 @@ def test_checks_leave_global_state_and_the_model_as_they_found_them(model_factor
     assert_restores(lambda: check(model), model)
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_seq2seq_decoder_without_batch_first_is_caught_through_its_target_tokens():
+    import architectures as A
+
+    torch.manual_seed(0)
+    buggy = A.GRUSeq2Seq(batch_first=False)  # only tgt_in, the tuple's second tensor, mixes
+    with pytest.raises(SanityError, match=r"combines samples|across the batch"):
+        assert_batch_independence(buggy, A._translation_pairs())
+    assert_batch_independence(A._gru_seq2seq(), A._translation_pairs())
+
+
+def test_in_a_tuple_2d_token_ids_are_data_and_lengths_masks_positions_structure():
+    from nnsanity._structures import roles
+
+    ids = torch.randint(3, 20, (4, 6))
+    lengths, mask = torch.tensor([6, 4, 5, 2]), (torch.arange(6) < 4).long().expand(4, 6)
+    positions = torch.arange(6).expand(4, 6)
+    got = roles((ids, ids.clone(), lengths, mask, positions))
+    assert list(got.values()) == ["data", "data", "structure", "structure", "structure"]
+
+
+class BatchCentredGCN(nn.Module):
+    """Planted bug: the node features centred on the mean over the whole batch of graphs (a
+    graph norm meant per graph), so every graph's logits move with the others'."""
+
+    def __init__(self):
+        super().__init__()
+        import architectures as A
+
+        torch.manual_seed(0)
+        self.gcn = A.GCN()
+
+    def forward(self, x, edge_index, batch):
+        return self.gcn(x - x.mean(0), edge_index, batch)
+
+
+def test_a_graph_batch_is_judged_graph_by_graph_and_its_edges_never_change():
+    import architectures as A
+
+    inputs, y = A._graph_batch()
+    seen = []
+    model = A._gcn()
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["edge_index"]), with_kwargs=True
+    )
+    r = assert_batch_independence(model, (inputs, y))
+    assert r.batch_size == 8 and r.sample_index == "inputs['batch']" and r.method == "perturbation"
+    assert len(seen) > 1 and all(torch.equal(e, inputs["edge_index"]) for e in seen)
+    for sample_index in (None, "batch", inputs["batch"]):
+        with pytest.raises(SanityError, match=r"combines samples|depend"):
+            assert_batch_independence(BatchCentredGCN(), (inputs, y), sample_index=sample_index)
+
+
+def test_a_node_level_output_is_compared_per_graph():
+    import architectures as A
+
+    inputs, _ = A._graph_batch()
+
+    class NodeTagger(nn.Module):
+        def __init__(self, centre):
+            super().__init__()
+            self.centre, self.lin = centre, nn.Linear(8, 3)
+
+        def forward(self, x, edge_index, batch):
+            return self.lin(x - x.mean(0) if self.centre else x)  # (N, 3): one row per node
+
+    assert_batch_independence(NodeTagger(False), (inputs, None))
+    with pytest.raises(SanityError):
+        assert_batch_independence(NodeTagger(True), (inputs, None))
+
+
+def test_sample_index_misuse_is_a_clear_error():
+    import architectures as A
+
+    inputs, y = A._graph_batch()
+    with pytest.raises(ValueError, match=r"sample_index='graph' names no tensor.*'batch'"):
+        assert_batch_independence(A._gcn(), (inputs, y), sample_index="graph")
+    with pytest.raises(TypeError, match="1-D integer tensor"):
+        assert_batch_independence(A._gcn(), (inputs, y), sample_index=inputs["x"])
+    with pytest.raises(ValueError, match=r"number the graphs 0, 1"):
+        assert_batch_independence(A._gcn(), (inputs, y), sample_index=inputs["batch"] + 1)
+
+
+def test_a_graph_batch_whose_ids_have_another_name_says_to_pass_sample_index():
+    import architectures as A
+
+    inputs, y = A._graph_batch()
+
+    class Renamed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gcn = A._gcn()
+
+        def forward(self, x, edge_index, graph_of_node):
+            return self.gcn(x, edge_index, graph_of_node)
+
+    renamed = {
+        "x": inputs["x"],
+        "edge_index": inputs["edge_index"],
+        "graph_of_node": inputs["batch"],
+    }
+    with pytest.raises(ValueError, match=r"no model output has size 58.*pass sample_index="):
+        assert_batch_independence(Renamed(), (renamed, y))
+    assert_batch_independence(Renamed(), (renamed, y), sample_index="graph_of_node")

@@ -257,3 +257,31 @@ def test_leaves_model_and_global_state_unchanged_even_when_it_fails(build):
 def test_results_are_the_same_run_after_run():
     first = measure_eval_mode(with_block("bug"), BATCH)
     assert measure_eval_mode(with_block("bug"), BATCH) == first
+
+
+def _bn_cnn(momentum):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=momentum), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 14 * 14, 4),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.9, 0.5])
+def test_batchnorm_momentum_in_tensorflows_convention_fails_naming_the_layer(momentum):
+    batch = (torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,)))
+    with pytest.raises(
+        SanityError,
+        match=r"(?s)1 BatchNorm layer keeps only the last batch's running statistics.*"
+        rf"'1' \(momentum={momentum:g}\).*Eval-vs-train gap.*"
+        r"1\. BatchNorm momentum in TensorFlow's convention",
+    ) as e:
+        assert_eval_mode(_bn_cnn(momentum), batch)
+    r = e.value.result
+    assert r.last_batch_momentum == ("1",) and r.momentum_gap is not None
+
+
+def test_batchnorm_with_pytorchs_momentum_passes():
+    batch = (torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,)))
+    r = assert_eval_mode(_bn_cnn(0.1), batch)
+    assert r.last_batch_momentum == () and r.momentum_gap is None

@@ -191,3 +191,22 @@ def test_the_check_works_in_float64():
     model, (x, y), loss_fn = healthy("mlp")
     r = assert_init_loss(model.double(), (x.double(), y), loss_fn)
     assert r.ln_classes == pytest.approx(math.log(10))
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        nn.MSELoss(reduction="sum"),
+        nn.L1Loss(reduction="sum"),
+        lambda z, y: F.smooth_l1_loss(z, y, reduction="sum"),
+    ],
+    ids=["mse", "l1", "smooth_l1"],
+)
+def test_a_regression_loss_summed_over_the_batch_fails_and_its_mean_passes(loss_fn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 1))
+    x, y = torch.randn(16, 20), torch.randn(16, 1)
+    with pytest.raises(SanityError, match=r"(?s)summed over the batch!.*each sample twice"):
+        assert_init_loss(model, (x, y), loss_fn)
+    r = assert_init_loss(model, (x, y), F.mse_loss)
+    assert r.doubled_loss == pytest.approx(r.loss)

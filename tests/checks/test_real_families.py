@@ -150,3 +150,17 @@ def test_clip_without_return_loss_says_it_returned_no_loss_and_has_no_labels():
     batch.pop("return_loss")
     with pytest.raises(ValueError, match=r"returned no loss.*the batch holds none of"):
         nnsanity.assert_loss_decreases(model, batch)
+
+
+# -- SegFormer: a learning rate 1000x too high --------------------------------------------------
+
+
+def test_segformer_with_a_learning_rate_1000x_too_high_is_unstable_within_the_default_steps():
+    model, batch = _built("segformer")
+    nnsanity.assert_loss_stable(model, batch)
+    too_high = 1000 * 3e-4  # the check's default Adam lr, times 1000
+    with pytest.raises(SanityError) as e:
+        nnsanity.assert_loss_stable(
+            model, batch, optimizer=lambda p: torch.optim.Adam(p, lr=too_high)
+        )
+    assert e.value.result.first_over is not None and e.value.result.first_over < 5

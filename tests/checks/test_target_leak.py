@@ -213,3 +213,25 @@ def test_sequences_that_repeat_are_no_leak_when_the_model_reads_the_past():
     # period 2: the token at t - 2 equals the token at t, which a causal LM legitimately reads
     x = torch.tensor([[3, 5] * 6, [7, 1] * 6, [2, 9] * 6, [4, 4, 8, 8] * 3])
     assert measure_target_leak(zoo.TinyCausalLM(vocab=V), (x, x), shifted).passed
+
+
+@pytest.mark.parametrize("head", ["logit", "probability"])
+def test_a_binary_label_left_among_the_features_fails(head):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 6, generator=g)
+    y = torch.randint(0, 2, (32,), generator=g).float()
+    x[:, 2] = y
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    if head == "logit":
+        model, loss_fn = net, lambda z, t: F.binary_cross_entropy_with_logits(z.squeeze(1), t)
+    else:
+        model, loss_fn = (
+            nn.Sequential(net, nn.Sigmoid()),
+            lambda p, t: F.binary_cross_entropy(p.squeeze(1), t),
+        )
+    with pytest.raises(SanityError) as e:
+        assert_no_target_leak(model, (x, y), loss_fn)
+    assert first_cause(e).id == "target_in_features" and e.value.result.offset == 2
+    x[:, 2] = torch.randn(32, generator=g)  # the healthy twin: the label column dropped
+    assert measure_target_leak(model, (x, y), loss_fn).passed
