@@ -104,6 +104,19 @@ def _chance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((pa * pb).sum())
 
 
+def _determined(column: torch.Tensor, classes: torch.Tensor) -> float:
+    """How far a feature column is a function of the class that tells the classes apart: the
+    fraction of samples holding their class's most common value of the column, where those
+    values differ between classes (else 0). The label itself, standardised or one-hot, gives 1;
+    a continuous feature, whose values are all distinct, about (classes / samples)."""
+    modes, held = [], 0
+    for c in classes.unique():
+        values, counts = column[classes == c].unique(return_counts=True)
+        modes.append(float(values[counts.argmax()]))
+        held += int(counts.max())
+    return held / len(classes) if len(set(modes)) == len(modes) else 0.0
+
+
 def _kappa(agreement: float, chance: float) -> float:
     return (agreement - chance) / (1 - chance)
 
@@ -140,12 +153,12 @@ def _candidates(
             want = cls[scored].to(x.device)
             if want.unique().numel() < 2:
                 continue  # one class in the batch: any constant column would "hold" it
+            want = want.cpu()
+            shuffled = want[torch.randperm(len(want), generator=torch.Generator().manual_seed(0))]
             for j in range(x.shape[1]):
-                held = x[:, j][scored.to(x.device)]
-                agree = float((held.double() == want.double()).double().mean())
-                found.append(
-                    (path, x, is_label, j, agree, _chance(held.cpu().double(), want.cpu().double()))
-                )
+                held = x[:, j][scored.to(x.device)].detach().cpu().double()
+                agree = _determined(held, want)
+                found.append((path, x, is_label, j, agree, _determined(held, shuffled)))
     return sorted(
         (c for c in found if c[4] >= _AGREEMENT and c[5] < 1 and _kappa(c[4], c[5]) >= _KAPPA),
         key=lambda c: -c[4],
@@ -185,6 +198,7 @@ class Leak:
     agreement: float | None = None
     chance: float | None = None
     scored: int = 0
+    scored_fraction: float = 0.0  # of the output positions (a masked LM scores ~15%)
     positions: tuple[int, ...] = ()
     changes: tuple[float, ...] = ()
 
@@ -266,6 +280,7 @@ def measure_leak(h: Harness, bound: float) -> Leak:
         agreement=agree,
         chance=chance,
         scored=int(scored.sum()),
+        scored_fraction=float(scored.double().mean()),
         positions=positions,
         changes=moved_by,
     )

@@ -27,6 +27,8 @@ LABEL_KEYS = (
     "end_positions",
     "next_sentence_label",
     "mc_labels",
+    "targets",  # nanoGPT's and minGPT's name: model(idx, targets)
+    "target",
 )
 # Words in an input's name that make it structure (a mask, lengths, positions, segment or type
 # ids, a cache): it says how to read the data, so a check that perturbs data keeps it as it is.

@@ -32,7 +32,7 @@ CATEGORIES: dict[Category, str] = {
 # a forward that takes the targets). holdout: a second batch of the same distribution.
 # padding: padded positions in the batch, or the suite's padding=. step: the check trains,
 # with the suite's optimizer and step when it has them. sequence: an autoregressive model.
-Need = Literal["loss", "holdout", "padding", "step", "sequence"]
+Need = Literal["loss", "holdout", "padding", "step", "sequence", "per_position"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +169,32 @@ def _needs_padding(s: Subject) -> str | None:
     return None
 
 
+def _needs_per_position(s: Subject) -> str | None:
+    """A loss over padded positions needs a prediction per position: a sequence classifier's
+    (B, C) output has no padded targets to mask."""
+    import torch
+
+    from nnsanity._harness import Harness
+    from nnsanity._padding import check_padding, find_padding, position_dim, target_padding
+
+    try:
+        h = Harness(s.model, s.batch, s.loss_fn, seed=0)
+        with h.isolated(train=False), torch.no_grad():
+            pad = target_padding(h, check_padding(s.padding)) or find_padding(
+                h, check_padding(s.padding), readers=False
+            )
+            shape = h.logits(h.forward()).shape
+    except (TypeError, ValueError):
+        return None  # the check itself says what is wrong
+    if position_dim(shape, *pad.shape) is None:
+        return (
+            f"a prediction per position: the output judged has shape {tuple(shape)}, with no "
+            f"position dim of the padding's {tuple(pad.shape)} (a sequence classifier's loss "
+            "has no padded targets)"
+        )
+    return None
+
+
 def autoregressive(model: Any) -> bool | None:
     """True for a Hugging Face decoder-only language model, False for another Hugging Face
     model, None when the model does not say (a plain ``nn.Module``)."""
@@ -196,6 +222,7 @@ _PREDICATES: dict[Need, Callable[[Subject], str | None]] = {
     "holdout": _needs_holdout,
     "padding": _needs_padding,
     "sequence": _needs_sequence,
+    "per_position": _needs_per_position,
 }
 
 
@@ -261,7 +288,7 @@ CATALOGUE: tuple[Check, ...] = (
         "uses_order", "order_sensitivity", "wiring", "sequence", custom_arguments=_causal_arguments
     ),
     _check("ignores_padding", "padding_invariance", "wiring", "padding"),
-    _check("loss_masks_padding", "loss_masking", "wiring", "loss", "padding"),
+    _check("loss_masks_padding", "loss_masking", "wiring", "loss", "padding", "per_position"),
     _check("eval_mode", "eval_mode", "wiring"),
     _check("params_registered", "params_registered", "wiring", "loss", "step"),
     _check("params_update", "params_update", "one step", "loss", "step"),

@@ -524,8 +524,12 @@ class TrainingMonitor:
                 for n, m in self.model.named_modules()
                 if isinstance(m, UNIT_LAYERS) and not isinstance(m, TRANSPOSED)
             ]
+            # a Parameter only: a weight-normed layer's weight is computed at each access (no
+            # .grad of its own; its original0/original1 are the parameters)
             self._unit_weights = [
-                (n, w) for n, w in layers[:-1] if isinstance(w, torch.Tensor) and w.requires_grad
+                (n, w)
+                for n, w in layers[:-1]
+                if isinstance(w, torch.nn.Parameter) and w.requires_grad
             ]
         return self._unit_weights
 

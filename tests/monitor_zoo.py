@@ -46,7 +46,8 @@ def loss_of(arch: architectures.Arch, model: torch.nn.Module, batch: Any) -> tor
     if arch.loss_fn is None:  # a Hugging Face model computing its own loss from the labels
         return model(**batch).loss
     inputs, targets = batch
-    return arch.loss_fn(model(inputs), targets)
+    outputs = model(**inputs) if isinstance(inputs, dict) else model(inputs)  # a graph's parts
+    return arch.loss_fn(outputs, targets)
 
 
 def healthy_run(

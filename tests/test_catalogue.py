@@ -204,3 +204,19 @@ def test_the_causal_inputs_drop_the_labels_and_the_reproducible_forward_restores
     first = forward()
     assert not model.training
     assert not torch.equal(first, forward()), "dropout on: two calls draw different masks"
+
+
+def test_the_loss_masking_check_skips_a_padded_sequence_classifier_and_applies_to_a_tagger():
+    from architectures import ZOO
+
+    check = BY_NAME["loss_masks_padding"]
+    bert = ZOO["bert_classifier"]  # a padded batch, one (B, 3) prediction per sequence
+    reason = check.applies(Subject(bert.build(), bert.batch()))
+    assert reason is not None and "a prediction per position" in reason
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 9, (4, 6), generator=g)
+    ids[1:, 4:] = 0
+    tagger = torch.nn.Sequential(torch.nn.Embedding(9, 8, padding_idx=0), torch.nn.Linear(8, 3))
+    tags = torch.randint(0, 3, (4, 6), generator=g)
+    loss = lambda z, y: F.cross_entropy(z.transpose(1, 2), y)  # noqa: E731
+    assert check.applies(Subject(tagger, (ids, tags), loss_fn=loss)) is None

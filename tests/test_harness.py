@@ -439,8 +439,10 @@ def test_a_hidden_state_carried_on_the_module_is_named_as_the_first_cause(check)
     assert twin.passed and twin.carried_state == ()
 
 
+# (not loss_stable: its evaluation with dropout off between steps runs under no_grad, so the
+# state it leaves carries no graph and no backward meets an old one)
 @pytest.mark.parametrize(
-    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "loss_stable"]
+    "check", ["loss_decreases", "can_overfit", "params_update", "uses_inputs", "no_dying_units"]
 )
 def test_a_carried_state_never_detached_is_a_clear_error_naming_it(check):
     batch, assert_check = recipes.gpt_batch(), getattr(nnsanity, f"assert_{check}")

@@ -57,6 +57,7 @@ class TargetLeakResult(CheckResult):
     agreement: float | None = None
     chance: float | None = None  # agreement of two independent draws with the same frequencies
     scored: int = 0  # outputs the loss scores (non-zero gradient)
+    scored_fraction: float = 0.0  # of all output positions
     positions: tuple[int, ...] = ()
     changes: tuple[float, ...] = ()
     loss_is_model_own: bool = False  # the model computes its loss (loss_fn=None)
@@ -177,6 +178,19 @@ def _diagnose(r: TargetLeakResult) -> list[Cause]:
         ))  # fmt: skip
         return causes
     decoder = "decoder" in src.lower()
+    # a loss that scores a minority of the positions at the very positions that hold their
+    # targets is a masked LM's: the inputs there should be masked, not the targets shifted
+    masked_lm = d == 0 and r.scored_fraction < 0.5
+    if masked_lm:
+        causes.append(Cause(
+            id="target_not_masked",
+            summary=f"the loss scores {r.scored_fraction:.0%} of the positions, and {src} still "
+            "holds the token to predict at each of them: the masked positions were not masked "
+            "in the inputs",
+            remedy="replace the inputs where labels != -100 by the mask token (as transformers' "
+            "DataCollatorForLanguageModeling does: 80% [MASK], 10% random, 10% unchanged)",
+            evidence=evidence, where=src, support=MEASURED,
+        ))  # fmt: skip
     if decoder and d == 0:
         causes.append(Cause(
             id="decoder_inputs_not_shifted",
@@ -196,7 +210,8 @@ def _diagnose(r: TargetLeakResult) -> list[Cause]:
             f"reads at t ({shift}): it learns to copy",
             remedy="score the logits at t against token t + 1: "
             "loss(logits[:, :-1], targets[:, 1:])",
-            evidence=evidence, where=at, support=CONSISTENT if decoder else MEASURED,
+            evidence=evidence, where=at,
+            support=CONSISTENT if decoder or masked_lm else MEASURED,
         ))  # fmt: skip
     else:
         causes.append(Cause(

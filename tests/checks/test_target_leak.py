@@ -235,3 +235,46 @@ def test_a_binary_label_left_among_the_features_fails(head):
     assert first_cause(e).id == "target_in_features" and e.value.result.offset == 2
     x[:, 2] = torch.randn(32, generator=g)  # the healthy twin: the label column dropped
     assert measure_target_leak(model, (x, y), loss_fn).passed
+
+
+def _bert_mlm_batch(mask_inputs: bool):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 96, (4, 16), generator=g)
+    chosen = torch.rand(4, 16, generator=g) < 0.15
+    chosen[:, 3] = True  # every row has masked positions
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    inputs = ids.masked_fill(chosen, 4) if mask_inputs else ids  # 4: the [MASK] id
+    return {"input_ids": inputs, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def _bert_mlm():
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    return transformers.BertForMaskedLM(config)
+
+
+def test_a_masked_lm_whose_inputs_were_not_masked_fails_naming_the_mask_not_the_shift():
+    with pytest.raises(SanityError) as e:
+        assert_no_target_leak(_bert_mlm(), _bert_mlm_batch(mask_inputs=False))
+    assert first_cause(e).id == "target_not_masked"
+    assert measure_target_leak(_bert_mlm(), _bert_mlm_batch(mask_inputs=True)).passed
+
+
+def test_a_label_column_standardised_with_the_other_features_still_fails():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    x[:, 1] = y.float()
+    x = (x - x.mean(0)) / x.std(0)  # a pipeline's standardisation, label column included
+    model = zoo.mlp(d_in=6)
+    model[-1] = nn.Linear(model[-1].in_features, 3)
+    with pytest.raises(SanityError) as e:
+        assert_no_target_leak(model, (x, y), F.cross_entropy)
+    assert first_cause(e).id == "target_in_features" and e.value.result.offset == 1
+    x[:, 1] = torch.randn(64, generator=g)  # the healthy twin
+    assert measure_target_leak(model, (x, y), F.cross_entropy).passed
