@@ -76,7 +76,7 @@ class LayerUpdate:
     """One weight matrix's step."""
 
     name: str  # the parameter's name
-    ratio: float  # ||W_after - W_before|| / ||W_before|| (Frobenius norms)
+    ratio: float  # ||W_after - W_before|| / ||W_before|| (Frobenius; an embedding: rows moved)
     weight_rms: float  # RMS of W before the step
     update_rms: float  # RMS of W_after - W_before
     run_ratio: float | None = None  # the largest ||W_k - W_0|| / ||W_0|| over the run (k <= 10)
@@ -139,6 +139,20 @@ def _near_zero(w: torch.Tensor) -> bool:
     return rms < NEAR_ZERO / math.sqrt(fan_in)
 
 
+def _moved(w: torch.Tensor, w0: torch.Tensor, table: bool) -> tuple[float, float, int]:
+    """(||W - W0||, ||W0||, elements judged); for an embedding table over the rows that moved
+    only: the rows a batch looks up are the ones its step updates, so the whole table's ratio
+    would depend on the vocabulary (a 50-token vocabulary moves all its rows, a 50,000-token
+    one a few)."""
+    delta = w.detach().double() - w0.double()
+    rows = w0.double()
+    if table and delta.dim() == 2:
+        touched = (delta != 0).any(1)
+        if bool(touched.any()):
+            delta, rows = delta[touched], rows[touched]
+    return float(delta.norm()), float(rows.norm()), rows.numel()
+
+
 def measure_update_ratio(
     model: torch.nn.Module,
     batch: Any,
@@ -165,17 +179,19 @@ def measure_update_ratio(
         run = h.stepper()
         loss = run()
         layers = []
+        tables = {
+            f"{m}.weight" if m else "weight"
+            for m, mod in h.model.named_modules()
+            if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+        }
         for n, w0 in before.items():
-            w0 = w0.double()
-            delta = weights[n].detach().double() - w0
-            norm = float(w0.norm())
-            change = float(delta.norm())
+            change, norm, count = _moved(weights[n], w0, n in tables)
             layers.append(
                 LayerUpdate(
                     name=n,
                     ratio=change / norm if math.isfinite(change) else math.inf,
-                    weight_rms=norm / math.sqrt(w0.numel()),
-                    update_rms=change / math.sqrt(w0.numel()),
+                    weight_rms=norm / math.sqrt(count),
+                    update_rms=change / math.sqrt(count),
                 )
             )
         run_steps = 0
@@ -187,8 +203,8 @@ def measure_update_ratio(
             run()
             run_steps += 1
             for n in over:
-                moved = float((weights[n].detach().double() - before[n].double()).norm())
-                farthest[n] = max(farthest[n], moved / float(before[n].double().norm()))
+                moved, norm, _ = _moved(weights[n], before[n], n in tables)
+                farthest[n] = max(farthest[n], moved / norm)
             if any(not math.isfinite(v) for v in farthest.values()) or all(
                 v > RUN_STEPS * max_ratio for v in farthest.values()
             ):
@@ -231,19 +247,22 @@ def assert_update_ratio(
 
     One step of ``optimizer`` (default Adam 3e-4) or of your ``step(batch) -> loss`` on the
     batch; for every trainable weight matrix (dim >= 2: Linear, Conv, Embedding, LSTM and
-    attention weights, position tables; not biases or norm gains) the
-    ratio ||W_after - W_before|| / ||W_before|| must be at most ``max_ratio``. Matrices that start
-    at or near zero (RMS below a hundredth of 1/sqrt(fan_in)) are listed in ``near_zero`` and not
-    judged: their relative change is unbounded whatever the learning rate. A matrix over the
+    attention weights, position tables; not biases or norm gains) the ratio ||W_after -
+    W_before|| / ||W_before|| must be at most ``max_ratio``. Matrices that start at or near zero
+    (RMS below a hundredth of 1/sqrt(fan_in)) are listed in ``near_zero`` and not judged: their
+    relative change is unbounded whatever the learning rate. An embedding table
+    (``nn.Embedding``, ``nn.EmbeddingBag``) is judged on the rows the step moved: the whole
+    table's ratio would shrink with the share of the vocabulary a batch looks up, and a 50-token
+    vocabulary would be held to a stricter bound than a 50,000-token one. A matrix over the
     bound is then judged by what the bound stands for: the check takes up to ``RUN_STEPS`` (10)
     steps in all, and fails it only if it moved farther than ``10 x max_ratio`` (its own norm)
-    from where it started. The first step of Adam, Adagrad, RMSprop and Adadelta is a sign
-    step of one size for every weight (Adadelta's: lr x sqrt(eps / (1 - rho)) = 3.2e-3 at lr
-    1.0, as its accumulated update starts at zero), which on a wide layer at PyTorch's default
-    init (pytorch/examples' MNIST CNN: 9216 inputs, RMS 0.006) is 15-20% of its norm at lr 1.0
-    for Adadelta and 1e-3 for Adam; those recipes then move it 0.50-0.70 of its norm in 10
-    steps and train to 99%, while a learning rate 100x too high passes 1.0 within 4 steps on
-    every zoo model. A model whose first step stays under the bound takes one step only.
+    from where it started. The first step of Adam, Adagrad, RMSprop and Adadelta is a sign step
+    of one size for every weight (Adadelta's: lr x sqrt(eps / (1 - rho)) = 3.2e-3 at lr 1.0, as
+    its accumulated update starts at zero), which on a wide layer at PyTorch's default init
+    (pytorch/examples' MNIST CNN: 9216 inputs, RMS 0.006) is 15-20% of its norm at lr 1.0 for
+    Adadelta and 1e-3 for Adam; those recipes then move it 0.50-0.70 of its norm in 10 steps and
+    train to 99%, while a learning rate 100x too high passes 1.0 within 4 steps on every zoo
+    model. A model whose first step stays under the bound takes one step only.
 
     The rule is CS231n's update-to-weight ratio of about 1e-3; the bound, 0.1, is 100 times it:
     a step that moves a layer by a tenth of its norm replaces its initialisation within about
