@@ -70,6 +70,10 @@ KINDS = (
 # (a missing zero_grad is there from the start) and after every measured step: one read of one
 # parameter's gradient, when a backward begins after an optimizer step.
 GRAD_CHECK_STEPS = 3
+# A learning rate below this fraction of the run's first one no longer moves float32 weights
+# at the sizes Adam and SGD give (an update under the weights' 2**-23 relative resolution) and
+# is named as a collapsed schedule; a cosine or linear decay's end is reached only at the end.
+COLLAPSED_LR = 1e-6
 
 # The loss history the robust statistics read: the median and the MAD of the last LOSS_WINDOW
 # finite losses (non-finite ones never enter it, so one NaN cannot poison the median). No loss
@@ -235,6 +239,7 @@ class TrainingMonitor:
         self._best_smooth = math.inf
         self._early_norms: list[float] = []
         self._zero_lr = 0
+        self._first_lr: float | None = None  # the first non-zero learning rate seen
         self._skips = 0  # observe() calls in a row with no optimizer step
         self._from_zero: set[str] | None = None  # matrices that started near zero: not judged
         self._metrics: dict[str, float] = {}
@@ -375,6 +380,7 @@ class TrainingMonitor:
             "best_smooth": self._best_smooth,
             "early_norms": list(self._early_norms),
             "zero_lr": self._zero_lr,
+            "first_lr": self._first_lr,
             "skips": self._skips,
             "from_zero": None if self._from_zero is None else sorted(self._from_zero),
             "alive": {k: v.clone() for k, v in self._alive.items()},
@@ -395,6 +401,7 @@ class TrainingMonitor:
             self._best_smooth = float(state["best_smooth"])
             self._early_norms = [float(x) for x in state["early_norms"]]
             self._zero_lr, self._skips = int(state["zero_lr"]), int(state["skips"])
+            self._first_lr = state.get("first_lr")  # absent from states saved before it was kept
             from_zero = state["from_zero"]
             self._from_zero = None if from_zero is None else set(from_zero)
             self._alive = {k: v.clone() for k, v in state["alive"].items()}
@@ -509,6 +516,8 @@ class TrainingMonitor:
         groups = opt.param_groups
         lr = float(groups[0]["lr"])
         self._metrics["lr"] = lr
+        if self._first_lr is None and lr > 0:
+            self._first_lr = lr
         zero = lr == 0 and all(g["lr"] == 0 for g in groups)
         self._zero_lr = self._zero_lr + 1 if zero else 0
         if self._opt_steps % self.every == 0:
@@ -640,12 +649,21 @@ class TrainingMonitor:
                 f"{MAX_RATIO:g} allowed, assert_update_ratio's bound; CS231n's rule of thumb is "
                 "1e-3): the learning rate is too high for these layers",
             )  # fmt: skip
-        if total > 0 and not any(changes) and self._metrics.get("lr", 0.0) > 0:
+        lr = self._metrics.get("lr", 0.0)
+        if total > 0 and not any(changes) and lr > 0:
+            first = self._first_lr or lr
+            why = (
+                f"the learning rate has decayed to {_g(lr)}, {_g(lr / first)} of its first value "
+                f"{_g(first)}, too small to move a float weight: a schedule stepped per batch "
+                "instead of per epoch, or one too short for the run"
+                if lr < COLLAPSED_LR * first
+                else "the optimizer holds other tensors than the model's parameters (built "
+                "before .to(device) or a re-created model)"
+            )
             self._alert(
                 "no_update", step, (), 0.0, 0.0,
                 f"no weight matrix moved in the optimizer step although the gradient norm is "
-                f"{_g(total)}: the optimizer holds other tensors than the model's parameters "
-                "(built before .to(device) or a re-created model), or its lr is 0",
+                f"{_g(total)}: {why}",
             )  # fmt: skip
 
     def _judge_gradient(self, step: int, total: float) -> None:

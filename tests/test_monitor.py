@@ -271,6 +271,15 @@ def test_a_learning_rate_set_to_zero_is_no_update():
     assert (a.kind, a.step) == ("no_update", 151)  # lr 0 on two steps in a row
 
 
+def test_a_schedule_stepped_per_batch_is_named_when_the_weights_stop_moving():
+    def plant(step, model, opt):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.1 ** (step // 10)  # StepLR(step_size=10, gamma=0.1) per batch
+
+    found = [a for a in train(mlp(), 200, plant=plant).alerts if a.kind == "no_update"]
+    assert found and "schedule stepped per batch" in found[0].message
+
+
 def test_gradients_never_zeroed_are_named_at_the_first_step():
     monitor = train(mlp(), 60, zero_grad=False)
     a = first(monitor)
