@@ -250,7 +250,8 @@ class TrainingMonitor:
         # within one step
         self._order: str | None = None  # "before": observe() precedes its optimizer step
         self._stepped = False  # an optimizer step ran since the last observe()
-        self._after_step = False  # an optimizer step ran since the last backward began
+        self._grad_probe: tuple[str, torch.Tensor] | None = None  # (name, parameter)
+        self._grad_hook: Any = None  # the armed one-shot hook's handle
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._pending: tuple[int, float] | None = None  # a non-finite loss to localise
         self._probe: list[Any] = []
@@ -267,21 +268,23 @@ class TrainingMonitor:
             register_optimizer_step_post_hook(self._post_step),
         ]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if named:  # the smallest: a bias, whose gradient costs nothing to read
-            name, probe = min(named, key=lambda item: item[1].numel())
-            self._handles.append(probe.register_hook(self._before_accumulation(name, probe)))
+        # the smallest parameter (a bias), whose gradient costs nothing to read
+        self._grad_probe = min(named, key=lambda item: item[1].numel()) if named else None
         return self
 
-    def _before_accumulation(self, name: str, p: torch.Tensor) -> Any:
-        """A hook on ``p``'s gradient: it runs before autograd adds it to ``p.grad``, which must
-        then be None or zero if an optimizer step came since the last backward."""
+    def _arm_grad_check(self) -> None:
+        """A one-shot hook on the probe's gradient, for the next backward: it runs before
+        autograd adds the new gradient to ``.grad``, which after an optimizer step must be None
+        or zero. Armed only on the steps checked, so other steps pay nothing."""
+        if self._grad_probe is None or self._grad_hook is not None:
+            return
+        name, p = self._grad_probe
 
         def hook(grad: torch.Tensor) -> None:
-            if not self._after_step:
+            if self._grad_hook is None:  # already fired in this backward's pass
                 return
-            self._after_step = False
-            recent = self._opt_steps <= GRAD_CHECK_STEPS or (self._opt_steps - 1) % self.every == 0
-            if recent and p.grad is not None and bool(p.grad.detach().ne(0).any()):
+            self._grad_hook = None
+            if p.grad is not None and bool(p.grad.detach().ne(0).any()):
                 self._alert(
                     "grads_not_zeroed", self.step, (name,), 0.0, 0.0,
                     "a backward began with the previous step's gradient still in .grad: the "
@@ -290,7 +293,7 @@ class TrainingMonitor:
                     "before each backward, or after each optimizer.step()",
                 )  # fmt: skip
 
-        return hook
+        self._grad_hook = p.register_hook(hook)
 
     def __exit__(
         self,
@@ -538,10 +541,11 @@ class TrainingMonitor:
         self._order = self._order or "after"
         step = self.step - 1 if self._order == "before" else self.step
         self._stepped = True
-        self._after_step = True
         phase = self._opt_steps % self.every
         measured = phase == 0
         self._opt_steps += 1
+        if measured or self._opt_steps <= GRAD_CHECK_STEPS:
+            self._arm_grad_check()
         if measured or phase > self.every - DEAD_STEPS:
             self._touch()
         if self._zero_lr >= ZERO_LR_STEPS:
@@ -783,6 +787,9 @@ class TrainingMonitor:
         for h in self._probe:
             h.remove()
         self._probe = []
+        if self._grad_hook is not None:
+            self._grad_hook.remove()
+            self._grad_hook = None
 
     def _localise(self) -> None:
         assert self._pending is not None
