@@ -67,9 +67,9 @@ def table() -> str:
     note = (
         f"Seconds per check with default arguments, one CPU thread, torch {torch.__version__}, "
         f"{cpu}, {when} (`python benchmarks/compatibility.py`, which runs the zoo's suites in "
-        "`tests/checks/test_architectures.py`). n/a: the check does not apply (causality to a "
-        "model that is not autoregressive, batch independence to CLIP's image-text logits, "
-        "init_loss to a detector, whose loss comes without logits)."
+        "`tests/checks/test_architectures.py`). n/a: the check does not apply (causality and word "
+        "order to a model that is not autoregressive, batch independence to CLIP's image-text "
+        "logits, init_loss to a detector, whose loss comes without logits)."
     )
     return "\n".join(rows) + "\n\n" + note
 

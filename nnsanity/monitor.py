@@ -64,7 +64,16 @@ KINDS = (
     "dead_units",
     "clip_not_applied",
     "amp_skips",
+    "grads_not_zeroed",
 )
+# The gradients are checked for having been zeroed on the first GRAD_CHECK_STEPS optimizer steps
+# (a missing zero_grad is there from the start) and after every measured step: one read of one
+# parameter's gradient, when a backward begins after an optimizer step.
+GRAD_CHECK_STEPS = 3
+# A learning rate below this fraction of the run's first one no longer moves float32 weights
+# at the sizes Adam and SGD give (an update under the weights' 2**-23 relative resolution) and
+# is named as a collapsed schedule; a cosine or linear decay's end is reached only at the end.
+COLLAPSED_LR = 1e-6
 
 # The loss history the robust statistics read: the median and the MAD of the last LOSS_WINDOW
 # finite losses (non-finite ones never enter it, so one NaN cannot poison the median). No loss
@@ -230,6 +239,7 @@ class TrainingMonitor:
         self._best_smooth = math.inf
         self._early_norms: list[float] = []
         self._zero_lr = 0
+        self._first_lr: float | None = None  # the first non-zero learning rate seen
         self._skips = 0  # observe() calls in a row with no optimizer step
         self._from_zero: set[str] | None = None  # matrices that started near zero: not judged
         self._metrics: dict[str, float] = {}
@@ -240,6 +250,8 @@ class TrainingMonitor:
         # within one step
         self._order: str | None = None  # "before": observe() precedes its optimizer step
         self._stepped = False  # an optimizer step ran since the last observe()
+        self._grad_probe: tuple[str, torch.Tensor] | None = None  # (name, parameter)
+        self._grad_hook: Any = None  # the armed one-shot hook's handle
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._pending: tuple[int, float] | None = None  # a non-finite loss to localise
         self._probe: list[Any] = []
@@ -255,7 +267,33 @@ class TrainingMonitor:
             register_optimizer_step_pre_hook(self._pre_step),
             register_optimizer_step_post_hook(self._post_step),
         ]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # the smallest parameter (a bias), whose gradient costs nothing to read
+        self._grad_probe = min(named, key=lambda item: item[1].numel()) if named else None
         return self
+
+    def _arm_grad_check(self) -> None:
+        """A one-shot hook on the probe's gradient, for the next backward: it runs before
+        autograd adds the new gradient to ``.grad``, which after an optimizer step must be None
+        or zero. Armed only on the steps checked, so other steps pay nothing."""
+        if self._grad_probe is None or self._grad_hook is not None:
+            return
+        name, p = self._grad_probe
+
+        def hook(grad: torch.Tensor) -> None:
+            if self._grad_hook is None:  # already fired in this backward's pass
+                return
+            self._grad_hook = None
+            if p.grad is not None and bool(p.grad.detach().ne(0).any()):
+                self._alert(
+                    "grads_not_zeroed", self.step, (name,), 0.0, 0.0,
+                    "a backward began with the previous step's gradient still in .grad: the "
+                    "gradients are never zeroed, so each step applies the sum of all past "
+                    "gradients (the loss diverges as the sum grows); call optimizer.zero_grad() "
+                    "before each backward, or after each optimizer.step()",
+                )  # fmt: skip
+
+        self._grad_hook = p.register_hook(hook)
 
     def __exit__(
         self,
@@ -345,6 +383,7 @@ class TrainingMonitor:
             "best_smooth": self._best_smooth,
             "early_norms": list(self._early_norms),
             "zero_lr": self._zero_lr,
+            "first_lr": self._first_lr,
             "skips": self._skips,
             "from_zero": None if self._from_zero is None else sorted(self._from_zero),
             "alive": {k: v.clone() for k, v in self._alive.items()},
@@ -365,6 +404,7 @@ class TrainingMonitor:
             self._best_smooth = float(state["best_smooth"])
             self._early_norms = [float(x) for x in state["early_norms"]]
             self._zero_lr, self._skips = int(state["zero_lr"]), int(state["skips"])
+            self._first_lr = state.get("first_lr")  # absent from states saved before it was kept
             from_zero = state["from_zero"]
             self._from_zero = None if from_zero is None else set(from_zero)
             self._alive = {k: v.clone() for k, v in state["alive"].items()}
@@ -479,6 +519,8 @@ class TrainingMonitor:
         groups = opt.param_groups
         lr = float(groups[0]["lr"])
         self._metrics["lr"] = lr
+        if self._first_lr is None and lr > 0:
+            self._first_lr = lr
         zero = lr == 0 and all(g["lr"] == 0 for g in groups)
         self._zero_lr = self._zero_lr + 1 if zero else 0
         if self._opt_steps % self.every == 0:
@@ -502,6 +544,8 @@ class TrainingMonitor:
         phase = self._opt_steps % self.every
         measured = phase == 0
         self._opt_steps += 1
+        if measured or self._opt_steps <= GRAD_CHECK_STEPS:
+            self._arm_grad_check()
         if measured or phase > self.every - DEAD_STEPS:
             self._touch()
         if self._zero_lr >= ZERO_LR_STEPS:
@@ -609,12 +653,21 @@ class TrainingMonitor:
                 f"{MAX_RATIO:g} allowed, assert_update_ratio's bound; CS231n's rule of thumb is "
                 "1e-3): the learning rate is too high for these layers",
             )  # fmt: skip
-        if total > 0 and not any(changes) and self._metrics.get("lr", 0.0) > 0:
+        lr = self._metrics.get("lr", 0.0)
+        if total > 0 and not any(changes) and lr > 0:
+            first = self._first_lr or lr
+            why = (
+                f"the learning rate has decayed to {_g(lr)}, {_g(lr / first)} of its first value "
+                f"{_g(first)}, too small to move a float weight: a schedule stepped per batch "
+                "instead of per epoch, or one too short for the run"
+                if lr < COLLAPSED_LR * first
+                else "the optimizer holds other tensors than the model's parameters (built "
+                "before .to(device) or a re-created model)"
+            )
             self._alert(
                 "no_update", step, (), 0.0, 0.0,
                 f"no weight matrix moved in the optimizer step although the gradient norm is "
-                f"{_g(total)}: the optimizer holds other tensors than the model's parameters "
-                "(built before .to(device) or a re-created model), or its lr is 0",
+                f"{_g(total)}: {why}",
             )  # fmt: skip
 
     def _judge_gradient(self, step: int, total: float) -> None:
@@ -734,6 +787,9 @@ class TrainingMonitor:
         for h in self._probe:
             h.remove()
         self._probe = []
+        if self._grad_hook is not None:
+            self._grad_hook.remove()
+            self._grad_hook = None
 
     def _localise(self) -> None:
         assert self._pending is not None

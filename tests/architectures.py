@@ -28,15 +28,11 @@ EVERY_MODEL = (
     "no_target_leak",
 )  # fmt: skip
 # The catalogue's checks that need nothing a zoo model lacks: the padding checks and
-# learns_signal have their own zoos (padding_zoo.py, learnable.py), uses_order its own order
-# Transformers, GPT-2 and Llama (tests/checks/test_order_sensitivity.py) until the table is
-# regenerated with its column.
+# learns_signal have their own zoos (padding_zoo.py, learnable.py).
 ALL_CHECKS = tuple(
     c.name
     for c in CATALOGUE
-    if c.needs <= {"loss", "step", "sequence", "outputs"}
-    and c.name not in EVERY_MODEL
-    and c.name != "uses_order"
+    if c.needs <= {"loss", "step", "sequence", "outputs"} and c.name not in EVERY_MODEL
 )
 TABLE_CHECKS = (*ALL_CHECKS, *EVERY_MODEL)
 
@@ -54,7 +50,9 @@ class Arch:
     @property
     def checks(self) -> tuple[str, ...]:
         return tuple(
-            c for c in ALL_CHECKS if c not in self.skip and (c != "causal" or self.causal_inputs)
+            c
+            for c in ALL_CHECKS
+            if c not in self.skip and ("sequence" not in get(c).needs or self.causal_inputs)
         )
 
 

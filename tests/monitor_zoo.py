@@ -11,6 +11,7 @@ batch every step, an endless stream), ``monitor.observe(loss)`` between backward
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,11 +43,22 @@ def batches(arch: architectures.Arch, count: int) -> list[Any]:
     return out
 
 
+def _takes_keywords(model: torch.nn.Module, inputs: Any) -> bool:
+    """A mapping the forward takes as keywords (a graph's x, edge_index, batch)."""
+    if not isinstance(inputs, dict):
+        return False
+    try:
+        inspect.signature(model.forward).bind(**inputs)
+    except TypeError:
+        return False
+    return True
+
+
 def loss_of(arch: architectures.Arch, model: torch.nn.Module, batch: Any) -> torch.Tensor:
     if arch.loss_fn is None:  # a Hugging Face model computing its own loss from the labels
         return model(**batch).loss
     inputs, targets = batch
-    outputs = model(**inputs) if isinstance(inputs, dict) else model(inputs)  # a graph's parts
+    outputs = model(**inputs) if _takes_keywords(model, inputs) else model(inputs)
     return arch.loss_fn(outputs, targets)
 
 

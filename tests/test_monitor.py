@@ -67,7 +67,19 @@ class Net(nn.Module):
         return self.head(self.block(x))
 
 
-def train(model, steps, *, plant=None, lr=1e-3, every=10, on_alert=None, clip=None, **kwargs):
+def train(
+    model,
+    steps,
+    *,
+    plant=None,
+    lr=1e-3,
+    every=10,
+    on_alert=None,
+    clip=None,
+    zero_grad=True,
+    accumulate=1,
+    **kwargs,
+):
     """A plain loop: forward, backward, observe, step. ``plant(step, model, opt)`` plants a bug
     before the step's forward. Returns the monitor."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -79,8 +91,12 @@ def train(model, steps, *, plant=None, lr=1e-3, every=10, on_alert=None, clip=No
             if plant is not None:
                 plant(step, model, opt)
             x, y = teacher_batch(step)
+            if accumulate > 1:  # healthy accumulation: micro-batches, then one step
+                for micro in range(accumulate - 1):
+                    (F.cross_entropy(model(x[micro::accumulate]), y[micro::accumulate])).backward()
             loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
+            if zero_grad and accumulate == 1:
+                opt.zero_grad()
             if clip == "before_backward":  # the bug: clipping gradients that are not there yet
                 torch.nn.utils.clip_grad_norm_(model.parameters(), kwargs["max_grad_norm"])
             loss.backward()
@@ -88,6 +104,8 @@ def train(model, steps, *, plant=None, lr=1e-3, every=10, on_alert=None, clip=No
                 torch.nn.utils.clip_grad_norm_(model.parameters(), kwargs["max_grad_norm"])
             monitor.observe(loss)
             opt.step()
+            if accumulate > 1:
+                opt.zero_grad()
     assert found == list(monitor.alerts) or on_alert is not None
     return monitor
 
@@ -251,6 +269,25 @@ def test_a_learning_rate_set_to_zero_is_no_update():
 
     a = first(train(mlp(), 200, plant=plant))
     assert (a.kind, a.step) == ("no_update", 151)  # lr 0 on two steps in a row
+
+
+def test_a_schedule_stepped_per_batch_is_named_when_the_weights_stop_moving():
+    def plant(step, model, opt):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.1 ** (step // 10)  # StepLR(step_size=10, gamma=0.1) per batch
+
+    found = [a for a in train(mlp(), 200, plant=plant).alerts if a.kind == "no_update"]
+    assert found and "schedule stepped per batch" in found[0].message
+
+
+def test_gradients_never_zeroed_are_named_at_the_first_step():
+    monitor = train(mlp(), 60, zero_grad=False)
+    a = first(monitor)
+    assert (a.kind, a.step) == ("grads_not_zeroed", 1) and len(a.where) == 1
+
+
+def test_gradient_accumulation_that_zeroes_after_each_step_is_no_alert():
+    assert train(mlp(), 60, accumulate=2).alerts == ()
 
 
 def test_a_warm_up_from_zero_is_not_no_update():
