@@ -107,11 +107,20 @@ class LearnsSignalResult(CheckResult):
 
 
 def _permuted(
-    batch: Any, perm: torch.Tensor, n: int, d: int = 0, lead: tuple[int, ...] = ()
+    batch: Any,
+    perm: torch.Tensor,
+    n: int,
+    d: int = 0,
+    lead: tuple[int, ...] = (),
+    *,
+    per_sample: bool = False,
 ) -> Any:
     """The user's ``batch`` with every label tensor's batch dimension ``d`` (of size ``n``)
     permuted; labels flattened from the inputs' leading dims ``lead`` (word_language_model's
-    (T * B,) targets of (T, B) inputs) are permuted as (T, B)."""
+    (T * B,) targets of (T, B) inputs) are permuted as (T, B). ``per_sample``: the targets are
+    a list of one entry per sample (a detector's boxes and labels per image), reordered."""
+    if per_sample:
+        return (batch[0], [batch[1][i] for i in perm.tolist()])
 
     def shuffle(t: torch.Tensor) -> torch.Tensor:
         if t.dim() > d and t.shape[d] == n:
@@ -187,12 +196,16 @@ def measure_learns_signal(
         default_lr=FIT_LR,
     )  # fmt: skip
     hb = Harness(model, holdout, loss_fn, seed=seed, unpack=unpack)
-    d = hb.batch_dim(batch_dim)
-    first = next(t for _, t in hb.data_leaves() if t.dim() > d)
-    n, lead = int(first.shape[d]), tuple(int(k) for k in first.shape[: d + 1])
+    if hb.per_sample:  # a list of images and one of their targets: the list is permuted
+        d, n = 0, hb.batch_size
+        lead: tuple[int, ...] = (n,)
+    else:
+        d = hb.batch_dim(batch_dim)
+        first = next(t for _, t in hb.data_leaves() if t.dim() > d)
+        n, lead = int(first.shape[d]), tuple(int(k) for k in first.shape[: d + 1])
     if n < 2:
         raise ValueError(f"holdout= needs at least 2 samples to permute its labels, got {n}.")
-    if not any(
+    if not hb.per_sample and not any(
         (t.dim() > d and t.shape[d] == n) or _flattened(t, d, lead) for _, t in leaves(hb.targets)
     ):
         shapes = ", ".join(str(tuple(t.shape)) for _, t in leaves(hb.targets)) or "none"
@@ -204,7 +217,8 @@ def measure_learns_signal(
         )
     g = torch.Generator().manual_seed(h.seed)
     shuffles = [
-        Harness(model, _permuted(holdout, torch.randperm(n, generator=g), n, d, lead), loss_fn,
+        Harness(model, _permuted(holdout, torch.randperm(n, generator=g), n, d, lead,
+                                 per_sample=hb.per_sample), loss_fn,
                 seed=seed,
                 unpack=unpack)
         for _ in range(permutations)

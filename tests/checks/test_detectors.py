@@ -157,3 +157,12 @@ def test_checks_leave_the_detector_as_they_found_it():
     nnsanity.assert_batch_independence(model, batch)
     nnsanity.assert_finite(model, batch)
     assert_same(before, snapshot(model))
+
+
+def test_learns_signal_permutes_the_holdouts_targets_among_its_images():
+    # the list of per-image targets is reordered (the two images swap their boxes), not the
+    # first dimension of each image's boxes
+    result = nnsanity.measure_learns_signal(
+        fasterrcnn(), detection_batch(1), holdout=detection_batch(2), steps=2
+    )
+    assert result.steps <= 2
