@@ -45,7 +45,7 @@ from nnsanity._units import TRANSPOSED, UNIT_LAYERS
 from nnsanity.checks.dying_units import MAX_DYING_FRACTION
 from nnsanity.checks.gradient_ratio import MAX_DECAY, MAX_GROWTH, MIN_RATE
 from nnsanity.checks.loss_stability import MAX_RISE
-from nnsanity.checks.update_ratio import MAX_RATIO, NEAR_ZERO
+from nnsanity.checks.update_ratio import MAX_RATIO, NEAR_ZERO, RUN_STEPS
 from nnsanity.errors import SanityError
 from nnsanity.gradient_norms import GradientMonitor
 
@@ -251,6 +251,9 @@ class TrainingMonitor:
         self._order: str | None = None  # "before": observe() precedes its optimizer step
         self._stepped = False  # an optimizer step ran since the last observe()
         self._grad_probe: tuple[str, torch.Tensor] | None = None  # (name, parameter)
+        # (step, optimizer step, the weights before it) of matrices a step moved past the
+        # one-step bound, judged RUN_STEPS optimizer steps later
+        self._followed: tuple[int, int, dict[str, torch.Tensor]] | None = None
         self._grad_hook: Any = None  # the armed one-shot hook's handle
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._pending: tuple[int, float] | None = None  # a non-finite loss to localise
@@ -546,6 +549,8 @@ class TrainingMonitor:
         self._opt_steps += 1
         if measured or self._opt_steps <= GRAD_CHECK_STEPS:
             self._arm_grad_check()
+        if self._followed is not None:
+            self._judge_followed(step)
         if measured or phase > self.every - DEAD_STEPS:
             self._touch()
         if self._zero_lr >= ZERO_LR_STEPS:
@@ -645,14 +650,14 @@ class TrainingMonitor:
         ratios = {n: c / w for n, c, w in zip(names, changes, norms, strict=True) if w > 0}
         self._metrics["max_update_ratio"] = max(ratios.values(), default=0.0)
         over = sorted((n for n, r in ratios.items() if r > MAX_RATIO), key=lambda n: -ratios[n])
-        if over:
-            worst_ratio = ratios[over[0]]
-            self._alert(
-                "update_ratio", step, tuple(over), worst_ratio, MAX_RATIO,
-                f"one step moved the weights by {_g(worst_ratio)} of their norm (up to "
-                f"{MAX_RATIO:g} allowed, assert_update_ratio's bound; CS231n's rule of thumb is "
-                "1e-3): the learning rate is too high for these layers",
-            )  # fmt: skip
+        # assert_update_ratio's rule: a step over the bound is judged by where the next
+        # RUN_STEPS steps take the matrix (Adadelta's and Adam's sign-like first steps stay
+        # within its own norm); one step past the run's whole bound is too far at once
+        far = [n for n in over if ratios[n] > RUN_STEPS * MAX_RATIO]
+        if far:
+            self._alert_ratio(step, tuple(far), ratios[far[0]], MAX_RATIO, "one step moved")
+        elif over and self._followed is None:
+            self._followed = (step, self._opt_steps, {n: snapshot[n] for n in over})
         lr = self._metrics.get("lr", 0.0)
         if total > 0 and not any(changes) and lr > 0:
             first = self._first_lr or lr
@@ -669,6 +674,41 @@ class TrainingMonitor:
                 f"no weight matrix moved in the optimizer step although the gradient norm is "
                 f"{_g(total)}: {why}",
             )  # fmt: skip
+
+    def _alert_ratio(
+        self, step: int, where: tuple[str, ...], value: float, bound: float, what: str
+    ) -> None:
+        self._alert(
+            "update_ratio", step, where, value, bound,
+            f"{what} the weights by {_g(value)} of their norm (up to {bound:g} allowed, "
+            "assert_update_ratio's bound; CS231n's rule of thumb is 1e-3 a step): the learning "
+            "rate is too high for these layers",
+        )  # fmt: skip
+
+    def _judge_followed(self, step: int) -> None:
+        """The matrices a measured step moved past the one-step bound, RUN_STEPS optimizer steps
+        later: how far they went from where that step began, against RUN_STEPS x the bound."""
+        assert self._followed is not None
+        start, opt_step, held = self._followed
+        if self._opt_steps - opt_step < RUN_STEPS:
+            return
+        self._followed = None
+        params = dict(self.model.named_parameters())
+        moved = {}
+        for n, before in held.items():
+            w = float(before.norm())
+            if w > 0:
+                moved[n] = float((params[n].detach() - before).norm()) / w
+        bound = RUN_STEPS * MAX_RATIO
+        over = sorted((n for n, r in moved.items() if r > bound), key=lambda n: -moved[n])
+        if over:
+            self._alert_ratio(
+                step,
+                tuple(over),
+                moved[over[0]],
+                bound,
+                f"the {RUN_STEPS} steps after step {start} moved",
+            )
 
     def _judge_gradient(self, step: int, total: float) -> None:
         if self.max_grad_norm is not None and total > self.max_grad_norm * CLIP_SLACK:

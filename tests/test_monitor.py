@@ -439,3 +439,25 @@ def test_the_monitor_leaves_no_hook_behind():
         assert len(registry._global_optimizer_pre_hooks) == len(before[0]) + 1
     after = dict(registry._global_optimizer_pre_hooks), dict(registry._global_optimizer_post_hooks)
     assert after == before
+
+
+@pytest.mark.parametrize(("lr", "alerts"), [(1.0, False), (100.0, True)])
+def test_the_mnist_examples_adadelta_recipe_is_judged_over_ten_steps_like_the_check(lr, alerts):
+    # Adadelta's first steps move fc1 by ~18% of its norm whatever the gradient (lr 1.0 is the
+    # example's own); 100x that lr moves it past its own norm within the ten steps
+    import mnist_recipe
+
+    model = mnist_recipe.mnist_net(0)
+    opt = torch.optim.Adadelta(model.parameters(), lr=lr)
+    found: list[nnsanity.Alert] = []
+    with nnsanity.TrainingMonitor(model, every=10, on_alert=found.append) as monitor:
+        for step in range(21):
+            x, y = mnist_recipe.digits(32, step)
+            opt.zero_grad()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+    ratio = [a for a in found if a.kind == "update_ratio"]
+    assert bool(ratio) == alerts, found
+    assert alerts or found == []

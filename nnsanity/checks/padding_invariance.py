@@ -50,6 +50,9 @@ class PaddingInvarianceResult(CheckResult):
     nonfinite: int  # NaN/Inf output values at real positions, before any change
     nonfinite_samples: tuple[int, ...]
     unpadded_samples: tuple[int, ...]  # samples without any padding
+    # samples whose every position is padding: no real sequence is empty (a tokenizer keeps at
+    # least its special tokens), so the mask marks the real tokens
+    all_padded_samples: tuple[int, ...] = ()
     padded: int  # padded positions in the batch
     positions: int  # all positions (batch x length)
     source: str  # where the padding was found
@@ -139,6 +142,7 @@ def measure_padding_invariance(
         nonfinite=int(nonfinite.sum()),
         nonfinite_samples=tuple(int(i) for i in nonfinite.nonzero().flatten()),
         unpadded_samples=tuple(int(i) for i in real.all(1).nonzero().flatten()),
+        all_padded_samples=tuple(int(i) for i in (~real).all(1).nonzero().flatten()),
         padded=int(pad.mask.sum()),
         positions=pad.mask.numel(),
         source=pad.source,
@@ -273,7 +277,8 @@ _RNN = Cause(
 
 
 def _inverted(r: PaddingInvarianceResult) -> bool:
-    return bool(r.nonfinite_samples) and set(r.nonfinite_samples) <= set(r.unpadded_samples)
+    nan_where_unpadded = set(r.nonfinite_samples) <= set(r.unpadded_samples)
+    return bool(r.all_padded_samples) or (bool(r.nonfinite_samples) and nan_where_unpadded)
 
 
 def _diagnose(r: PaddingInvarianceResult) -> list[Cause]:
@@ -285,8 +290,12 @@ def _diagnose(r: PaddingInvarianceResult) -> list[Cause]:
         generic = [_POOLING, _POLARITY, _NOT_PASSED, _RNN]
     causes = list(generic)
     if inverted:
-        causes.insert(0, replace(_POLARITY, support=MEASURED, evidence=(
-            "the NaN/Inf outputs are exactly in the samples without padding",)))  # fmt: skip
+        evidence = (
+            f"samples {indices(r.all_padded_samples)} would be all padding under this mask"
+            if r.all_padded_samples
+            else "the NaN/Inf outputs are exactly in the samples without padding"
+        )
+        causes.insert(0, replace(_POLARITY, support=MEASURED, evidence=(evidence,)))
     w = r.where
     if w is None:
         return causes

@@ -210,3 +210,16 @@ def test_results_are_the_same_run_after_run():
     first = measure_padding_invariance(P.MaskedClassifier(inverted=True), P.sentences())
     again = measure_padding_invariance(P.MaskedClassifier(inverted=True), P.sentences())
     assert first.to_dict() == again.to_dict()
+
+
+def test_an_inverted_hugging_face_attention_mask_names_the_polarity_first():
+    from architectures import ZOO
+
+    bert = ZOO["bert_classifier"]
+    batch = bert.batch()  # right-padded rows; the first has no padding
+    inverted = {**batch, "attention_mask": 1 - batch["attention_mask"]}
+    with pytest.raises(SanityError) as e:
+        assert_ignores_padding(bert.build(), inverted)
+    r = e.value.result
+    assert r.causes[0].id == "mask_polarity" and r.all_padded_samples == (0,)
+    assert assert_ignores_padding(bert.build(), batch).passed
