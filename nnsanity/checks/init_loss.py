@@ -11,6 +11,7 @@ and the loss disagree about what the output is (probabilities into a loss that w
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,11 @@ def _doubled(h: Harness, outputs: Any) -> float | None:
         return None
     twice = replace_at(outputs, path, torch.cat([logits, logits]))
     try:
-        return float(h.loss(twice, torch.cat([targets, targets])))
+        # the user's own call already warned of what the loss finds odd (a broadcast target),
+        # at the batch's real size; a warning at the doubled size would only confuse
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(h.loss(twice, torch.cat([targets, targets])))
     except (TypeError, ValueError):
         return None
 
