@@ -55,6 +55,9 @@ def _takes_keywords(model: torch.nn.Module, inputs: Any) -> bool:
 
 
 def loss_of(arch: architectures.Arch, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    if arch.loss_fn is None and isinstance(batch, tuple):  # a detector: a dict of losses
+        losses = model(*batch)
+        return sum(losses.values())
     if arch.loss_fn is None:  # a Hugging Face model computing its own loss from the labels
         return model(**batch).loss
     inputs, targets = batch
