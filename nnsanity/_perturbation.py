@@ -51,6 +51,30 @@ def _different(t: torch.Tensor, g: torch.Generator, where: str) -> torch.Tensor:
     return changed
 
 
+def sequence_dim(h: Harness, dim: int, what: str) -> tuple[int, int]:
+    """``dim`` as a non-negative axis of the first data tensor of ``h``'s inputs, and the
+    sequence's length along it (at least 2); ``what`` names the check in the errors."""
+    first = next((t for _, t in h.data_leaves() if t.dim()), None)
+    if first is None:
+        raise ValueError(
+            "the inputs hold no data tensor to change along the sequence; pass the sequence "
+            "inputs (perturb= names them where the check takes it)."
+        )
+    if not -first.dim() <= dim < first.dim():
+        raise ValueError(
+            f"dim={dim} is not a dimension of inputs of shape {tuple(first.shape)}; pass the "
+            "sequence dimension (1 for (B, T, ...) inputs, 0 for time-first (T, B, ...))."
+        )
+    dim %= first.dim()
+    n = first.shape[dim]
+    if n < 2:
+        raise ValueError(
+            f"inputs have length {n} along dim {dim}; {what} needs at least 2 positions. Pass "
+            "dim= if the sequence is on another dimension."
+        )
+    return dim, n
+
+
 def perturbed(h: Harness, dim: int, which: torch.Tensor, g: torch.Generator) -> Any:
     """The inputs with the data entries selected by the bool vector ``which`` along ``dim``
     changed; structure (masks, lengths, ids of positions) and tensors too short kept."""

@@ -26,6 +26,7 @@ from nnsanity._perturbation import (
     outputs_along,
     perturbed,
     relative_change,
+    sequence_dim,
 )
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity.seeding import seed_torch
@@ -104,21 +105,8 @@ def measure_causal(
         model, inputs, seed=seed, output=output, unpack=unpack, perturb=perturb,
         needs_loss=False, inputs_only=True,
     )  # fmt: skip
-    first = next((t for _, t in h.data_leaves() if t.dim()), None)
-    if first is None:
-        raise ValueError("the inputs hold no data tensor to change; pass perturb= naming one.")
-    if not -first.dim() <= dim < first.dim():
-        raise ValueError(
-            f"dim={dim} is not a dimension of inputs of shape {tuple(first.shape)}; "
-            "pass the sequence dimension (1 for (B, T, ...) inputs)."
-        )
-    dim %= first.dim()
-    n = first.shape[dim]
-    if n < 2:
-        raise ValueError(
-            f"inputs have length {n} along dim {dim}; causality needs at least 2 "
-            "positions. Pass dim= if the sequence is on another dimension."
-        )
+    dim, n = sequence_dim(h, dim, "causality")
+    first = next(t for _, t in h.data_leaves() if t.dim())
     spread = torch.linspace(0, n - 2, min(8, n - 1)).round().long().tolist()
     checked = index_option(positions, n, "positions", spread)
     if checked[-1] == n - 1:

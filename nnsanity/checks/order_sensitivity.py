@@ -24,6 +24,7 @@ from nnsanity._arguments import check_int, check_number, first_line
 from nnsanity._diagnosis import CONSISTENT, MEASURED, Cause
 from nnsanity._harness import Harness
 from nnsanity._messages import Explanation, Msg, at_least, fail
+from nnsanity._perturbation import sequence_dim
 from nnsanity._result import CheckResult, diagnosed
 from nnsanity.seeding import seed_torch
 
@@ -96,23 +97,6 @@ def _blind(
     return tuple(blind)
 
 
-def _sequence_dim(h: Harness, dim: int) -> tuple[int, int]:
-    """``dim`` as a non-negative axis of the first data tensor, and the sequence length."""
-    first = next((t for _, t in h.data_leaves() if t.dim()), None)
-    if first is None:
-        raise ValueError("the inputs hold no data tensor to permute; pass the sequence inputs.")
-    if not -first.dim() <= dim < first.dim():
-        raise ValueError(
-            f"dim={dim} is not a dimension of inputs of shape {tuple(first.shape)}; pass the "
-            "sequence dimension (1 for (B, T, ...) inputs, 0 for time-first (T, B, ...))."
-        )
-    dim %= first.dim()
-    n = first.shape[dim]
-    if n < 2:
-        raise ValueError(f"inputs have length {n} along dim {dim}; order needs 2 positions.")
-    return dim, n
-
-
 def measure_order_sensitivity(
     model: torch.nn.Module,
     inputs: Any,
@@ -131,7 +115,7 @@ def measure_order_sensitivity(
         model, inputs, seed=seed, output=output, unpack=unpack, needs_loss=False,
         inputs_only=True,
     )  # fmt: skip
-    dim, n = _sequence_dim(h, dim)
+    dim, n = sequence_dim(h, dim, "order")
     g = torch.Generator().manual_seed(h.seed)
     perm = torch.randperm(n, generator=g)
     while n > 1 and bool((perm == torch.arange(n)).all()):
