@@ -25,6 +25,7 @@ import torch
 
 from nnsanity._harness import Harness
 from nnsanity._outputs import class_dim
+from nnsanity._perturbation import _different
 from nnsanity._state import autograd
 from nnsanity._structures import Path, describe, select_output
 from nnsanity.seeding import seed_torch
@@ -166,17 +167,10 @@ def _candidates(
 
 
 def _changed(x: torch.Tensor, where: tuple[slice | int, ...], g: torch.Generator) -> torch.Tensor:
-    """``x`` with the entries at ``where`` moved to another value (another token of the batch,
-    or a float shifted by a few standard deviations)."""
+    """``x`` with the entries at ``where`` moved to other plausible values (``_different``:
+    another token of the batch, or a float redrawn)."""
     out = x.clone()
-    part = out[where]
-    if x.is_floating_point():
-        std = float(x.double().std()) or 1.0
-        out[where] = part + 3 * std * (1 + torch.rand(part.shape, generator=g)).to(x)
-        return out
-    values = torch.unique(x)
-    shift = torch.randint(1, values.numel(), part.shape, generator=g).to(x.device)
-    out[where] = values[(torch.searchsorted(values, part.contiguous()) + shift) % values.numel()]
+    out[where] = _different(x, g, "the input holding the targets")[where]
     return out
 
 
